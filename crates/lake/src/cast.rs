@@ -1,0 +1,496 @@
+//! Casting raw source values to a contract column's type, row by row, with a reason for every failure.
+//!
+//! Input is whatever the reader produced for one column: text (CSV, JSON
+//! lines) or an already-typed Arrow array (Parquet). The output is an array of
+//! the contract type plus, for each row that failed a cast or a column rule
+//! (not null, min/max, allowed values, pattern), a [`ColumnFailure`]. Bad
+//! values are data, never an `Err`.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{
+    Array, ArrayRef, BooleanBuilder, Date32Builder, Decimal128Builder, Float64Builder,
+    Int64Builder, StringArray, StringBuilder, TimestampMicrosecondBuilder,
+};
+use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
+use arrow::datatypes::{DataType, TimeUnit};
+use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+use sluice_model::contract::{Column, ColumnType};
+
+/// Why one value of one column was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnFailure {
+    /// Row index within the batch.
+    pub row: usize,
+    /// Reason code (`missing`, `bad_int`, `below_min`, …).
+    pub code: &'static str,
+    /// A sentence a person understands.
+    pub message: String,
+}
+
+/// The Arrow type a contract type is stored as.
+pub fn arrow_type(ty: &ColumnType) -> DataType {
+    match ty {
+        ColumnType::String => DataType::Utf8,
+        ColumnType::Int => DataType::Int64,
+        ColumnType::Float => DataType::Float64,
+        ColumnType::Decimal { precision, scale } => DataType::Decimal128(*precision, *scale),
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Date => DataType::Date32,
+        ColumnType::Timestamp => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+    }
+}
+
+/// A column prepared for casting: regexes compiled, time zone resolved.
+pub struct PreparedColumn<'a> {
+    column: &'a Column,
+    pattern: Option<regex::Regex>,
+    allowed: HashSet<String>,
+    tz: Option<chrono_tz::Tz>,
+    null_values: &'a [String],
+}
+
+impl<'a> PreparedColumn<'a> {
+    /// Prepares a column; the contract was validated, so regexes and zones parse.
+    pub fn new(column: &'a Column, null_values: &'a [String]) -> Self {
+        Self {
+            column,
+            pattern: column
+                .pattern
+                .as_ref()
+                .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
+            allowed: column.allowed.iter().cloned().collect(),
+            tz: column.timezone.as_ref().and_then(|t| t.parse().ok()),
+            null_values,
+        }
+    }
+
+    /// Casts one column of a batch. `input` is None when the file lacks the column (all null).
+    pub fn cast(&self, input: Option<&ArrayRef>, n_rows: usize) -> (ArrayRef, Vec<ColumnFailure>) {
+        let mut failures = Vec::new();
+        let Some(input) = input else {
+            if !self.column.nullable {
+                for row in 0..n_rows {
+                    failures.push(self.missing(row));
+                }
+            }
+            return (
+                arrow::array::new_null_array(&arrow_type(&self.column.ty), n_rows),
+                failures,
+            );
+        };
+        let array = match input.as_any().downcast_ref::<StringArray>() {
+            Some(text) => self.cast_text(text, &mut failures),
+            None => self.cast_typed(input, &mut failures),
+        };
+        (array, failures)
+    }
+
+    fn missing(&self, row: usize) -> ColumnFailure {
+        ColumnFailure {
+            row,
+            code: "missing",
+            message: format!("{}: value is required but empty", self.column.name),
+        }
+    }
+
+    fn fail(&self, row: usize, code: &'static str, message: String) -> ColumnFailure {
+        ColumnFailure {
+            row,
+            code,
+            message: format!("{}: {message}", self.column.name),
+        }
+    }
+
+    /// Applies map, trimming and null spellings; None means null.
+    fn normalize<'v>(&'v self, raw: Option<&'v str>) -> Option<&'v str> {
+        let v = raw?.trim();
+        if v.is_empty() || self.null_values.iter().any(|n| n == v) {
+            return None;
+        }
+        if !self.column.map.is_empty() {
+            let lowered = v.to_lowercase();
+            if let Some(mapped) = self.column.map.get(&lowered) {
+                return if mapped.is_empty() {
+                    None
+                } else {
+                    Some(mapped.as_str())
+                };
+            }
+        }
+        Some(v)
+    }
+
+    fn check_text(&self, row: usize, v: &str) -> Option<ColumnFailure> {
+        if let Some(re) = &self.pattern
+            && !re.is_match(v)
+        {
+            return Some(self.fail(
+                row,
+                "pattern",
+                format!(
+                    "{v:?} does not match pattern {}",
+                    self.column.pattern.as_deref().unwrap_or_default()
+                ),
+            ));
+        }
+        if !self.allowed.is_empty() && !self.allowed.contains(v) {
+            let mut allowed: Vec<&str> = self.column.allowed.iter().map(String::as_str).collect();
+            allowed.truncate(10);
+            return Some(self.fail(
+                row,
+                "not_allowed",
+                format!(
+                    "{v:?} is not one of the allowed values ({})",
+                    allowed.join(", ")
+                ),
+            ));
+        }
+        None
+    }
+
+    fn check_range(&self, row: usize, x: f64, shown: &str) -> Option<ColumnFailure> {
+        if let Some(min) = self.column.min
+            && x < min
+        {
+            return Some(self.fail(
+                row,
+                "below_min",
+                format!("{shown} is below the minimum {min}"),
+            ));
+        }
+        if let Some(max) = self.column.max
+            && x > max
+        {
+            return Some(self.fail(
+                row,
+                "above_max",
+                format!("{shown} is above the maximum {max}"),
+            ));
+        }
+        None
+    }
+
+    fn cast_text(&self, text: &StringArray, failures: &mut Vec<ColumnFailure>) -> ArrayRef {
+        let n = text.len();
+        macro_rules! each_value {
+            ($builder:expr, |$row:ident, $v:ident| $parse:expr) => {{
+                let mut builder = $builder;
+                for $row in 0..n {
+                    let raw = (!text.is_null($row)).then(|| text.value($row));
+                    match self.normalize(raw) {
+                        None => {
+                            if !self.column.nullable {
+                                failures.push(self.missing($row));
+                            }
+                            builder.append_null();
+                        }
+                        Some($v) => {
+                            if let Some(f) = self.check_text($row, $v) {
+                                failures.push(f);
+                                builder.append_null();
+                                continue;
+                            }
+                            match $parse {
+                                Ok(value) => builder.append_value(value),
+                                Err(f) => {
+                                    failures.push(f);
+                                    builder.append_null();
+                                }
+                            }
+                        }
+                    }
+                }
+                Arc::new(builder.finish()) as ArrayRef
+            }};
+        }
+        match &self.column.ty {
+            ColumnType::String => each_value!(
+                StringBuilder::with_capacity(n, text.value_data().len()),
+                |row, v| Ok::<_, ColumnFailure>(v)
+            ),
+            ColumnType::Int => each_value!(Int64Builder::with_capacity(n), |row, v| {
+                parse_int(v)
+                    .ok_or_else(|| self.fail(row, "bad_int", format!("{v:?} is not an integer")))
+                    .and_then(|x| match self.check_range(row, x as f64, v) {
+                        Some(f) => Err(f),
+                        None => Ok(x),
+                    })
+            }),
+            ColumnType::Float => each_value!(Float64Builder::with_capacity(n), |row, v| {
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|x| x.is_finite())
+                    .ok_or_else(|| self.fail(row, "bad_number", format!("{v:?} is not a number")))
+                    .and_then(|x| match self.check_range(row, x, v) {
+                        Some(f) => Err(f),
+                        None => Ok(x),
+                    })
+            }),
+            ColumnType::Decimal { precision, scale } => {
+                let (p, s) = (*precision, *scale);
+                let array = each_value!(Decimal128Builder::with_capacity(n), |row, v| {
+                    parse_decimal(v, p, s)
+                        .ok_or_else(|| {
+                            self.fail(
+                                row,
+                                "bad_decimal",
+                                format!("{v:?} is not a decimal({p},{s})"),
+                            )
+                        })
+                        .and_then(|x| {
+                            let as_f64 = x as f64 / 10f64.powi(s as i32);
+                            match self.check_range(row, as_f64, v) {
+                                Some(f) => Err(f),
+                                None => Ok(x),
+                            }
+                        })
+                });
+                let decimal = array
+                    .as_any()
+                    .downcast_ref::<arrow::array::Decimal128Array>()
+                    .expect("built as Decimal128")
+                    .clone()
+                    .with_precision_and_scale(p, s)
+                    .expect("precision and scale were validated with the contract");
+                Arc::new(decimal)
+            }
+            ColumnType::Bool => each_value!(BooleanBuilder::with_capacity(n), |row, v| {
+                parse_bool(v).ok_or_else(|| {
+                    self.fail(
+                        row,
+                        "bad_bool",
+                        format!("{v:?} is not a boolean (true/false, yes/no, 1/0)"),
+                    )
+                })
+            }),
+            ColumnType::Date => each_value!(Date32Builder::with_capacity(n), |row, v| {
+                self.parse_date(v).ok_or_else(|| {
+                    self.fail(
+                        row,
+                        "bad_date",
+                        format!("{v:?} is not a date{}", self.formats_hint()),
+                    )
+                })
+            }),
+            ColumnType::Timestamp => {
+                let array = each_value!(TimestampMicrosecondBuilder::with_capacity(n), |row, v| {
+                    self.parse_timestamp(row, v)
+                });
+                Arc::new(
+                    array
+                        .as_any()
+                        .downcast_ref::<arrow::array::TimestampMicrosecondArray>()
+                        .expect("built as timestamps")
+                        .clone()
+                        .with_timezone("UTC"),
+                )
+            }
+        }
+    }
+
+    fn formats_hint(&self) -> String {
+        if self.column.formats.is_empty() {
+            " (expected ISO 8601)".into()
+        } else {
+            format!(" (expected format {})", self.column.formats.join(" or "))
+        }
+    }
+
+    fn parse_date(&self, v: &str) -> Option<i32> {
+        let date = if self.column.formats.is_empty() {
+            NaiveDate::parse_from_str(v, "%Y-%m-%d").ok()
+        } else {
+            self.column
+                .formats
+                .iter()
+                .find_map(|f| NaiveDate::parse_from_str(v, f).ok())
+        }?;
+        let epoch = NaiveDate::from_ymd_opt(1970, 1, 1).expect("valid date");
+        i32::try_from((date - epoch).num_days()).ok()
+    }
+
+    fn parse_timestamp(&self, row: usize, v: &str) -> Result<i64, ColumnFailure> {
+        let naive = if self.column.formats.is_empty() {
+            if let Ok(t) = chrono::DateTime::parse_from_rfc3339(v) {
+                return Ok(t.timestamp_micros());
+            }
+            parse_iso_naive(v)
+        } else {
+            self.column.formats.iter().find_map(|f| {
+                if f == "%Y-%m-%d %H:%M:%S" {
+                    parse_iso_naive(v)
+                } else {
+                    NaiveDateTime::parse_from_str(v, f).ok()
+                }
+            })
+        };
+        let Some(naive) = naive else {
+            return Err(self.fail(
+                row,
+                "bad_timestamp",
+                format!("{v:?} is not a timestamp{}", self.formats_hint()),
+            ));
+        };
+        match self.tz {
+            None => Ok(naive.and_utc().timestamp_micros()),
+            Some(tz) => match tz.from_local_datetime(&naive).earliest() {
+                Some(t) => Ok(t.timestamp_micros()),
+                None => Err(self.fail(
+                    row,
+                    "bad_timestamp",
+                    format!("{v:?} does not exist in {tz} (skipped by a daylight-saving change)"),
+                )),
+            },
+        }
+    }
+
+    /// Typed input (Parquet): cast with Arrow, then apply the same rules.
+    fn cast_typed(&self, input: &ArrayRef, failures: &mut Vec<ColumnFailure>) -> ArrayRef {
+        let target = arrow_type(&self.column.ty);
+        let needs_text_rules =
+            self.pattern.is_some() || !self.allowed.is_empty() || !self.column.map.is_empty();
+        if needs_text_rules
+            || matches!(
+                input.data_type(),
+                DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View
+            )
+        {
+            // Text rules are defined on text: go through the text path.
+            let text = cast_with_options(input, &DataType::Utf8, &CastOptions::default());
+            if let Ok(text) = text
+                && let Some(text) = text.as_any().downcast_ref::<StringArray>()
+            {
+                return self.cast_text(text, failures);
+            }
+        }
+        let source = match (input.data_type(), &self.tz) {
+            // Naive timestamps are local time in the column's zone.
+            (DataType::Timestamp(unit, None), Some(tz)) => cast_with_options(
+                input,
+                &DataType::Timestamp(*unit, Some(tz.name().into())),
+                &CastOptions::default(),
+            )
+            .unwrap_or_else(|_| input.clone()),
+            _ => input.clone(),
+        };
+        let options = CastOptions {
+            safe: true,
+            ..Default::default()
+        };
+        let cast = cast_with_options(&source, &target, &options)
+            .unwrap_or_else(|_| arrow::array::new_null_array(&target, input.len()));
+        for row in 0..input.len() {
+            if input.is_null(row) {
+                if !self.column.nullable {
+                    failures.push(self.missing(row));
+                }
+            } else if cast.is_null(row) {
+                failures.push(self.fail(
+                    row,
+                    "bad_value",
+                    format!(
+                        "value of type {} cannot be read as {}",
+                        input.data_type(),
+                        self.column.ty.name()
+                    ),
+                ));
+            }
+        }
+        if (self.column.min.is_some() || self.column.max.is_some())
+            && let Ok(as_f64) = cast_with_options(&cast, &DataType::Float64, &options)
+            && let Some(values) = as_f64.as_any().downcast_ref::<arrow::array::Float64Array>()
+        {
+            for row in 0..values.len() {
+                if values.is_valid(row)
+                    && let Some(f) =
+                        self.check_range(row, values.value(row), &values.value(row).to_string())
+                {
+                    failures.push(f);
+                }
+            }
+        }
+        cast
+    }
+}
+
+fn parse_int(v: &str) -> Option<i64> {
+    if let Ok(x) = v.parse::<i64>() {
+        return Some(x);
+    }
+    // "3.0" is an integer written by a tool that only knows floats.
+    let x: f64 = v.parse().ok()?;
+    (x.fract() == 0.0 && x.abs() < 9.0e15).then_some(x as i64)
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" => Some(true),
+        "false" | "f" | "no" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+/// Parses a decimal, rounding half away from zero to `scale` digits (arrow's parser truncates).
+fn parse_decimal(v: &str, precision: u8, scale: i8) -> Option<i128> {
+    use arrow::compute::kernels::cast_utils::parse_decimal as arrow_parse;
+    use arrow::datatypes::Decimal128Type;
+    let frac_digits = v
+        .split_once('.')
+        .map(|(_, f)| f.bytes().take_while(u8::is_ascii_digit).count())
+        .unwrap_or(0);
+    let has_exponent = v.contains(['e', 'E']);
+    if has_exponent || frac_digits as i8 <= scale {
+        return arrow_parse::<Decimal128Type>(v, precision, scale).ok();
+    }
+    let extra = (frac_digits as i8 - scale) as u32;
+    let wide_precision = (precision as u32 + extra).min(38) as u8;
+    let wide = arrow_parse::<Decimal128Type>(v, wide_precision, frac_digits as i8).ok()?;
+    let divisor = 10i128.checked_pow(extra)?;
+    let (q, r) = (wide / divisor, wide % divisor);
+    let rounded = if r.abs() * 2 >= divisor {
+        q + wide.signum()
+    } else {
+        q
+    };
+    (rounded.abs() < 10i128.pow(precision as u32)).then_some(rounded)
+}
+
+/// Fast path for `YYYY-MM-DD HH:MM:SS[.ffffff]` (also with `T`), the commonest timestamp spelling.
+fn parse_iso_naive(v: &str) -> Option<NaiveDateTime> {
+    let b = v.as_bytes();
+    if b.len() < 19
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !(b[10] == b' ' || b[10] == b'T')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return NaiveDateTime::parse_from_str(v, "%Y-%m-%d %H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(v, "%Y-%m-%dT%H:%M:%S%.f"))
+            .ok();
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        b[r].iter().try_fold(0u32, |acc, &c| {
+            c.is_ascii_digit().then(|| acc * 10 + (c - b'0') as u32)
+        })
+    };
+    let date = NaiveDate::from_ymd_opt(num(0..4)? as i32, num(5..7)?, num(8..10)?)?;
+    let mut micros = 0u32;
+    if b.len() > 19 {
+        if b[19] != b'.' || b.len() == 20 || b.len() > 29 {
+            return None;
+        }
+        let frac = &b[20..];
+        let digits = num(20..b.len())?;
+        micros = match frac.len() {
+            n @ 1..=6 => digits * 10u32.pow(6 - n as u32),
+            n => digits / 10u32.pow(n as u32 - 6),
+        };
+    }
+    date.and_hms_micro_opt(num(11..13)?, num(14..16)?, num(17..19)?, micros)
+}
+
+#[cfg(test)]
+mod tests;

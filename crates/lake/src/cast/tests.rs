@@ -1,0 +1,248 @@
+use super::*;
+use arrow::array::{
+    BooleanArray, Date32Array, Decimal128Array, Float64Array, Int64Array, TimestampMicrosecondArray,
+};
+
+fn column(ty: ColumnType) -> Column {
+    Column {
+        name: "c".into(),
+        source: vec![],
+        ty,
+        nullable: true,
+        optional: true,
+        min: None,
+        max: None,
+        allowed: vec![],
+        pattern: None,
+        formats: vec![],
+        timezone: None,
+        map: Default::default(),
+        description: None,
+    }
+}
+
+fn cast(col: &Column, values: &[Option<&str>]) -> (ArrayRef, Vec<ColumnFailure>) {
+    let input: ArrayRef = Arc::new(StringArray::from(values.to_vec()));
+    PreparedColumn::new(col, &[]).cast(Some(&input), values.len())
+}
+
+fn codes(f: &[ColumnFailure]) -> Vec<(usize, &str)> {
+    f.iter().map(|f| (f.row, f.code)).collect()
+}
+
+#[test]
+fn integers_accept_float_spellings_of_whole_numbers() {
+    let (a, f) = cast(
+        &column(ColumnType::Int),
+        &[
+            Some("1"),
+            Some(" 2 "),
+            Some("3.0"),
+            Some("3.5"),
+            Some("x"),
+            None,
+        ],
+    );
+    let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(a.value(1), 2);
+    assert_eq!(a.value(2), 3);
+    assert!(a.is_null(5));
+    assert_eq!(codes(&f), vec![(3, "bad_int"), (4, "bad_int")]);
+    assert_eq!(f[1].message, "c: \"x\" is not an integer");
+}
+
+#[test]
+fn floats_and_ranges() {
+    let mut col = column(ColumnType::Float);
+    col.min = Some(0.0);
+    col.max = Some(10000.0);
+    let (a, f) = cast(
+        &col,
+        &[
+            Some("2.5"),
+            Some("-1"),
+            Some("1e9"),
+            Some("NaN"),
+            Some(".95"),
+        ],
+    );
+    let a = a.as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!(a.value(4), 0.95);
+    assert_eq!(
+        codes(&f),
+        vec![(1, "below_min"), (2, "above_max"), (3, "bad_number")]
+    );
+    assert_eq!(f[0].message, "c: -1 is below the minimum 0");
+}
+
+#[test]
+fn decimals_keep_scale() {
+    let (a, f) = cast(
+        &column(ColumnType::Decimal {
+            precision: 10,
+            scale: 2,
+        }),
+        &[
+            Some("12.345"),
+            Some("abc"),
+            Some("-2.8999999999999999"),
+            Some("9.4000000000000004"),
+            Some("7"),
+            Some("-0.005"),
+        ],
+    );
+    let a = a.as_any().downcast_ref::<Decimal128Array>().unwrap();
+    assert_eq!(a.scale(), 2);
+    assert_eq!(a.value_as_string(0), "12.35");
+    assert_eq!(a.value_as_string(2), "-2.90");
+    assert_eq!(a.value_as_string(3), "9.40");
+    assert_eq!(a.value_as_string(4), "7.00");
+    assert_eq!(a.value_as_string(5), "-0.01");
+    assert_eq!(codes(&f), vec![(1, "bad_decimal")]);
+}
+
+#[test]
+fn booleans_in_many_spellings() {
+    let (a, f) = cast(
+        &column(ColumnType::Bool),
+        &[Some("Y"), Some("n"), Some("TRUE"), Some("0"), Some("maybe")],
+    );
+    let a = a.as_any().downcast_ref::<BooleanArray>().unwrap();
+    assert!(a.value(0) && !a.value(1) && a.value(2) && !a.value(3));
+    assert_eq!(codes(&f), vec![(4, "bad_bool")]);
+}
+
+#[test]
+fn dates_with_explicit_formats() {
+    let mut col = column(ColumnType::Date);
+    col.formats = vec!["%m/%d/%Y".into()];
+    let (a, f) = cast(&col, &[Some("01/02/2024"), Some("2024-01-02")]);
+    let a = a.as_any().downcast_ref::<Date32Array>().unwrap();
+    assert_eq!(a.value_as_date(0).unwrap().to_string(), "2024-01-02");
+    assert_eq!(codes(&f), vec![(1, "bad_date")]);
+}
+
+#[test]
+fn timestamps_in_a_time_zone_become_utc() {
+    let mut col = column(ColumnType::Timestamp);
+    col.formats = vec!["%Y-%m-%d %H:%M:%S".into()];
+    col.timezone = Some("America/New_York".into());
+    let (a, f) = cast(
+        &col,
+        &[
+            Some("2024-01-15 10:00:00"),
+            Some("2024-07-15 10:00:00"),
+            Some("2024-03-10 02:30:00"),
+            Some("15/01/2024"),
+        ],
+    );
+    let a = a
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .unwrap();
+    assert_eq!(
+        a.value_as_datetime(0).unwrap().to_string(),
+        "2024-01-15 15:00:00"
+    );
+    assert_eq!(
+        a.value_as_datetime(1).unwrap().to_string(),
+        "2024-07-15 14:00:00"
+    );
+    assert_eq!(codes(&f), vec![(2, "bad_timestamp"), (3, "bad_timestamp")]);
+    assert!(
+        f[0].message.contains("does not exist in America/New_York"),
+        "{}",
+        f[0].message
+    );
+}
+
+#[test]
+fn timestamps_default_to_iso_and_rfc3339() {
+    let (a, f) = cast(
+        &column(ColumnType::Timestamp),
+        &[
+            Some("2024-01-15T10:00:00Z"),
+            Some("2024-01-15 10:00:00.5"),
+            Some("2024-01-15T10:00:00+01:00"),
+        ],
+    );
+    assert!(f.is_empty(), "{f:?}");
+    let a = a
+        .as_any()
+        .downcast_ref::<TimestampMicrosecondArray>()
+        .unwrap();
+    assert_eq!(a.value(1) - a.value(0), 500_000);
+    assert_eq!(
+        a.value_as_datetime(2).unwrap().to_string(),
+        "2024-01-15 09:00:00"
+    );
+}
+
+#[test]
+fn not_null_map_allowed_and_pattern() {
+    let mut col = column(ColumnType::Int);
+    col.nullable = false;
+    col.map = [
+        ("csh".to_string(), "2".to_string()),
+        ("crd".to_string(), "1".to_string()),
+    ]
+    .into();
+    col.allowed = vec!["1".into(), "2".into(), "3".into()];
+    let (a, f) = cast(
+        &col,
+        &[Some("CSH"), Some("Crd"), Some(""), Some("7"), Some("  ")],
+    );
+    let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!((a.value(0), a.value(1)), (2, 1));
+    assert_eq!(
+        codes(&f),
+        vec![(2, "missing"), (3, "not_allowed"), (4, "missing")]
+    );
+
+    let mut col = column(ColumnType::String);
+    col.pattern = Some("[A-Z]{3}".into());
+    let (_, f) = cast(&col, &[Some("ABC"), Some("ABCD")]);
+    assert_eq!(codes(&f), vec![(1, "pattern")]);
+}
+
+#[test]
+fn a_missing_optional_column_is_null_and_a_missing_required_one_fails_every_row() {
+    let col = column(ColumnType::Int);
+    let (a, f) = PreparedColumn::new(&col, &[]).cast(None, 3);
+    assert_eq!(a.null_count(), 3);
+    assert!(f.is_empty());
+    let mut col = column(ColumnType::Int);
+    col.nullable = false;
+    let (_, f) = PreparedColumn::new(&col, &[]).cast(None, 2);
+    assert_eq!(codes(&f), vec![(0, "missing"), (1, "missing")]);
+}
+
+#[test]
+fn typed_input_from_parquet_is_cast_without_text() {
+    let mut col = column(ColumnType::Float);
+    col.max = Some(10.0);
+    let input: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(20)]));
+    let (a, f) = PreparedColumn::new(&col, &[]).cast(Some(&input), 3);
+    assert_eq!(
+        a.as_any().downcast_ref::<Float64Array>().unwrap().value(0),
+        1.0
+    );
+    assert_eq!(codes(&f), vec![(2, "above_max")]);
+}
+
+#[test]
+fn the_iso_fast_path_agrees_with_chrono() {
+    for s in [
+        "2019-06-01 00:55:13",
+        "2019-06-01T00:55:13.123",
+        "2019-02-29 00:00:00",
+        "2019-06-01 24:00:00",
+        "2019-6-1 00:00:00",
+    ] {
+        let fast = parse_iso_naive(s);
+        let slow = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
+            .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
+            .ok();
+        assert_eq!(fast, slow, "{s}");
+    }
+}

@@ -1,0 +1,194 @@
+//! sluice-lake: the data plane. Objects in, validated Delta tables out, SQL over them.
+//!
+//! - [`objects`]: the landing zone's object store (local disk via `object_store`).
+//! - [`read`]: CSV / JSON lines / Parquet readers, streamed in batches.
+//! - [`cast`] and [`validate`]: the contract applied to each batch.
+//! - [`delta`]: Delta Lake tables, commits that carry their own idempotency key.
+//! - [`ingest`]: one object → one atomic commit to silver (+ quarantine).
+//! - [`gold`]: SQL models recomputed as CREATE TABLE AS.
+//! - [`sql`]: the DataFusion catalog (`bronze`, `silver`, `gold`, `sluice`).
+//!
+//! **Invariant:** the data plane does not know the state store. "Was this
+//! object already applied?" is answered by the Delta table itself (a
+//! transaction identifier per source object), atomically with the data.
+
+pub mod cast;
+pub mod delta;
+pub mod gold;
+pub mod ingest;
+pub mod objects;
+pub mod read;
+pub mod sql;
+pub mod validate;
+
+use std::path::{Path, PathBuf};
+
+use sluice_model::ErrorCode;
+
+/// Errors of the data plane. Bad rows are not errors (they are rejections); a bad file is.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object store failed.
+    #[error("{what}: {source}")]
+    Store {
+        /// What was being done.
+        what: String,
+        /// The store's error.
+        #[source]
+        source: object_store::Error,
+    },
+    /// A filesystem operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The object does not exist.
+    #[error("object {bucket}/{key} not found")]
+    ObjectNotFound {
+        /// Bucket.
+        bucket: String,
+        /// Key.
+        key: String,
+    },
+    /// A bucket or key was refused.
+    #[error("{0}")]
+    BadKey(String),
+    /// The client stopped sending before the upload completed; nothing was stored.
+    #[error("upload interrupted: {0}")]
+    UploadInterrupted(String),
+    /// The source file cannot be read as its format (the whole file is refused).
+    #[error("{object}: {source}")]
+    BadFile {
+        /// bucket/key.
+        object: String,
+        /// Why.
+        #[source]
+        source: read::ReadError,
+    },
+    /// Too many rows were invalid; nothing was published.
+    #[error(
+        "{invalid} of {total} rows ({pct:.2}%) are invalid, above the threshold of {threshold}%: nothing was written to {table}; see `sluice quarantine show {table}`"
+    )]
+    ThresholdExceeded {
+        /// Table.
+        table: String,
+        /// Invalid rows.
+        invalid: u64,
+        /// All rows.
+        total: u64,
+        /// Invalid share in percent.
+        pct: f64,
+        /// The threshold.
+        threshold: f64,
+    },
+    /// The contract's expressions do not compile.
+    #[error("table {table}: {errors}")]
+    Contract {
+        /// Table.
+        table: String,
+        /// Every problem, one per line.
+        errors: String,
+    },
+    /// Evaluating an expression failed.
+    #[error(transparent)]
+    Eval(#[from] validate::EvalError),
+    /// The Delta table failed.
+    #[error("delta table {table}: {source}")]
+    Delta {
+        /// Table.
+        table: String,
+        /// The error.
+        #[source]
+        source: deltalake::DeltaTableError,
+    },
+    /// A SQL statement failed.
+    #[error("{0}")]
+    Sql(String),
+    /// A model reads a table that does not exist yet; it may appear later, so this is retried.
+    #[error("{0} (an input of the model does not exist yet)")]
+    MissingInput(String),
+    /// A background task died; this is a bug in sluice.
+    #[error("internal error: {0} (this is a bug in sluice)")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn store(what: &str, source: object_store::Error) -> Self {
+        Error::Store {
+            what: what.to_string(),
+            source,
+        }
+    }
+
+    pub(crate) fn delta(table: &str, source: deltalake::DeltaTableError) -> Self {
+        Error::Delta {
+            table: table.to_string(),
+            source,
+        }
+    }
+
+    /// The edge error code; retryable codes get another attempt.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Store { .. } | Error::Io { .. } | Error::Delta { .. } | Error::MissingInput(_) => {
+                ErrorCode::Unavailable
+            }
+            Error::ObjectNotFound { .. } => ErrorCode::NotFound,
+            Error::BadKey(_)
+            | Error::UploadInterrupted(_)
+            | Error::BadFile { .. }
+            | Error::ThresholdExceeded { .. }
+            | Error::Contract { .. }
+            | Error::Sql(_)
+            // Expressions are deterministic: the same data fails the same way again.
+            | Error::Eval(_) => ErrorCode::BadInput,
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+}
+
+/// Where the lake lives: `<data_dir>/lake/<layer>/<table>` plus `<data_dir>/lake/sluice/quarantine`.
+#[derive(Debug, Clone)]
+pub struct LakePaths {
+    root: PathBuf,
+}
+
+impl LakePaths {
+    /// The lake under a data directory.
+    pub fn new(data_dir: &Path) -> Self {
+        Self {
+            root: data_dir.join("lake"),
+        }
+    }
+
+    /// Relative location of a table's data (a new schema version starts a new location).
+    pub fn location(layer: &str, table: &str, schema_version: u32) -> String {
+        if schema_version <= 1 {
+            format!("{layer}/{table}")
+        } else {
+            format!("{layer}/{table}_v{schema_version}")
+        }
+    }
+
+    /// The `file://` URL of a location.
+    pub fn url(&self, location: &str) -> Result<url::Url, Error> {
+        let path = self.root.join(location);
+        std::fs::create_dir_all(&path).map_err(|e| Error::Io {
+            what: format!("creating {}", path.display()),
+            source: e,
+        })?;
+        let path = path.canonicalize().map_err(|e| Error::Io {
+            what: format!("resolving {}", path.display()),
+            source: e,
+        })?;
+        url::Url::from_directory_path(&path)
+            .map_err(|_| Error::Internal(format!("{} is not an absolute path", path.display())))
+    }
+
+    /// The quarantine table's location.
+    pub const QUARANTINE: &'static str = "sluice/quarantine";
+}

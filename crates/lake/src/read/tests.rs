@@ -1,0 +1,219 @@
+//! One test per CSV edge case the readers must handle.
+use super::*;
+use sluice_model::contract::{Column, ColumnType};
+
+fn column(name: &str, source: &[&str], optional: bool) -> Column {
+    Column {
+        name: name.into(),
+        source: source.iter().map(|s| s.to_string()).collect(),
+        ty: ColumnType::String,
+        nullable: true,
+        optional,
+        min: None,
+        max: None,
+        allowed: vec![],
+        pattern: None,
+        formats: vec![],
+        timezone: None,
+        map: Default::default(),
+        description: None,
+    }
+}
+
+fn contract() -> Contract {
+    Contract {
+        columns: vec![
+            column("vendor", &["VendorID", "vendor_id"], false),
+            column("fare", &["fare_amount"], false),
+            column("note", &[], true),
+        ],
+        derived: vec![],
+        checks: vec![],
+        unique: vec![],
+        key_fields: None,
+    }
+}
+
+type Rows = Vec<(u64, Vec<Option<String>>, Vec<String>)>;
+
+fn read_csv(text: &str, format: &Format) -> Result<Rows, ReadError> {
+    let mut source = CsvSource::new(
+        Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+        &contract(),
+        format,
+    )?;
+    let mut rows = Vec::new();
+    while let Some(batch) = source.next_batch(2)? {
+        for row in 0..batch.num_rows() {
+            let values = batch
+                .columns
+                .iter()
+                .map(|c| {
+                    c.as_ref().and_then(|c| {
+                        let s = c.as_any().downcast_ref::<StringArray>().unwrap();
+                        (!s.is_null(row)).then(|| s.value(row).to_string())
+                    })
+                })
+                .collect();
+            let problems = batch
+                .problems
+                .iter()
+                .filter(|p| p.row == row)
+                .map(|p| p.message.clone())
+                .collect();
+            rows.push((batch.lines[row], values, problems));
+        }
+    }
+    Ok(rows)
+}
+
+fn values(rows: &Rows) -> Vec<Vec<Option<&str>>> {
+    rows.iter()
+        .map(|r| r.1.iter().map(|v| v.as_deref()).collect())
+        .collect()
+}
+
+#[test]
+fn other_delimiters() {
+    let f = Format {
+        delimiter: b';',
+        ..Format::default()
+    };
+    let rows = read_csv("VendorID;fare_amount\n1;2.5\n", &f).unwrap();
+    assert_eq!(values(&rows), vec![vec![Some("1"), Some("2.5"), None]]);
+}
+
+#[test]
+fn quoted_fields_with_delimiters_quotes_and_newlines() {
+    let rows = read_csv(
+        "VendorID,fare_amount,note\n1,\"2,5\",\"say \"\"hi\"\"\nthere\"\n2,3,x\n",
+        &Format::default(),
+    )
+    .unwrap();
+    assert_eq!(rows[0].1[1].as_deref(), Some("2,5"));
+    assert_eq!(rows[0].1[2].as_deref(), Some("say \"hi\"\nthere"));
+    assert_eq!(rows[1].0, 4, "line numbers count the embedded newline");
+}
+
+#[test]
+fn crlf_line_endings() {
+    let rows = read_csv("VendorID,fare_amount\r\n1,2\r\n3,4\r\n", &Format::default()).unwrap();
+    assert_eq!(rows[0].0, 2);
+    assert_eq!(
+        values(&rows),
+        vec![
+            vec![Some("1"), Some("2"), None],
+            vec![Some("3"), Some("4"), None]
+        ]
+    );
+    assert_eq!(rows[1].0, 3);
+}
+
+#[test]
+fn utf8_byte_order_mark() {
+    let rows = read_csv("\u{feff}VendorID,fare_amount\n1,2\n", &Format::default()).unwrap();
+    assert_eq!(values(&rows), vec![vec![Some("1"), Some("2"), None]]);
+    assert_eq!(rows[0].0, 2);
+}
+
+#[test]
+fn header_names_with_stray_spaces_and_other_case() {
+    let rows = read_csv(" vendorid , Fare_Amount \n1,2\n", &Format::default()).unwrap();
+    assert_eq!(values(&rows), vec![vec![Some("1"), Some("2"), None]]);
+}
+
+#[test]
+fn blank_lines_are_skipped_and_line_numbers_stay_true() {
+    // As in the real TLC files: a blank line after the header, and a line holding only a CR.
+    let rows = read_csv(
+        "VendorID,fare_amount\n\n\r\n1,2\r\n\n3,4\n",
+        &Format::default(),
+    )
+    .unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[0].0, 4);
+    assert_eq!(rows[1].0, 6);
+}
+
+#[test]
+fn extra_trailing_empty_fields_are_accepted() {
+    let rows = read_csv("VendorID,fare_amount\n1,2,,\n", &Format::default()).unwrap();
+    assert!(rows[0].2.is_empty(), "{:?}", rows[0].2);
+    assert_eq!(values(&rows), vec![vec![Some("1"), Some("2"), None]]);
+}
+
+#[test]
+fn extra_non_empty_fields_and_short_rows_are_row_problems() {
+    let rows = read_csv("VendorID,fare_amount\n1,2,3\n1\n", &Format::default()).unwrap();
+    assert_eq!(
+        rows[0].2,
+        vec!["row has 3 fields but the header has 2 (the extra fields are not empty)"]
+    );
+    assert_eq!(rows[1].2, vec!["row has 1 fields but the header has 2"]);
+}
+
+#[test]
+fn a_missing_required_column_refuses_the_file_naming_it() {
+    let err = read_csv("VendorID,total\n1,2\n", &Format::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("no column for \"fare\""), "{text}");
+    assert!(text.contains("looked for: fare, fare_amount"), "{text}");
+}
+
+#[test]
+fn invalid_utf8_is_a_row_problem_not_a_crash() {
+    let mut bytes = b"VendorID,fare_amount\n1,".to_vec();
+    bytes.extend_from_slice(&[0xff, 0xfe]);
+    bytes.extend_from_slice(b"\n2,3\n");
+    let mut source = CsvSource::new(
+        Box::new(std::io::Cursor::new(bytes)),
+        &contract(),
+        &Format::default(),
+    )
+    .unwrap();
+    let batch = source.next_batch(10).unwrap().unwrap();
+    assert_eq!(batch.num_rows(), 2);
+    assert_eq!(batch.problems.len(), 1);
+    assert_eq!(batch.problems[0].code, "bad_utf8");
+}
+
+#[test]
+fn an_empty_file_is_refused() {
+    assert!(read_csv("", &Format::default()).is_err());
+}
+
+#[test]
+fn json_lines_map_names_and_stringify_values() {
+    let text = "{\"VendorID\": 1, \"fare_amount\": 2.5}\n\n{\"vendor\": \"x\", \"fare\": null}\nnot json\n";
+    let mut source = JsonLinesSource::new(
+        Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
+        &contract(),
+    );
+    let batch = source.next_batch(10).unwrap().unwrap();
+    assert_eq!(batch.lines, vec![1, 3, 4]);
+    let vendor = batch.columns[0]
+        .as_ref()
+        .unwrap()
+        .as_any()
+        .downcast_ref::<StringArray>()
+        .unwrap();
+    assert_eq!(vendor.value(0), "1");
+    assert_eq!(vendor.value(1), "x");
+    assert_eq!(batch.problems.len(), 1);
+    assert_eq!(batch.problems[0].row, 2);
+    assert_eq!(batch.raw_row(2), "not json");
+}
+
+#[test]
+fn formats_come_from_the_key() {
+    assert_eq!(SourceFormat::from_key("a/b.CSV"), Some(SourceFormat::Csv));
+    assert_eq!(
+        SourceFormat::from_key("a/b.ndjson"),
+        Some(SourceFormat::JsonLines)
+    );
+    assert_eq!(
+        SourceFormat::from_key("b.parquet"),
+        Some(SourceFormat::Parquet)
+    );
+    assert_eq!(SourceFormat::from_key("b.xlsx"), None);
+}

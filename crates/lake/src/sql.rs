@@ -1,0 +1,142 @@
+//! The SQL catalog: every table under `lake.<layer>.<name>`, system tables under `lake.sluice`.
+//!
+//! A [`Session`] is cheap to build and reads each Delta table at its latest
+//! committed version, so a query sees every commit made before it started.
+
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::{
+    CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
+};
+use datafusion::datasource::MemTable;
+use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+
+use crate::{Error, LakePaths, delta};
+
+/// The catalog name every table lives in.
+pub const CATALOG: &str = "lake";
+/// Schemas of the catalog.
+pub const SCHEMAS: [&str; 4] = ["bronze", "silver", "gold", "sluice"];
+
+/// A table to register.
+#[derive(Debug, Clone)]
+pub struct TableEntry {
+    /// Schema (layer) name.
+    pub schema: String,
+    /// Table name.
+    pub name: String,
+    /// Location in the lake.
+    pub location: String,
+}
+
+/// A query session over the lake.
+pub struct Session {
+    ctx: SessionContext,
+    catalog: Arc<MemoryCatalogProvider>,
+}
+
+/// The result of a query.
+#[derive(Debug)]
+pub struct QueryResult {
+    /// Column names and types.
+    pub schema: SchemaRef,
+    /// The rows.
+    pub batches: Vec<RecordBatch>,
+}
+
+fn sql_error(e: datafusion::error::DataFusionError) -> Error {
+    let text = e.to_string();
+    let text = text
+        .trim_start_matches("Error during planning: ")
+        .trim_start_matches("SQL error: ")
+        .trim_start_matches("Schema error: ")
+        .replace("lake.", "");
+    Error::Sql(text)
+}
+
+impl Session {
+    /// A session with the lake's Delta tables registered (tables never written to are skipped).
+    pub async fn open(paths: &LakePaths, tables: &[TableEntry]) -> Result<Self, Error> {
+        let config = SessionConfig::new()
+            .with_default_catalog_and_schema(CATALOG, "silver")
+            .with_information_schema(true)
+            .with_target_partitions(2);
+        let ctx = SessionContext::new_with_config(config);
+        let catalog = Arc::new(MemoryCatalogProvider::new());
+        for schema in SCHEMAS {
+            catalog
+                .register_schema(schema, Arc::new(MemorySchemaProvider::new()))
+                .map_err(sql_error)?;
+        }
+        ctx.register_catalog(CATALOG, catalog.clone());
+        let session = Self { ctx, catalog };
+        let mut all = tables.to_vec();
+        all.push(TableEntry {
+            schema: "sluice".into(),
+            name: "quarantine".into(),
+            location: LakePaths::QUARANTINE.into(),
+        });
+        for entry in &all {
+            let Some(table) = delta::open(&entry.name, paths.url(&entry.location)?).await? else {
+                continue;
+            };
+            table
+                .update_datafusion_session(&session.ctx.state())
+                .map_err(|e| Error::delta(&entry.name, e))?;
+            let provider = table.table_provider().await.map_err(sql_error)?;
+            session
+                .schema(&entry.schema)?
+                .register_table(entry.name.clone(), provider)
+                .map_err(sql_error)?;
+        }
+        Ok(session)
+    }
+
+    fn schema(&self, name: &str) -> Result<Arc<dyn SchemaProvider>, Error> {
+        self.catalog
+            .schema(name)
+            .ok_or_else(|| Error::Sql(format!("no schema {name}")))
+    }
+
+    /// Registers in-memory rows as a table (system tables from the state store, lookups).
+    pub fn register_batches(
+        &self,
+        schema_name: &str,
+        name: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+    ) -> Result<(), Error> {
+        let table = MemTable::try_new(schema, vec![batches]).map_err(sql_error)?;
+        self.schema(schema_name)?
+            .register_table(name.to_string(), Arc::new(table))
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
+    /// Whether a table is registered.
+    pub fn has_table(&self, schema_name: &str, name: &str) -> bool {
+        self.schema(schema_name)
+            .map(|s| s.table_exist(name))
+            .unwrap_or(false)
+    }
+
+    /// Plans a statement.
+    pub async fn dataframe(&self, sql: &str) -> Result<DataFrame, Error> {
+        self.ctx.sql(sql).await.map_err(sql_error)
+    }
+
+    /// Runs a statement and collects its rows.
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, Error> {
+        let df = self.dataframe(sql).await?;
+        let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+        let batches = df.collect().await.map_err(sql_error)?;
+        Ok(QueryResult { schema, batches })
+    }
+
+    /// The DataFusion context (for registering more tables).
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+}

@@ -1,0 +1,229 @@
+//! The raw shape of `sluice.toml`, exactly as users write it.
+//!
+//! These structs are private to `config`: the rest of sluice sees only the
+//! validated [`super::Project`]. Their doc comments are the reference:
+//! `docs/config.md` is generated from them and a test fails when it drifts.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// A sluice project: buckets, tables with their contracts, triggers and pipelines.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawProject {
+    /// Format version of this file. Must be `1`.
+    pub version: u32,
+    /// Project name, shown by `sluice up` and in logs.
+    pub name: Option<String>,
+    /// Directory holding objects, tables and state, relative to this file. Default `.sluice`. Overridden by `--data-dir` and `SLUICE_DATA_DIR`.
+    pub data_dir: Option<String>,
+    /// The HTTP API and the worker pool.
+    #[serde(default)]
+    pub server: RawServer,
+    /// A local folder watched for new files, each uploaded as an object.
+    pub watch: Option<RawWatch>,
+    /// Buckets of the landing zone, by name (S3 naming rules).
+    #[serde(default)]
+    pub buckets: BTreeMap<String, RawBucket>,
+    /// Tables by name. Silver tables have a contract; gold tables are SQL models; bronze tables archive raw objects.
+    #[serde(default)]
+    pub tables: BTreeMap<String, RawTable>,
+    /// Triggers by name: which events start which pipeline.
+    #[serde(default)]
+    pub triggers: BTreeMap<String, RawTrigger>,
+    /// Pipelines by name: ordered steps, retry policy and acceptance thresholds.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, RawPipeline>,
+}
+
+/// The HTTP API and the worker pool.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RawServer {
+    /// Address to bind. Default `127.0.0.1`.
+    pub bind: Option<String>,
+    /// Port of the HTTP API (`/v1/objects`, `/v1/query`). Default 8080; 0 picks a free port. Overridden by `--http-port`.
+    pub http_port: Option<u16>,
+    /// How many jobs run at once. Default: the number of CPU cores.
+    pub workers: Option<usize>,
+}
+
+/// A local folder whose new files are uploaded as objects (then moved to `<dir>/.done/`).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawWatch {
+    /// Folder to watch, relative to this file.
+    pub dir: String,
+    /// Bucket the files are written to.
+    pub bucket: String,
+    /// Key prefix put in front of each file's path relative to `dir`. Default empty.
+    pub prefix: Option<String>,
+}
+
+/// A bucket of the landing zone.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RawBucket {
+    /// What the bucket holds.
+    pub description: Option<String>,
+}
+
+/// A table of the lakehouse.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawTable {
+    /// `bronze` (raw objects, kept immutable), `silver` (validated rows, needs columns) or `gold` (a SQL model, needs `sql`).
+    pub layer: String,
+    /// What the table holds, for the catalog.
+    pub description: Option<String>,
+    /// Who owns the table, for the catalog.
+    pub owner: Option<String>,
+    /// Version of the table's schema. A change that breaks compatibility with the registered schema must raise it; the new version starts a new table.
+    pub schema_version: Option<u32>,
+    /// Partition columns, in order (contract or derived columns).
+    #[serde(default)]
+    pub partition_by: Vec<String>,
+    /// How source files are read (silver tables).
+    #[serde(default)]
+    pub format: RawFormat,
+    /// Regex with named groups matched against the object key; each group `g` becomes a text column `_key_g` usable in expressions and checks.
+    pub key_fields: Option<String>,
+    /// Source columns of a silver table, in order.
+    #[serde(default)]
+    pub columns: Vec<RawColumn>,
+    /// Columns computed with SQL expressions after casting, in order.
+    #[serde(default)]
+    pub derive: Vec<RawDerived>,
+    /// Row checks spanning columns: SQL boolean expressions; false sends the row to quarantine.
+    #[serde(default)]
+    pub checks: Vec<RawCheck>,
+    /// Columns whose combination must be unique within one source object.
+    #[serde(default)]
+    pub unique: Vec<String>,
+    /// Gold tables: the model's SQL (a SELECT), inline.
+    pub sql: Option<String>,
+    /// Gold tables: a file holding the model's SQL, relative to this file.
+    pub sql_file: Option<String>,
+}
+
+/// How source files are read.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RawFormat {
+    /// CSV field delimiter, one character. Default `,`.
+    pub delimiter: Option<String>,
+    /// CSV quote character, one character. Default `"`.
+    pub quote: Option<String>,
+    /// Values read as empty (null) besides the empty string, e.g. `["NA", "\\N"]`.
+    #[serde(default)]
+    pub null_values: Vec<String>,
+}
+
+/// A source column: its type and its rules.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawColumn {
+    /// Column name in the table.
+    pub name: String,
+    /// `string`, `int`, `float`, `decimal(P,S)`, `bool`, `date` or `timestamp`.
+    #[serde(rename = "type")]
+    pub ty: String,
+    /// Header names in source files that map to this column (case-insensitive, spaces trimmed). The column's own name always matches.
+    #[serde(default)]
+    pub source: Vec<String>,
+    /// Whether empty values are allowed. Default true.
+    pub nullable: Option<bool>,
+    /// Whether a file may lack this column entirely (it is then null). Default: same as `nullable`.
+    pub optional: Option<bool>,
+    /// Inclusive minimum (numeric types).
+    pub min: Option<f64>,
+    /// Inclusive maximum (numeric types).
+    pub max: Option<f64>,
+    /// The only values allowed (compared as text after `map`).
+    #[serde(default)]
+    pub allowed: Vec<String>,
+    /// Regex the raw text must match entirely.
+    pub pattern: Option<String>,
+    /// chrono formats for `date`/`timestamp`, tried in order, e.g. `"%Y-%m-%d %H:%M:%S"`. Default: ISO 8601.
+    #[serde(default)]
+    pub format: Vec<String>,
+    /// IANA time zone of timestamps that carry none, e.g. `America/New_York`. Default UTC.
+    pub timezone: Option<String>,
+    /// Raw values to replace before casting, e.g. `{ CSH = "2", CRD = "1" }` (keys case-insensitive).
+    #[serde(default)]
+    pub map: BTreeMap<String, String>,
+    /// What the column means, for the catalog.
+    pub description: Option<String>,
+}
+
+/// A derived column.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawDerived {
+    /// Column name in the table.
+    pub name: String,
+    /// SQL expression (DataFusion dialect) over contract columns, earlier derived columns, `_source_object`, `_source_line` and `_key_*` columns.
+    pub expr: String,
+}
+
+/// A row check.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawCheck {
+    /// Short name; it is the quarantine reason code.
+    pub name: String,
+    /// SQL boolean expression. A row where it is false is quarantined; NULL passes, like a SQL CHECK.
+    pub expr: String,
+    /// What a person reads in quarantine. Default: `check <name> failed: <expr>`.
+    pub message: Option<String>,
+}
+
+/// Which events start which pipeline.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawTrigger {
+    /// Event kind: `object-created` or `object-removed`.
+    pub on: String,
+    /// Bucket the object must be in.
+    pub bucket: String,
+    /// Key prefix the object must have. Default: any.
+    pub prefix: Option<String>,
+    /// Key suffix the object must have, e.g. `.csv`. Default: any.
+    pub suffix: Option<String>,
+    /// Pipeline to run.
+    pub pipeline: String,
+}
+
+/// An ordered list of steps run for one event.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawPipeline {
+    /// Steps in order: `{ ingest = "TABLE" }` validates the object into a silver table (archiving it to bronze when `bronze = "TABLE"` names a bronze table); `{ refresh = "TABLE" }` recomputes a gold model.
+    pub steps: Vec<RawStep>,
+    /// Retry policy for failed attempts.
+    #[serde(default)]
+    pub retry: RawRetry,
+    /// Thresholds that fail a run.
+    #[serde(default)]
+    pub acceptance: RawAcceptance,
+}
+
+/// One step of a pipeline.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawStep {
+    /// Silver table to validate the triggering object into.
+    pub ingest: Option<String>,
+    /// Bronze table to archive the raw object into (with `ingest`).
+    pub bronze: Option<String>,
+    /// Gold table to recompute.
+    pub refresh: Option<String>,
+}
+
+/// Retry policy: exponential backoff with jitter, then the dead-letter queue.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RawRetry {
+    /// Attempts in all, including the first. Default 3.
+    pub max_attempts: Option<u32>,
+    /// Delay before the second attempt, e.g. `"500ms"`, `"2s"`. Default `"1s"`.
+    pub backoff: Option<String>,
+    /// Upper bound on the delay between attempts. Default `"60s"`.
+    pub max_backoff: Option<String>,
+}
+
+/// Thresholds that fail a run (nothing reaches silver; the quarantine is kept).
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RawAcceptance {
+    /// Largest share of invalid rows, in percent, that still lets the run publish. Default 100 (never fail).
+    pub max_invalid_pct: Option<f64>,
+}

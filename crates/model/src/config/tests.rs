@@ -1,0 +1,153 @@
+use super::*;
+
+fn parse(text: &str) -> Result<Project, Problems> {
+    Project::parse(text, "sluice.toml", &|f| {
+        if f == "models/daily.sql" {
+            Ok("SELECT 1".into())
+        } else {
+            Err("no such file".into())
+        }
+    })
+}
+
+fn errors(text: &str) -> String {
+    parse(text).expect_err("should be refused").to_string()
+}
+
+const GOOD: &str = r#"
+version = 1
+[buckets.raw]
+[tables.trips]
+layer = "silver"
+partition_by = ["year"]
+columns = [
+  { name = "fare", type = "float", min = 0, max = 10000 },
+  { name = "pickup_at", type = "timestamp", format = ["%Y-%m-%d %H:%M:%S"], timezone = "America/New_York", nullable = false },
+]
+derive = [{ name = "year", expr = "date_part('year', pickup_at)" }]
+checks = [{ name = "positive", expr = "fare > 0" }]
+[tables.daily]
+layer = "gold"
+sql_file = "models/daily.sql"
+[triggers.landing]
+on = "object-created"
+bucket = "raw"
+prefix = "landing/"
+pipeline = "taxi"
+[pipelines.taxi]
+steps = [{ ingest = "trips" }, { refresh = "daily" }]
+retry = { max_attempts = 5, backoff = "200ms" }
+acceptance = { max_invalid_pct = 20 }
+"#;
+
+#[test]
+fn a_good_project_parses() {
+    let p = parse(GOOD).unwrap();
+    assert_eq!(p.tables["trips"].layer, Layer::Silver);
+    assert_eq!(p.tables["daily"].sql.as_deref(), Some("SELECT 1"));
+    let pipeline = &p.pipelines["taxi"];
+    assert_eq!(pipeline.retry.max_attempts, 5);
+    assert_eq!(pipeline.retry.backoff, Duration::from_millis(200));
+    assert_eq!(pipeline.max_invalid_pct, 20.0);
+    let c = p.tables["trips"].contract.as_ref().unwrap();
+    assert_eq!(c.columns[1].ty, ColumnType::Timestamp);
+    assert!(!c.columns[1].nullable);
+    assert_eq!(
+        p.pipelines_for(EventKind::ObjectCreated, "raw", "landing/a.csv")
+            .len(),
+        1
+    );
+    assert!(
+        p.pipelines_for(EventKind::ObjectCreated, "raw", "other/a.csv")
+            .is_empty()
+    );
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_positions() {
+    let text = GOOD
+        .replace("type = \"float\"", "type = \"flaot\"")
+        .replace("pipeline = \"taxi\"", "pipeline = \"taxis\"")
+        .replace("[buckets.raw]", "[buckets.raw]\ncolour = \"blue\"");
+    let out = errors(&text);
+    assert!(
+        out.contains("sluice.toml:4:1: unknown field `buckets.raw.colour`"),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"column "fare": unknown type "flaot" (expected one of: string, int"#),
+        "{out}"
+    );
+    assert!(
+        out.contains(r#"sluice.toml:21:1: pipeline "taxis" is not declared under [pipelines]"#),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), 3, "{out}");
+}
+
+#[test]
+fn syntax_errors_name_the_position() {
+    let out = errors("version = 1\n[buckets.raw\n");
+    assert!(out.starts_with("sluice.toml:2:"), "{out}");
+}
+
+#[test]
+fn wrong_version_is_refused() {
+    assert!(errors("version = 2").contains("unsupported version 2"));
+}
+
+#[test]
+fn references_must_exist_and_have_the_right_layer() {
+    let text = GOOD.replace("{ refresh = \"daily\" }", "{ refresh = \"trips\" }");
+    let out = errors(&text);
+    assert!(
+        out.contains("table is silver but refresh needs a gold table"),
+        "{out}"
+    );
+    let text = GOOD.replace("sql_file = \"models/daily.sql\"", "sql_file = \"nope.sql\"");
+    assert!(errors(&text).contains("cannot read model \"nope.sql\": no such file"));
+}
+
+#[test]
+fn partition_columns_and_checks_are_validated() {
+    let text = GOOD
+        .replace("partition_by = [\"year\"]", "partition_by = [\"yr\"]")
+        .replace(
+            "timezone = \"America/New_York\"",
+            "timezone = \"Mars/Olympus\"",
+        )
+        .replace("backoff = \"200ms\"", "backoff = \"soon\"");
+    let out = errors(&text);
+    assert!(out.contains("partition column \"yr\""), "{out}");
+    assert!(out.contains("unknown time zone \"Mars/Olympus\""), "{out}");
+    assert!(out.contains("backoff \"soon\" is not a duration"), "{out}");
+}
+
+#[test]
+fn retry_delays_grow_exponentially_and_are_capped() {
+    let r = Retry {
+        max_attempts: 5,
+        backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(350),
+    };
+    assert_eq!(r.delay_after(1), Duration::from_millis(100));
+    assert_eq!(r.delay_after(2), Duration::from_millis(200));
+    assert_eq!(r.delay_after(3), Duration::from_millis(350));
+}
+
+#[test]
+fn the_reference_in_docs_is_current() {
+    let generated = reference_markdown();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/config.md");
+    if std::env::var_os("SLUICE_BLESS").is_some() {
+        std::fs::write(path, &generated).unwrap();
+    }
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "docs/config.md is out of date: run `SLUICE_BLESS=1 cargo test -p sluice-model`"
+    );
+    for field in ["max_invalid_pct", "partition_by", "timezone", "suffix"] {
+        assert!(generated.contains(&format!("`{field}`")), "{field} missing");
+    }
+}

@@ -1,0 +1,195 @@
+//! The HTTP API (axum): objects in, SQL out, runs and status for scripts and tests.
+//!
+//! | route | what |
+//! |---|---|
+//! | `PUT /v1/objects/{bucket}/{*key}` | store an object (streamed); its event is recorded before the 201 |
+//! | `GET /v1/objects/{bucket}/{*key}` | read an object |
+//! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types |
+//! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
+//! | `GET /v1/status` | job counts: pending, running, done, dead |
+//! | `GET /v1/health` | liveness |
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::StreamExt;
+use serde::Deserialize;
+use serde_json::json;
+use sluice_model::ErrorCode;
+use sluice_model::key::{BucketName, ObjectKey};
+
+use crate::platform::{Platform, PutError};
+use crate::render::json_rows;
+
+/// An API error: a status and a message, as JSON `{"error": …}`.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({"error": self.1}))).into_response()
+    }
+}
+
+/// The one place an error code becomes an HTTP status.
+fn status_of(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::BadInput => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<PutError> for ApiError {
+    fn from(e: PutError) -> Self {
+        let status = match &e {
+            PutError::BadInput(_) => StatusCode::BAD_REQUEST,
+            PutError::NoSuchBucket(_) => StatusCode::NOT_FOUND,
+            PutError::Store(inner) => status_of(inner.code()),
+            PutError::State(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<sluice_lake::Error> for ApiError {
+    fn from(e: sluice_lake::Error) -> Self {
+        ApiError(status_of(e.code()), e.to_string())
+    }
+}
+
+impl From<sluice_state::Error> for ApiError {
+    fn from(e: sluice_state::Error) -> Self {
+        ApiError(status_of(e.code()), e.to_string())
+    }
+}
+
+/// The API's routes.
+pub fn router(platform: Arc<Platform>) -> axum::Router {
+    axum::Router::new()
+        .route(
+            "/v1/health",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .route("/v1/status", get(status))
+        .route(
+            "/v1/objects/{bucket}/{*key}",
+            get(get_object).put(put_object),
+        )
+        .route("/v1/query", post(query))
+        .route("/v1/runs", get(runs))
+        .route("/v1/runs/{id}", get(run))
+        .with_state(platform)
+}
+
+async fn status(State(p): State<Arc<Platform>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = p.state.job_counts()?;
+    Ok(Json(
+        json!({"jobs": {"pending": c.pending, "running": c.running, "done": c.done, "dead": c.dead}}),
+    ))
+}
+
+async fn put_object(
+    State(p): State<Arc<Platform>>,
+    Path((bucket, key)): Path<(String, String)>,
+    body: Body,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let stream = body.into_data_stream().boxed();
+    let (event, jobs) = p.put_object(&bucket, &key, stream, "sluice:http").await?;
+    let o = &event.object;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "event_id": event.id.to_string(),
+            "bucket": o.bucket, "key": o.key, "size": o.size, "sha256": o.sha256, "version": o.version,
+            "jobs": jobs,
+        })),
+    ))
+}
+
+async fn get_object(
+    State(p): State<Arc<Platform>>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let bucket =
+        BucketName::parse(&bucket).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let key =
+        ObjectKey::parse(&key).map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let reader = p.objects.open_read(&bucket, &key).await?;
+    let size = reader.size();
+    let body = match reader {
+        sluice_lake::objects::ObjectReader::File { file, .. } => Body::from_stream(
+            tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file)),
+        ),
+        sluice_lake::objects::ObjectReader::Stream { stream, .. } => Body::from_stream(stream),
+    };
+    Ok(([(header::CONTENT_LENGTH, size.to_string())], body).into_response())
+}
+
+#[derive(Deserialize)]
+struct QueryRequest {
+    sql: String,
+}
+
+async fn query(
+    State(p): State<Arc<Platform>>,
+    Json(req): Json<QueryRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let session = p
+        .session()
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let result = session.query(&req.sql).await?;
+    let columns: Vec<_> = result
+        .schema
+        .fields()
+        .iter()
+        .map(|f| json!({"name": f.name(), "type": f.data_type().to_string()}))
+        .collect();
+    let rows: Vec<_> = result
+        .batches
+        .iter()
+        .flat_map(json_rows)
+        .map(serde_json::Value::Object)
+        .collect();
+    Ok(Json(json!({"columns": columns, "rows": rows})))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    limit: Option<usize>,
+}
+
+fn run_json(r: &sluice_state::Run) -> serde_json::Value {
+    json!({
+        "run_id": r.id.to_string(), "job_id": r.job_id.to_string(), "event_id": r.event_id.to_string(),
+        "pipeline": r.pipeline, "attempt": r.attempt, "status": r.status.as_str(),
+        "started_at": r.started_at.to_rfc3339(), "finished_at": r.finished_at.map(|t| t.to_rfc3339()),
+        "rows_in": r.rows_in, "rows_valid": r.rows_valid, "rows_quarantined": r.rows_quarantined,
+        "bytes_read": r.bytes_read, "bytes_written": r.bytes_written, "error": r.error, "detail": r.detail,
+    })
+}
+
+async fn runs(
+    State(p): State<Arc<Platform>>,
+    Query(q): Query<Limit>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let runs = p.state.list_runs(q.limit.unwrap_or(100))?;
+    Ok(Json(
+        json!({"runs": runs.iter().map(run_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn run(
+    State(p): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(run_json(&p.state.get_run(&id)?)))
+}

@@ -1,0 +1,716 @@
+//! `sluice`: an open, self-hosted serverless data platform in one binary.
+//!
+//! This file is the edge: it parses the command line, loads the project, opens
+//! the [`platform::Platform`] and turns every error into a message and an exit
+//! code. Each command is a plain function below.
+
+mod demo;
+mod http;
+mod platform;
+mod render;
+mod system;
+mod watch;
+mod worker;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use crate::platform::{Platform, load_project};
+use crate::render::Format;
+
+/// sluice: drop a file in the landing zone; get validated, partitioned, queryable lakehouse tables.
+#[derive(Parser)]
+#[command(version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    /// Project file.
+    #[arg(
+        long,
+        short = 'p',
+        global = true,
+        default_value = "sluice.toml",
+        env = "SLUICE_PROJECT"
+    )]
+    project: PathBuf,
+    /// Data directory (objects, tables, state); default: the project's `data_dir`.
+    #[arg(long, global = true, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format: `text` on a terminal, `json` for machines.
+    #[arg(long, global = true, env = "SLUICE_LOG_FORMAT", default_value = "auto")]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Write a commented example project (sluice.toml and models) into DIR.
+    ///
+    /// Example: sluice init my-project && cd my-project && sluice up
+    Init {
+        /// Directory to create the project in.
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Validate a project without starting anything: every problem is reported at once.
+    ///
+    /// Example: sluice check -p examples/nyc-taxi/sluice.toml
+    Check,
+    /// Serve the platform: HTTP API, workers, watched folder. Ctrl-C stops it gracefully.
+    ///
+    /// Example: sluice up --http-port 0
+    Up {
+        /// HTTP port (0 picks a free one); default from sluice.toml.
+        #[arg(long)]
+        http_port: Option<u16>,
+        /// Address to bind; default from sluice.toml.
+        #[arg(long)]
+        bind: Option<String>,
+        /// Worker count; default from sluice.toml, else the number of cores.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+    /// Run the NYC taxi pipeline end to end on generated, realistically dirty data.
+    ///
+    /// Example: sluice demo --rows 100000
+    Demo {
+        /// Trip rows to generate.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Workspace directory (default: a new temporary directory that is kept).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Random seed of the generator.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Write the demo's generated taxi trips (January 2024, realistically dirty) to a CSV file.
+    ///
+    /// Example: sluice generate --rows 1000000 trips.csv
+    Generate {
+        /// Output CSV file.
+        out: PathBuf,
+        /// Trip rows to generate.
+        #[arg(long, default_value_t = 100_000)]
+        rows: usize,
+        /// Random seed.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+    },
+    /// Upload a file as an object; its triggers queue pipeline runs (run by `sluice up`).
+    ///
+    /// Example: sluice put trips.csv raw/landing/2024/01/trips.csv
+    Put {
+        /// Local file.
+        file: PathBuf,
+        /// Target as BUCKET/KEY.
+        target: String,
+    },
+    /// Run SQL over the lake: bronze, silver, gold and the sluice system tables.
+    ///
+    /// Example: sluice query "SELECT date, count(*) FROM silver.trips GROUP BY 1 ORDER BY 1"
+    Query {
+        /// The SQL statement.
+        sql: String,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// List tables with their layer, schema version, rows and description.
+    ///
+    /// Example: sluice tables
+    Tables,
+    /// Show a table's columns, partitions, versions and location.
+    ///
+    /// Example: sluice describe trips
+    Describe {
+        /// Table name.
+        table: String,
+    },
+    /// List recent runs: status, duration, rows in / valid / quarantined, bytes.
+    ///
+    /// Example: sluice runs --limit 20
+    Runs {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Run details.
+    Run {
+        #[command(subcommand)]
+        command: RunCommand,
+    },
+    /// Rows rejected by contracts.
+    Quarantine {
+        #[command(subcommand)]
+        command: QuarantineCommand,
+    },
+    /// The dead-letter queue: jobs that ran out of attempts or failed for good.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunCommand {
+    /// Show one run: steps, per-reason quarantine counts, partitions, error.
+    ///
+    /// Example: sluice run show 0193a1b2
+    Show {
+        /// Run id or a unique prefix of it.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Show rejected rows of a table with reason, source object and line.
+    ///
+    /// Example: sluice quarantine show trips --limit 50
+    Show {
+        /// Table name.
+        table: String,
+        /// How many rows.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// List dead-lettered jobs with their last error.
+    ///
+    /// Example: sluice dlq list
+    List,
+    /// Queue a dead-lettered job again; it runs through the same path as the first time.
+    ///
+    /// Example: sluice dlq replay 0193a1b2-...
+    Replay {
+        /// Job id (from `sluice dlq list`).
+        id: String,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            if let Some(io) = e.downcast_ref::<std::io::Error>()
+                && io.kind() == std::io::ErrorKind::BrokenPipe
+            {
+                std::process::exit(0);
+            }
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn init_logging(format: &str, default_level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("SLUICE_LOG").unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "{default_level},datafusion=warn,deltalake=warn,deltalake_core=warn,buoyant_kernel=off"
+        ))
+    });
+    let json = match format {
+        "json" => true,
+        "text" => false,
+        _ => !std::io::IsTerminal::is_terminal(&std::io::stderr()),
+    };
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(false)
+            .flatten_event(true)
+            .init();
+    } else {
+        builder.compact().init();
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn data_dir(
+    cli_dir: &Option<PathBuf>,
+    project_dir: &Path,
+    project: &sluice_model::config::Project,
+) -> PathBuf {
+    cli_dir
+        .clone()
+        .unwrap_or_else(|| project_dir.join(&project.data_dir))
+}
+
+async fn open(cli: &Cli) -> Result<Platform> {
+    let (project, dir) = load_project(&cli.project)?;
+    let data = data_dir(&cli.data_dir, &dir, &project);
+    Platform::open(project, dir, data).await
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let quiet_level = matches!(cli.command, Command::Up { .. }) as u8;
+    init_logging(
+        &cli.log_format,
+        if quiet_level == 1 { "info" } else { "warn" },
+    );
+    let rt = runtime()?;
+    match &cli.command {
+        Command::Init { dir } => init(dir),
+        Command::Check => {
+            let (project, _) = load_project(&cli.project)?;
+            platform::compile_contracts(&project)?;
+            println!(
+                "{}: ok ({} buckets, {} tables, {} triggers, {} pipelines)",
+                cli.project.display(),
+                project.buckets.len(),
+                project.tables.len(),
+                project.triggers.len(),
+                project.pipelines.len()
+            );
+            Ok(())
+        }
+        Command::Up { http_port, bind, workers } => rt.block_on(up(&cli, *http_port, bind.clone(), *workers)),
+        Command::Demo { rows, dir, seed } => rt.block_on(demo::run(*rows, dir.clone(), *seed)),
+        Command::Generate { out, rows, seed } => {
+            let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+            let dirt = demo::generate_trips(&mut w, *rows, *seed)?;
+            w.flush()?;
+            println!(
+                "wrote {rows} trips to {} (dirty rows: {})",
+                out.display(),
+                dirt.iter().map(|(k, n)| format!("{n} {k}")).collect::<Vec<_>>().join(", ")
+            );
+            Ok(())
+        }
+        Command::Put { file, target } => rt.block_on(put(&cli, file, target)),
+        Command::Query { sql, format } => rt.block_on(async {
+            let platform = open(&cli).await?;
+            let session = platform.session().await?;
+            let result = session.query(sql).await?;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", render::render(&result.schema, &result.batches, *format))?;
+            Ok(())
+        }),
+        Command::Tables => rt.block_on(tables(&cli)),
+        Command::Describe { table } => rt.block_on(describe(&cli, table)),
+        Command::Runs { limit } => rt.block_on(runs(&cli, *limit)),
+        Command::Run { command: RunCommand::Show { id } } => rt.block_on(run_show(&cli, id)),
+        Command::Quarantine { command: QuarantineCommand::Show { table, limit } } => rt.block_on(async {
+            let platform = open(&cli).await?;
+            if !platform.project.tables.contains_key(table) {
+                bail!("no table {table:?} in {}", cli.project.display());
+            }
+            let session = platform.session().await?;
+            if !session.has_table("sluice", "quarantine") {
+                println!("nothing quarantined yet");
+                return Ok(());
+            }
+            let summary = session
+                .query(&format!(
+                    "SELECT reason_code, count(*) AS rows FROM sluice.quarantine WHERE table_name = '{table}' GROUP BY 1 ORDER BY 2 DESC, 1"
+                ))
+                .await?;
+            println!("{}", render::render(&summary.schema, &summary.batches, Format::Table));
+            let rows = session
+                .query(&format!(
+                    "SELECT source_object, line, reason_code, column_name, reason, raw FROM sluice.quarantine \
+                     WHERE table_name = '{table}' ORDER BY source_object, line LIMIT {limit}"
+                ))
+                .await?;
+            println!("{}", render::render(&rows.schema, &rows.batches, Format::Table));
+            Ok(())
+        }),
+        Command::Dlq { command } => rt.block_on(async {
+            let platform = open(&cli).await?;
+            match command {
+                DlqCommand::List => {
+                    let dead = platform.state.list_dlq()?;
+                    let mut t = render::table(vec!["job".into(), "pipeline".into(), "object".into(), "attempts".into(), "failed at".into(), "error".into()]);
+                    for job in &dead {
+                        let object = platform
+                            .state
+                            .get_event(sluice_model::event::EventId(job.event_id))
+                            .map(|e| format!("{}/{}", e.event.object.bucket, e.event.object.key))
+                            .unwrap_or_default();
+                        t.add_row(vec![
+                            job.id.to_string(),
+                            job.pipeline.clone(),
+                            object,
+                            job.attempts.to_string(),
+                            job.updated_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                            job.last_error.clone().unwrap_or_default(),
+                        ]);
+                    }
+                    println!("{t}\n({} dead-lettered job{})", dead.len(), if dead.len() == 1 { "" } else { "s" });
+                }
+                DlqCommand::Replay { id } => {
+                    let job: sluice_state::JobId = id.parse().with_context(|| format!("{id:?} is not a job id"))?;
+                    let new = platform.state.replay_dlq(job, chrono::Utc::now())?;
+                    println!("replaying job {job} as job {new}; it runs when `sluice up` is running");
+                }
+            }
+            Ok(())
+        }),
+    }
+}
+
+fn init(dir: &Path) -> Result<()> {
+    let target = dir.join("sluice.toml");
+    if target.exists() {
+        bail!("{} already exists; not overwriting it", target.display());
+    }
+    std::fs::create_dir_all(dir.join("models"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (name, text) in demo::PROJECT_FILES {
+        let path = dir.join(name);
+        if !path.exists() {
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    println!(
+        "created {} (the NYC taxi example); next: `sluice check`, then `sluice up`",
+        target.display()
+    );
+    Ok(())
+}
+
+async fn up(
+    cli: &Cli,
+    http_port: Option<u16>,
+    bind: Option<String>,
+    workers: Option<usize>,
+) -> Result<()> {
+    let started = Instant::now();
+    let platform = Arc::new(open(cli).await?);
+    let _owned = platform.own_data_dir()?;
+    let server = &platform.project.server;
+    let bind = bind.unwrap_or_else(|| server.bind.clone());
+    let port = http_port.unwrap_or(server.http_port);
+    let workers = workers.or(server.workers).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let listener = tokio::net::TcpListener::bind((bind.as_str(), port))
+        .await
+        .with_context(|| format!("binding the HTTP API to {bind}:{port}"))?;
+    let addr = listener.local_addr()?;
+    let shutdown = CancellationToken::new();
+    let app = http::router(platform.clone());
+    let http_shutdown = shutdown.clone();
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await
+    });
+    let pool = tokio::spawn(worker::run_pool(
+        platform.clone(),
+        workers,
+        shutdown.clone(),
+    ));
+    let watcher = platform
+        .project
+        .watch
+        .clone()
+        .map(|w| tokio::spawn(watch::run(platform.clone(), w, shutdown.clone())));
+    println!(
+        "sluice {} is up ({} ms)",
+        platform.project.name,
+        started.elapsed().as_millis()
+    );
+    println!("  http  http://{addr}");
+    println!("  data  {}", platform.data_dir.display());
+    println!("  workers {workers}");
+    if let Some(w) = &platform.project.watch {
+        println!(
+            "  watch {} -> {}/{}",
+            platform.project_dir.join(&w.dir).display(),
+            w.bucket,
+            w.prefix
+        );
+    }
+    std::io::stdout().flush()?;
+    tracing::info!(http = %addr, "ready");
+    shutdown_signal().await;
+    eprintln!("shutting down: finishing in-flight work");
+    shutdown.cancel();
+    let _ = pool.await;
+    if let Some(w) = watcher {
+        let _ = w.await;
+    }
+    let _ = http.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn put(cli: &Cli, file: &Path, target: &str) -> Result<()> {
+    let platform = open(cli).await?;
+    let (bucket, key) = target
+        .split_once('/')
+        .with_context(|| format!("target {target:?} must be BUCKET/KEY"))?;
+    let f = tokio::fs::File::open(file)
+        .await
+        .with_context(|| format!("opening {}", file.display()))?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+    let (event, jobs) = platform
+        .put_object(bucket, key, stream, "sluice:put")
+        .await?;
+    println!(
+        "stored {}/{} ({}, sha256 {}), event {}; {jobs} pipeline run(s) queued",
+        event.object.bucket,
+        event.object.key,
+        render::bytes(event.object.size),
+        &event.object.sha256[..12],
+        event.id
+    );
+    Ok(())
+}
+
+async fn tables(cli: &Cli) -> Result<()> {
+    let platform = open(cli).await?;
+    let session = platform.session().await?;
+    let mut t = render::table(vec![
+        "table".into(),
+        "layer".into(),
+        "version".into(),
+        "rows".into(),
+        "partitions".into(),
+        "description".into(),
+    ]);
+    for table in platform.project.tables.values() {
+        let rows = if table.layer == sluice_model::config::Layer::Bronze {
+            "-".to_string()
+        } else if session.has_table(table.layer.as_str(), &table.name) {
+            let r = session
+                .query(&format!(
+                    "SELECT count(*) FROM {}.{}",
+                    table.layer.as_str(),
+                    table.name
+                ))
+                .await?;
+            render::render(&r.schema, &r.batches, Format::Csv)
+                .lines()
+                .nth(1)
+                .unwrap_or("0")
+                .to_string()
+        } else {
+            "0".into()
+        };
+        t.add_row(vec![
+            format!("{}.{}", table.layer.as_str(), table.name),
+            table.layer.as_str().into(),
+            table.schema_version.to_string(),
+            rows,
+            table.partition_by.join(", "),
+            table.description.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+async fn describe(cli: &Cli, name: &str) -> Result<()> {
+    let platform = open(cli).await?;
+    let Some(table) = platform.project.tables.get(name) else {
+        bail!("no table {name:?}; `sluice tables` lists them");
+    };
+    println!(
+        "{}.{}  (schema version {})",
+        table.layer.as_str(),
+        table.name,
+        table.schema_version
+    );
+    if let Some(d) = &table.description {
+        println!("  {d}");
+    }
+    if let Some(o) = &table.owner {
+        println!("  owner: {o}");
+    }
+    println!(
+        "  location: {}",
+        platform
+            .data_dir
+            .join("lake")
+            .join(&platform.locations[name])
+            .display()
+    );
+    if !table.partition_by.is_empty() {
+        println!("  partitioned by: {}", table.partition_by.join(", "));
+    }
+    let session = platform.session().await?;
+    if session.has_table(table.layer.as_str(), name) {
+        let r = session
+            .query(&format!(
+                "SELECT column_name, data_type, is_nullable FROM information_schema.columns WHERE table_schema = '{}' AND table_name = '{name}' ORDER BY ordinal_position",
+                table.layer.as_str()
+            ))
+            .await?;
+        println!("{}", render::render(&r.schema, &r.batches, Format::Table));
+    }
+    let versions = platform.state.table_versions(name)?;
+    for v in versions {
+        println!(
+            "  version {} registered {}",
+            v.version,
+            v.registered_at.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    Ok(())
+}
+
+async fn runs(cli: &Cli, limit: usize) -> Result<()> {
+    let platform = open(cli).await?;
+    let runs = platform.state.list_runs(limit)?;
+    let mut t = render::table(
+        [
+            "run",
+            "pipeline",
+            "object",
+            "status",
+            "attempt",
+            "duration",
+            "rows in",
+            "valid",
+            "quarantined",
+            "read",
+            "written",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for r in &runs {
+        let duration = r
+            .finished_at
+            .map(|f| {
+                format!(
+                    "{:.2}s",
+                    (f - r.started_at).num_milliseconds() as f64 / 1000.0
+                )
+            })
+            .unwrap_or_else(|| "running".into());
+        t.add_row(vec![
+            r.id.to_string()[..13].to_string(),
+            r.pipeline.clone(),
+            r.detail["object"].as_str().unwrap_or("").to_string(),
+            r.status.as_str().to_string(),
+            r.attempt.to_string(),
+            duration,
+            r.rows_in.to_string(),
+            r.rows_valid.to_string(),
+            r.rows_quarantined.to_string(),
+            render::bytes(r.bytes_read),
+            render::bytes(r.bytes_written),
+        ]);
+    }
+    println!("{t}");
+    let c = platform.state.job_counts()?;
+    println!(
+        "jobs: {} pending, {} running, {} done, {} dead-lettered",
+        c.pending, c.running, c.done, c.dead
+    );
+    Ok(())
+}
+
+async fn run_show(cli: &Cli, id: &str) -> Result<()> {
+    let platform = open(cli).await?;
+    let r = platform.state.get_run(id)?;
+    println!("run       {}", r.id);
+    println!("job       {} (attempt {})", r.job_id, r.attempt);
+    println!("event     {}", r.event_id);
+    println!("pipeline  {}", r.pipeline);
+    println!("object    {}", r.detail["object"].as_str().unwrap_or(""));
+    println!("status    {}", r.status.as_str());
+    println!("started   {}", r.started_at.to_rfc3339());
+    if let Some(f) = r.finished_at {
+        println!(
+            "finished  {} ({:.3}s)",
+            f.to_rfc3339(),
+            (f - r.started_at).num_milliseconds() as f64 / 1000.0
+        );
+    }
+    println!(
+        "rows      {} in, {} valid, {} quarantined",
+        r.rows_in, r.rows_valid, r.rows_quarantined
+    );
+    println!(
+        "bytes     {} read, {} written",
+        render::bytes(r.bytes_read),
+        render::bytes(r.bytes_written)
+    );
+    if let Some(e) = &r.error {
+        println!("note      {e}");
+    }
+    if let Some(steps) = r.detail["steps"].as_array() {
+        for step in steps {
+            match step["step"].as_str() {
+                Some("ingest") => {
+                    println!(
+                        "step      ingest {}: {} in, {} valid, {} quarantined ({})",
+                        step["table"].as_str().unwrap_or(""),
+                        step["rows_in"],
+                        step["rows_valid"],
+                        step["rows_quarantined"],
+                        step["outcome"]
+                    );
+                    if let Some(reasons) = step["quarantine_reasons"].as_object() {
+                        for (reason, n) in reasons {
+                            println!("            {n:>8}  {reason}");
+                        }
+                    }
+                    if let Some(parts) = step["partitions"].as_array() {
+                        println!("          {} partition(s) written", parts.len());
+                    }
+                }
+                Some("refresh") => println!(
+                    "step      refresh {}: {} rows",
+                    step["table"].as_str().unwrap_or(""),
+                    step["rows"]
+                ),
+                Some("archive") => println!(
+                    "step      archive to {}",
+                    step["path"].as_str().unwrap_or("")
+                ),
+                _ => println!("step      {step}"),
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,412 @@
+//! The running platform: project + state store + object store + lake, wired once.
+//!
+//! Every writer (CLI `put`, HTTP `PUT /v1/objects`, the watched folder, the
+//! demo) goes through [`Platform::put_object`], which stores the object and
+//! then durably records its object-created event together with the jobs its
+//! triggers start, before returning: an acknowledged write always has its event.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use chrono::Utc;
+use futures::Stream;
+use sluice_lake::objects::Objects;
+use sluice_lake::sql::{Session, TableEntry};
+use sluice_lake::validate::CompiledContract;
+use sluice_lake::{LakePaths, delta};
+use sluice_model::config::{Layer, Project};
+use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
+use sluice_model::key::{BucketName, ObjectKey};
+use sluice_state::{NewJob, SqliteStore, StateStore, TableVersion};
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+/// Everything a command needs, opened once.
+pub struct Platform {
+    /// The validated project.
+    pub project: Project,
+    /// Directory of sluice.toml.
+    pub project_dir: PathBuf,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Durable state.
+    pub state: Arc<dyn StateStore>,
+    /// Landing zone objects.
+    pub objects: Objects,
+    /// Lake locations.
+    pub paths: LakePaths,
+    /// Compiled contracts of silver tables.
+    pub contracts: HashMap<String, Arc<CompiledContract>>,
+    /// Table locations by name.
+    pub locations: HashMap<String, String>,
+    /// Wakes the workers when a job is queued in this process.
+    pub wake: Arc<Notify>,
+}
+
+/// Loads and validates a project file, reporting every problem at once.
+pub fn load_project(path: &Path) -> Result<(Project, PathBuf)> {
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!(
+            "reading {} (run `sluice init` to create a project)",
+            path.display()
+        )
+    })?;
+    let dir = path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir
+    };
+    let file_name = path.display().to_string();
+    let read_file = |rel: &str| {
+        let p = dir.join(rel);
+        std::fs::read_to_string(&p).map_err(|e| e.to_string())
+    };
+    let project = Project::parse(&text, &file_name, &read_file).map_err(|problems| {
+        anyhow::anyhow!(
+            "{problems}\n{} problem(s) in {file_name}; nothing was started",
+            problems.0.len()
+        )
+    })?;
+    Ok((project, dir))
+}
+
+/// Compiles every silver contract; all problems are reported at once.
+pub fn compile_contracts(project: &Project) -> Result<HashMap<String, Arc<CompiledContract>>> {
+    let mut out = HashMap::new();
+    let mut problems = Vec::new();
+    for table in project.tables.values() {
+        if let Some(contract) = &table.contract {
+            match CompiledContract::compile(contract, &table.format) {
+                Ok(c) => {
+                    let schema = c.output_schema();
+                    for p in &table.partition_by {
+                        if let Ok(field) = schema.field_with_name(p)
+                            && matches!(
+                                field.data_type(),
+                                arrow::datatypes::DataType::Float64
+                                    | arrow::datatypes::DataType::Timestamp(..)
+                            )
+                        {
+                            problems.push(format!(
+                                "table {}: partition column {p:?} is of type {}, which makes a directory per value; partition by a date, integer or string",
+                                table.name,
+                                field.data_type()
+                            ));
+                        }
+                    }
+                    out.insert(table.name.clone(), Arc::new(c));
+                }
+                Err(errors) => {
+                    for e in errors {
+                        problems.push(format!("table {}: {e}", table.name));
+                    }
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        bail!(
+            "{}\n{} problem(s) in table contracts; nothing was started",
+            problems.join("\n"),
+            problems.len()
+        );
+    }
+    Ok(out)
+}
+
+fn schema_json(schema: &arrow::datatypes::Schema) -> serde_json::Value {
+    serde_json::Value::Array(
+        schema
+            .fields()
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name(),
+                    "type": f.data_type().to_string(),
+                    "nullable": f.is_nullable(),
+                })
+            })
+            .collect(),
+    )
+}
+
+impl Platform {
+    /// Opens the platform for a project: state, objects, lake, compiled contracts, catalog.
+    pub async fn open(project: Project, project_dir: PathBuf, data_dir: PathBuf) -> Result<Self> {
+        let contracts = compile_contracts(&project)?;
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+        let state = SqliteStore::open(&data_dir.join("state.db"))
+            .with_context(|| format!("opening {}", data_dir.join("state.db").display()))?;
+        let objects = Objects::open_local(&data_dir)?;
+        for bucket in project.buckets.keys() {
+            std::fs::create_dir_all(data_dir.join("objects").join(bucket))
+                .with_context(|| format!("creating bucket {bucket}"))?;
+        }
+        let paths = LakePaths::new(&data_dir);
+        let locations = project
+            .tables
+            .values()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    LakePaths::location(t.layer.as_str(), &t.name, t.schema_version),
+                )
+            })
+            .collect();
+        let platform = Self {
+            project,
+            project_dir,
+            data_dir,
+            state: Arc::new(state),
+            objects,
+            paths,
+            contracts,
+            locations,
+            wake: Arc::new(Notify::new()),
+        };
+        platform.register_catalog().await?;
+        Ok(platform)
+    }
+
+    /// Registers every silver table's schema version, refusing incompatible changes, and creates empty tables so models can read them.
+    async fn register_catalog(&self) -> Result<()> {
+        let mut problems = Vec::new();
+        for table in self.project.tables.values() {
+            let location = &self.locations[&table.name];
+            let schema = match (table.layer, self.contracts.get(&table.name)) {
+                (Layer::Silver, Some(c)) => Some(c.output_schema()),
+                _ => None,
+            };
+            let schema_value = schema
+                .as_ref()
+                .map(|s| schema_json(s))
+                .unwrap_or(serde_json::Value::Null);
+            let versions = self.state.table_versions(&table.name)?;
+            if let Some(previous) = versions.iter().find(|v| v.version == table.schema_version)
+                && schema.is_some()
+                && previous.schema != schema_value
+            {
+                problems.push(format!(
+                    "table {}: the contract changes the stored schema of version {} ({}); raise `schema_version` to {} to start a new version",
+                    table.name,
+                    table.schema_version,
+                    describe_change(&previous.schema, &schema_value),
+                    table.schema_version + 1
+                ));
+                continue;
+            }
+            if let Some(newer) = versions.iter().map(|v| v.version).max()
+                && newer > table.schema_version
+            {
+                problems.push(format!(
+                    "table {}: schema_version {} is older than the registered version {newer}",
+                    table.name, table.schema_version
+                ));
+                continue;
+            }
+            let registered_at = versions
+                .iter()
+                .find(|v| v.version == table.schema_version)
+                .map(|v| v.registered_at)
+                .unwrap_or_else(Utc::now);
+            self.state.register_table_version(&TableVersion {
+                table: table.name.clone(),
+                layer: table.layer.as_str().to_string(),
+                version: table.schema_version,
+                schema: schema_value,
+                partition_by: table.partition_by.clone(),
+                description: table.description.clone(),
+                owner: table.owner.clone(),
+                location: location.clone(),
+                registered_at,
+            })?;
+            if let Some(schema) = schema {
+                delta::open_or_create(
+                    &table.name,
+                    self.paths.url(location)?,
+                    &schema,
+                    &table.partition_by,
+                    table.description.as_deref(),
+                )
+                .await?;
+            }
+        }
+        if !problems.is_empty() {
+            bail!("{}\nnothing was started", problems.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// Takes the data directory for this process (one `sluice up` or demo at a time on an
+    /// embedded data directory) and makes the jobs a crashed predecessor left running due again.
+    pub fn own_data_dir(&self) -> Result<std::fs::File> {
+        let path = self.data_dir.join("LOCK");
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => bail!(
+                "another sluice process is serving {}; stop it first (CLI commands like put and query work alongside it)",
+                self.data_dir.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("locking {}", path.display()));
+            }
+        }
+        let recovered = self.state.recover_orphaned_jobs(Utc::now())?;
+        if recovered > 0 {
+            tracing::warn!(
+                jobs = recovered,
+                "recovered jobs left running by a process that stopped abruptly"
+            );
+        }
+        Ok(file)
+    }
+
+    /// Stores an object and records its event and jobs before returning.
+    pub async fn put_object<S, E>(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: S,
+        source: &str,
+    ) -> Result<(Event, usize), PutError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (bucket, key) = self.check_target(bucket, key)?;
+        let object = self
+            .objects
+            .put_stream(&bucket, &key, body)
+            .await
+            .map_err(|e| PutError::Store(Box::new(e)))?;
+        self.record_created(object, source)
+    }
+
+    /// Validates a bucket and key for a write.
+    pub fn check_target(
+        &self,
+        bucket: &str,
+        key: &str,
+    ) -> Result<(BucketName, ObjectKey), PutError> {
+        let bucket_name =
+            BucketName::parse(bucket).map_err(|e| PutError::BadInput(e.to_string()))?;
+        if !self.project.buckets.contains_key(bucket) {
+            return Err(PutError::NoSuchBucket(bucket.to_string()));
+        }
+        let key = ObjectKey::parse(key).map_err(|e| PutError::BadInput(e.to_string()))?;
+        Ok((bucket_name, key))
+    }
+
+    fn record_created(&self, object: ObjectRef, source: &str) -> Result<(Event, usize), PutError> {
+        let event = Event {
+            id: EventId::new(),
+            kind: EventKind::ObjectCreated,
+            source: source.to_string(),
+            time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+            correlation_id: Uuid::now_v7(),
+            object,
+        };
+        let jobs: Vec<NewJob> = self
+            .project
+            .pipelines_for(event.kind, &event.object.bucket, &event.object.key)
+            .into_iter()
+            .map(|t| NewJob {
+                pipeline: t.pipeline.clone(),
+                trigger: t.name.clone(),
+                max_attempts: self.project.pipelines[&t.pipeline].retry.max_attempts,
+            })
+            .collect();
+        self.state
+            .record_event(&event, &jobs)
+            .map_err(|e| PutError::State(e.into()))?;
+        if !jobs.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok((event, jobs.len()))
+    }
+
+    /// A SQL session over the lake with the system tables of the state store.
+    pub async fn session(&self) -> Result<Session> {
+        let entries: Vec<TableEntry> = self
+            .project
+            .tables
+            .values()
+            .filter(|t| t.layer != Layer::Bronze)
+            .map(|t| TableEntry {
+                schema: t.layer.as_str().to_string(),
+                name: t.name.clone(),
+                location: self.locations[&t.name].clone(),
+            })
+            .collect();
+        let session = Session::open(&self.paths, &entries).await?;
+        crate::system::register(&session, self).await?;
+        Ok(session)
+    }
+}
+
+fn describe_change(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    let cols = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|c| {
+                        (
+                            c["name"].as_str().unwrap_or("").to_string(),
+                            c["type"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (old, new) = (cols(old), cols(new));
+    let mut changes = Vec::new();
+    for (name, ty) in &old {
+        match new.iter().find(|(n, _)| n == name) {
+            None => changes.push(format!("column {name} removed")),
+            Some((_, t)) if t != ty => changes.push(format!("column {name}: {ty} -> {t}")),
+            _ => {}
+        }
+    }
+    for (name, ty) in &new {
+        if !old.iter().any(|(n, _)| n == name) {
+            changes.push(format!("column {name} {ty} added"));
+        }
+    }
+    if changes.is_empty() {
+        "column order or nullability changed".into()
+    } else {
+        changes.join(", ")
+    }
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    /// Bad bucket or key.
+    #[error("{0}")]
+    BadInput(String),
+    /// The bucket is not declared.
+    #[error("bucket {0:?} is not declared in sluice.toml")]
+    NoSuchBucket(String),
+    /// The object store failed (or the upload was interrupted).
+    #[error(transparent)]
+    Store(Box<sluice_lake::Error>),
+    /// The event could not be recorded.
+    #[error("recording the event: {0}")]
+    State(anyhow::Error),
+}

@@ -1,0 +1,156 @@
+//! System tables (`sluice.runs`, `sluice.jobs`, `sluice.events`, `sluice.dlq`) built from the state store for one query.
+
+use std::sync::Arc;
+
+use anyhow::Result;
+use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
+use sluice_lake::sql::Session;
+use sluice_state::Job;
+
+use crate::platform::Platform;
+
+/// How many rows of each system table a query sees (newest first).
+const LIMIT: usize = 100_000;
+
+fn ts() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+fn strings<'a>(v: impl Iterator<Item = Option<&'a str>>) -> ArrayRef {
+    Arc::new(StringArray::from_iter(v))
+}
+
+fn times(v: impl Iterator<Item = Option<i64>>) -> ArrayRef {
+    Arc::new(TimestampMicrosecondArray::from_iter(v).with_timezone("UTC"))
+}
+
+fn ints(v: impl Iterator<Item = i64>) -> ArrayRef {
+    Arc::new(Int64Array::from_iter_values(v))
+}
+
+/// Registers the system tables in `session`.
+pub async fn register(session: &Session, platform: &Platform) -> Result<()> {
+    let runs = platform.state.list_runs(LIMIT)?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("run_id", DataType::Utf8, false),
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("attempt", DataType::Int64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("started_at", ts(), false),
+        Field::new("finished_at", ts(), true),
+        Field::new("rows_in", DataType::Int64, false),
+        Field::new("rows_valid", DataType::Int64, false),
+        Field::new("rows_quarantined", DataType::Int64, false),
+        Field::new("bytes_read", DataType::Int64, false),
+        Field::new("bytes_written", DataType::Int64, false),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("detail", DataType::Utf8, false),
+    ]));
+    let ids: Vec<String> = runs.iter().map(|r| r.id.to_string()).collect();
+    let jobs: Vec<String> = runs.iter().map(|r| r.job_id.to_string()).collect();
+    let events: Vec<String> = runs.iter().map(|r| r.event_id.to_string()).collect();
+    let details: Vec<String> = runs.iter().map(|r| r.detail.to_string()).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            strings(ids.iter().map(|s| Some(s.as_str()))),
+            strings(jobs.iter().map(|s| Some(s.as_str()))),
+            strings(events.iter().map(|s| Some(s.as_str()))),
+            strings(runs.iter().map(|r| Some(r.pipeline.as_str()))),
+            ints(runs.iter().map(|r| r.attempt as i64)),
+            strings(runs.iter().map(|r| Some(r.status.as_str()))),
+            times(runs.iter().map(|r| Some(r.started_at.timestamp_micros()))),
+            times(
+                runs.iter()
+                    .map(|r| r.finished_at.map(|t| t.timestamp_micros())),
+            ),
+            ints(runs.iter().map(|r| r.rows_in as i64)),
+            ints(runs.iter().map(|r| r.rows_valid as i64)),
+            ints(runs.iter().map(|r| r.rows_quarantined as i64)),
+            ints(runs.iter().map(|r| r.bytes_read as i64)),
+            ints(runs.iter().map(|r| r.bytes_written as i64)),
+            strings(runs.iter().map(|r| r.error.as_deref())),
+            strings(details.iter().map(|s| Some(s.as_str()))),
+        ],
+    )?;
+    session.register_batches("sluice", "runs", schema, vec![batch])?;
+
+    let jobs = platform.state.list_jobs(LIMIT)?;
+    let (schema, batch) = jobs_batch(&jobs)?;
+    session.register_batches("sluice", "jobs", schema, vec![batch])?;
+    let dead: Vec<Job> = jobs
+        .iter()
+        .filter(|j| j.status == sluice_state::JobStatus::Dead)
+        .cloned()
+        .collect();
+    let (schema, batch) = jobs_batch(&dead)?;
+    session.register_batches("sluice", "dlq", schema, vec![batch])?;
+
+    let events = platform.state.list_events(LIMIT)?;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::Int64, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("kind", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("time", ts(), false),
+        Field::new("bucket", DataType::Utf8, false),
+        Field::new("key", DataType::Utf8, false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("sha256", DataType::Utf8, false),
+        Field::new("version", DataType::Utf8, false),
+    ]));
+    let ids: Vec<String> = events.iter().map(|e| e.event.id.to_string()).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            ints(events.iter().map(|e| e.seq)),
+            strings(ids.iter().map(|s| Some(s.as_str()))),
+            strings(events.iter().map(|e| Some(e.event.kind.as_str()))),
+            strings(events.iter().map(|e| Some(e.event.source.as_str()))),
+            times(events.iter().map(|e| Some(e.event.time.timestamp_micros()))),
+            strings(events.iter().map(|e| Some(e.event.object.bucket.as_str()))),
+            strings(events.iter().map(|e| Some(e.event.object.key.as_str()))),
+            ints(events.iter().map(|e| e.event.object.size as i64)),
+            strings(events.iter().map(|e| Some(e.event.object.sha256.as_str()))),
+            strings(events.iter().map(|e| Some(e.event.object.version.as_str()))),
+        ],
+    )?;
+    session.register_batches("sluice", "events", schema, vec![batch])?;
+    Ok(())
+}
+
+fn jobs_batch(jobs: &[Job]) -> Result<(Arc<Schema>, RecordBatch)> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("job_id", DataType::Utf8, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("pipeline", DataType::Utf8, false),
+        Field::new("trigger", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("attempts", DataType::Int64, false),
+        Field::new("max_attempts", DataType::Int64, false),
+        Field::new("next_run_at", ts(), false),
+        Field::new("last_error", DataType::Utf8, true),
+        Field::new("updated_at", ts(), false),
+    ]));
+    let ids: Vec<String> = jobs.iter().map(|j| j.id.to_string()).collect();
+    let events: Vec<String> = jobs.iter().map(|j| j.event_id.to_string()).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            strings(ids.iter().map(|s| Some(s.as_str()))),
+            strings(events.iter().map(|s| Some(s.as_str()))),
+            strings(jobs.iter().map(|j| Some(j.pipeline.as_str()))),
+            strings(jobs.iter().map(|j| Some(j.trigger.as_str()))),
+            strings(jobs.iter().map(|j| Some(j.status.as_str()))),
+            ints(jobs.iter().map(|j| j.attempts as i64)),
+            ints(jobs.iter().map(|j| j.max_attempts as i64)),
+            times(jobs.iter().map(|j| Some(j.next_run_at.timestamp_micros()))),
+            strings(jobs.iter().map(|j| j.last_error.as_deref())),
+            times(jobs.iter().map(|j| Some(j.updated_at.timestamp_micros()))),
+        ],
+    )?;
+    Ok((schema, batch))
+}

@@ -1,0 +1,7 @@
+//! The end-to-end suite: real `sluice` processes on free ports in temp dirs, driven over HTTP
+//! and the CLI, with DuckDB (Python, from PyPI) as the independent oracle.
+
+mod cli;
+mod spine;
+mod support;
+mod taxi;

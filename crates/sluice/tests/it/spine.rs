@@ -1,0 +1,231 @@
+//! The spine's guarantees: idempotency, replacement, thresholds, retries → DLQ → replay, crash safety.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn generate(dir: &Path, name: &str, rows: usize, seed: u64) -> std::path::PathBuf {
+    let out = dir.join(name);
+    let status = std::process::Command::new(BIN)
+        .args([
+            "generate",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    out
+}
+
+fn count_for(server: &Server, object: &str) -> (i64, i64) {
+    let valid = as_i64(&server.scalar(&format!(
+        "SELECT count(*) FROM silver.trips WHERE _source_object = '{object}'"
+    )));
+    let quarantined = as_i64(&server.scalar(&format!(
+        "SELECT count(*) FROM sluice.quarantine WHERE table_name = 'trips' AND source_object = '{object}'"
+    )));
+    (valid, quarantined)
+}
+
+#[test]
+fn the_same_object_twice_adds_nothing_and_a_changed_object_replaces_its_rows() {
+    let project = taxi_project(|t| t);
+    let first = generate(project.path(), "a.csv", 2000, 1);
+    let second = generate(project.path(), "b.csv", 1200, 2);
+    let server = Server::start(project.path());
+    let key = "landing/2024/01/trips.csv";
+    let object = format!("raw/{key}");
+
+    server.put_file("raw", key, &first);
+    server.wait_idle(Duration::from_secs(120));
+    let (v1, q1) = count_for(&server, &object);
+    assert_eq!(v1 + q1, 2000);
+    assert!(v1 > 1800, "{v1}");
+
+    // The same content again, e.g. a client retrying its upload: nothing changes.
+    server.put_file("raw", key, &first);
+    server.wait_idle(Duration::from_secs(120));
+    assert_eq!(count_for(&server, &object), (v1, q1));
+    let runs = server.runs();
+    assert_eq!(runs[0]["status"], "skipped", "{:#?}", runs[0]);
+
+    // New content under the same key replaces the object's rows, in silver and in quarantine.
+    server.put_file("raw", key, &second);
+    server.wait_idle(Duration::from_secs(120));
+    let (v2, q2) = count_for(&server, &object);
+    assert_eq!(v2 + q2, 1200);
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(DISTINCT _source_version) FROM silver.trips")),
+        1
+    );
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM silver.trips")),
+        v2
+    );
+    // Gold followed.
+    assert_eq!(
+        as_i64(&server.scalar("SELECT sum(trips) FROM gold.daily_revenue")),
+        v2
+    );
+}
+
+#[test]
+fn too_many_invalid_rows_fail_the_run_keep_the_quarantine_and_publish_nothing() {
+    let project = taxi_project(|t| t);
+    let good = generate(project.path(), "good.csv", 100, 3);
+    let text = std::fs::read_to_string(&good).unwrap();
+    // Negative fares on 60 of 100 rows: 60% invalid, above the example's 40% threshold.
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    for line in lines.iter_mut().skip(1).take(60) {
+        let mut fields: Vec<String> = line.split(',').map(String::from).collect();
+        fields[14] = "-5.00".into();
+        *line = fields.join(",");
+    }
+    let server = Server::start(project.path());
+    server.put_bytes(
+        "raw",
+        "landing/2024/01/bad.csv",
+        (lines.join("\n") + "\n").as_bytes(),
+    );
+    let status = server.wait_idle(Duration::from_secs(120));
+    assert_eq!(status["jobs"]["dead"], 1, "{status}");
+    let (valid, quarantined) = count_for(&server, "raw/landing/2024/01/bad.csv");
+    assert_eq!(valid, 0);
+    assert!(quarantined >= 60, "{quarantined}");
+    let run = &server.runs()[0];
+    assert_eq!(run["status"], "failed");
+    let error = run["error"].as_str().unwrap();
+    assert!(error.contains("above the threshold of 40%"), "{error}");
+    let (ok, out, _) = server.cli(&["dlq", "list"]);
+    assert!(ok);
+    assert!(out.contains("above the threshold"), "{out}");
+    assert!(out.contains("raw/landing/2024/01/bad.csv"), "{out}");
+}
+
+#[test]
+fn a_missing_input_is_retried_with_backoff_then_dead_lettered_then_replayed() {
+    let project = taxi_project(|t| {
+        t + r#"
+[tables.weekly]
+layer = "gold"
+sql = "SELECT count(*) AS days FROM gold.daily_revenue"
+
+[triggers.reports]
+on = "object-created"
+bucket = "raw"
+prefix = "reports/"
+pipeline = "reports"
+
+[pipelines.reports]
+steps = [{ refresh = "weekly" }]
+retry = { max_attempts = 3, backoff = "100ms", max_backoff = "1s" }
+"#
+    });
+    let server = Server::start(project.path());
+    server.put_bytes("raw", "reports/go.txt", b"go");
+    let status = server.wait_idle(Duration::from_secs(60));
+    assert_eq!(status["jobs"]["dead"], 1, "{status}");
+    let runs = server.runs();
+    let attempts: Vec<_> = runs.iter().filter(|r| r["pipeline"] == "reports").collect();
+    assert_eq!(attempts.len(), 3, "{attempts:#?}");
+    for r in &attempts {
+        assert_eq!(r["status"], "failed");
+        assert!(
+            r["error"].as_str().unwrap().contains("daily_revenue"),
+            "{r}"
+        );
+    }
+    // Backoff: the attempts are spread out, not back to back.
+    let first =
+        chrono::DateTime::parse_from_rfc3339(attempts[2]["started_at"].as_str().unwrap()).unwrap();
+    let last =
+        chrono::DateTime::parse_from_rfc3339(attempts[0]["started_at"].as_str().unwrap()).unwrap();
+    assert!(
+        (last - first).num_milliseconds() >= 150,
+        "attempts {first} .. {last}"
+    );
+
+    // The input appears (a taxi file makes gold.daily_revenue), then the dead job is replayed.
+    let trips = generate(project.path(), "t.csv", 300, 4);
+    server.put_file("raw", "landing/2024/01/t.csv", &trips);
+    server.wait_idle(Duration::from_secs(120));
+    let (ok, out, _) = server.cli(&["dlq", "list"]);
+    assert!(ok, "{out}");
+    let job = out
+        .lines()
+        .find(|l| l.contains("reports"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find(|w| w.len() == 36 && w.matches('-').count() == 4)
+        })
+        .unwrap_or_else(|| panic!("no job id in {out}"))
+        .to_string();
+    let (ok, out, err) = server.cli(&["dlq", "replay", &job]);
+    assert!(ok, "{out}{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while server.status()["jobs"]["dead"] != 0 || server.status()["jobs"]["pending"] != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "replay did not finish: {}",
+            server.status()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.wait_idle(Duration::from_secs(60));
+    assert!(as_i64(&server.scalar("SELECT days FROM gold.weekly")) >= 1);
+    let (ok, out, _) = server.cli(&["dlq", "replay", &job]);
+    assert!(!ok, "a replayed job cannot be replayed twice: {out}");
+}
+
+#[test]
+fn kill_minus_nine_during_an_ingest_loses_and_duplicates_nothing() {
+    let project = taxi_project(|t| t);
+    let rows = 300_000;
+    let file = generate(project.path(), "big.csv", rows, 5);
+    let object = "raw/landing/2024/01/big.csv";
+    let mut server = Server::start(project.path());
+    server.put_file("raw", "landing/2024/01/big.csv", &file);
+    // Kill at three different points of the run: early, later, and (maybe) around the commit.
+    for delay_ms in [100u64, 700, 1500] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !server.runs().iter().any(|r| r["status"] == "running") {
+            assert!(Instant::now() < deadline, "no run started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        server.kill9();
+        server = Server::start(project.path());
+    }
+    let status = server.wait_idle(Duration::from_secs(300));
+    assert_eq!(status["jobs"]["dead"], 0, "{status}");
+    let (valid, quarantined) = count_for(&server, object);
+    assert_eq!(
+        valid + quarantined,
+        rows as i64,
+        "{valid} valid + {quarantined} quarantined"
+    );
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(DISTINCT trip_id) FROM silver.trips")),
+        valid
+    );
+    assert_eq!(
+        as_i64(&server.scalar(&format!(
+            "SELECT count(DISTINCT line) FROM sluice.quarantine WHERE source_object = '{object}'"
+        ))),
+        quarantined
+    );
+    // The lines of silver and quarantine together are exactly the file's lines.
+    let lines = as_i64(&server.scalar(&format!(
+        "SELECT count(*) FROM (SELECT _source_line AS l FROM silver.trips UNION SELECT line FROM sluice.quarantine WHERE source_object = '{object}')"
+    )));
+    assert_eq!(lines, rows as i64);
+}

@@ -1,0 +1,227 @@
+//! Starting a real `sluice up`, talking to it, and waiting on its state (never on sleeps alone).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+pub fn shared_data(rel: &str) -> PathBuf {
+    let p = repo_root().join("../shared/data").join(rel);
+    assert!(p.exists(), "test data {} is missing", p.display());
+    p
+}
+
+/// A project directory holding the NYC taxi example, with `edit` applied to its sluice.toml.
+pub fn taxi_project(edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let example = repo_root().join("examples/nyc-taxi");
+    std::fs::create_dir_all(dir.path().join("models")).unwrap();
+    for f in ["models/daily_revenue.sql", "models/zone_revenue.sql"] {
+        std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
+    }
+    let toml = std::fs::read_to_string(example.join("sluice.toml")).unwrap();
+    std::fs::write(dir.path().join("sluice.toml"), edit(toml)).unwrap();
+    dir
+}
+
+/// A running `sluice up`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub base: String,
+    pub project: PathBuf,
+}
+
+impl Server {
+    pub fn start(project_dir: &Path) -> Server {
+        let project = project_dir.join("sluice.toml");
+        let mut child = Command::new(BIN)
+            .args([
+                "up",
+                "--http-port",
+                "0",
+                "--workers",
+                "2",
+                "--log-format",
+                "json",
+                "-p",
+            ])
+            .arg(&project)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting sluice up");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let mut base = None;
+        let mut seen = Vec::new();
+        while let Some(Ok(line)) = lines.next() {
+            if let Some(addr) = line.trim().strip_prefix("http  ") {
+                base = Some(addr.trim().to_string());
+                break;
+            }
+            seen.push(line);
+        }
+        let base = base
+            .unwrap_or_else(|| panic!("sluice up did not print its address; printed: {seen:?}"));
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server {
+            child,
+            base,
+            project,
+        }
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn put_bytes(&self, bucket: &str, key: &str, body: &[u8]) -> Value {
+        let mut resp = ureq::put(&format!("{}/v1/objects/{bucket}/{key}", self.base))
+            .send(body)
+            .unwrap_or_else(|e| panic!("PUT {bucket}/{key}: {e}"));
+        resp.body_mut().read_json().unwrap()
+    }
+
+    pub fn put_file(&self, bucket: &str, key: &str, file: &Path) -> Value {
+        self.put_bytes(bucket, key, &std::fs::read(file).unwrap())
+    }
+
+    pub fn status(&self) -> Value {
+        ureq::get(&format!("{}/v1/status", self.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+
+    /// Waits until no job is pending or running.
+    pub fn wait_idle(&self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            if s["jobs"]["pending"] == 0 && s["jobs"]["running"] == 0 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobs still queued after {timeout:?}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn query(&self, sql: &str) -> Vec<Value> {
+        let resp = ureq::post(&format!("{}/v1/query", self.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(serde_json::json!({ "sql": sql }))
+            .unwrap();
+        let status = resp.status();
+        let mut resp = resp;
+        let body: Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(status, 200, "query {sql:?} failed: {body}");
+        body["rows"].as_array().unwrap().clone()
+    }
+
+    pub fn query_error(&self, sql: &str) -> (u16, String) {
+        let mut resp = ureq::post(&format!("{}/v1/query", self.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_json(serde_json::json!({ "sql": sql }))
+            .unwrap();
+        let status = resp.status().as_u16();
+        let body: Value = resp.body_mut().read_json().unwrap();
+        (
+            status,
+            body["error"].as_str().unwrap_or_default().to_string(),
+        )
+    }
+
+    pub fn scalar(&self, sql: &str) -> Value {
+        let rows = self.query(sql);
+        let row = rows
+            .first()
+            .unwrap_or_else(|| panic!("{sql:?} returned no rows"));
+        row.as_object().unwrap().values().next().unwrap().clone()
+    }
+
+    pub fn runs(&self) -> Vec<Value> {
+        let body: Value = ureq::get(&format!("{}/v1/runs?limit=1000", self.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        body["runs"].as_array().unwrap().clone()
+    }
+
+    /// Runs a CLI command against this server's project.
+    pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
+        cli(&self.project, args)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn cli(project: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("-p")
+        .arg(project)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn as_i64(v: &Value) -> i64 {
+    v.as_i64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("{v} is not an integer"))
+}
+
+pub fn as_f64(v: &Value) -> f64 {
+    v.as_f64()
+        .or_else(|| v.as_str().and_then(|s| s.parse().ok()))
+        .unwrap_or_else(|| panic!("{v} is not a number"))
+}
+
+/// Runs the DuckDB oracle over a Delta table's active Parquet files.
+pub fn duckdb_oracle(table_dir: &Path, sql: &str) -> Value {
+    let script = repo_root().join("crates/sluice/tests/it/oracle.py");
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(table_dir)
+        .arg(sql)
+        .output()
+        .expect("running python3");
+    assert!(
+        out.status.success(),
+        "oracle failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,0 +1,223 @@
+//! Reference workload 1 on the real TLC files: every schema from 2009 to 2019 into one silver table.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::support::*;
+
+const FILES: [&str; 9] = [
+    "yellow_tripdata_2009-01.csv",
+    "yellow_tripdata_2012-06.csv",
+    "yellow_tripdata_2014-03.csv",
+    "yellow_tripdata_2015-01.csv",
+    "yellow_tripdata_2016-09.csv",
+    "yellow_tripdata_2017-06.csv",
+    "green_tripdata_2014-05.csv",
+    "green_tripdata_2016-09.csv",
+    "yellow_tripdata_2019-06_sample.csv",
+];
+
+/// (valid, quarantined) per file, pinned after reading the files: see the reasons test below.
+const EXPECTED: [(&str, i64, i64); 9] = [
+    ("yellow_tripdata_2009-01.csv", 0, 0),
+    ("yellow_tripdata_2012-06.csv", 0, 0),
+    ("yellow_tripdata_2014-03.csv", 0, 0),
+    ("yellow_tripdata_2015-01.csv", 0, 0),
+    ("yellow_tripdata_2016-09.csv", 0, 0),
+    ("yellow_tripdata_2017-06.csv", 0, 0),
+    ("green_tripdata_2014-05.csv", 0, 0),
+    ("green_tripdata_2016-09.csv", 0, 0),
+    ("yellow_tripdata_2019-06_sample.csv", 0, 0),
+];
+
+fn data_rows(file: &str) -> i64 {
+    let text = std::fs::read_to_string(shared_data(&format!("nyc_tlc/{file}"))).unwrap();
+    text.lines().filter(|l| !l.trim().is_empty()).count() as i64 - 1
+}
+
+#[test]
+fn every_real_tlc_file_lands_in_silver_trips_exactly() {
+    let project = taxi_project(|t| t.replace("max_invalid_pct = 40", "max_invalid_pct = 100"));
+    let server = Server::start(project.path());
+    server.put_file(
+        "raw",
+        "reference/taxi_zone_lookup.csv",
+        &shared_data("nyc_tlc/taxi_zone_lookup.csv"),
+    );
+    server.wait_idle(Duration::from_secs(120));
+    for file in FILES {
+        let resp = server.put_file(
+            "raw",
+            &format!("landing/{file}"),
+            &shared_data(&format!("nyc_tlc/{file}")),
+        );
+        assert_eq!(resp["jobs"], 1, "{resp}");
+    }
+    let status = server.wait_idle(Duration::from_secs(300));
+    assert_eq!(
+        status["jobs"]["dead"],
+        0,
+        "{status}; runs: {:#?}",
+        server.runs()
+    );
+
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM silver.zones")),
+        265
+    );
+
+    let valid: BTreeMap<String, i64> = server
+        .query("SELECT _source_object AS o, count(*) AS n FROM silver.trips GROUP BY 1")
+        .iter()
+        .map(|r| {
+            (
+                r["o"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("raw/landing/")
+                    .to_string(),
+                as_i64(&r["n"]),
+            )
+        })
+        .collect();
+    let quarantined: BTreeMap<String, i64> = server
+        .query("SELECT source_object AS o, count(*) AS n FROM sluice.quarantine WHERE table_name = 'trips' GROUP BY 1")
+        .iter()
+        .map(|r| (r["o"].as_str().unwrap().trim_start_matches("raw/landing/").to_string(), as_i64(&r["n"])))
+        .collect();
+    let mut report = Vec::new();
+    for file in FILES {
+        let v = valid.get(file).copied().unwrap_or(0);
+        let q = quarantined.get(file).copied().unwrap_or(0);
+        report.push(format!("(\"{file}\", {v}, {q}),"));
+        // No row lost or duplicated: every data line of the file is valid or quarantined, once.
+        assert_eq!(
+            v + q,
+            data_rows(file),
+            "{file}: {v} valid + {q} quarantined"
+        );
+    }
+    let report = report.join("\n");
+    for (file, v, q) in EXPECTED {
+        let got = (
+            valid.get(file).copied().unwrap_or(0),
+            quarantined.get(file).copied().unwrap_or(0),
+        );
+        assert_eq!(got, (v, q), "{file}; all files now:\n{report}");
+    }
+
+    // The oracle: DuckDB over the Parquet files the Delta log says are active.
+    let table_dir = project.path().join(".sluice/lake/silver/trips");
+    let oracle = duckdb_oracle(
+        &table_dir,
+        "SELECT _source_object AS o, count(*) AS n, sum(total_amount) AS total, sum(fare_amount) AS fare FROM t GROUP BY 1 ORDER BY 1",
+    );
+    let ours = server.query(
+        "SELECT _source_object AS o, count(*) AS n, sum(total_amount) AS total, sum(fare_amount) AS fare FROM silver.trips GROUP BY 1 ORDER BY 1",
+    );
+    assert_eq!(oracle.as_array().unwrap().len(), ours.len());
+    for (a, b) in oracle.as_array().unwrap().iter().zip(&ours) {
+        assert_eq!(a["o"], b["o"]);
+        assert_eq!(as_i64(&a["n"]), as_i64(&b["n"]), "{a} vs {b}");
+        assert!(
+            (as_f64(&a["total"]) - as_f64(&b["total"])).abs() < 0.005,
+            "{a} vs {b}"
+        );
+        assert!(
+            (as_f64(&a["fare"]) - as_f64(&b["fare"])).abs() < 0.005,
+            "{a} vs {b}"
+        );
+    }
+
+    // Partitions are year/month/date and match the pickup time in New York.
+    let bad_partition = server.scalar(
+        "SELECT count(*) FROM silver.trips WHERE date <> CAST(pickup_at_local AS DATE) OR year <> date_part('year', pickup_at_local)",
+    );
+    assert_eq!(as_i64(&bad_partition), 0);
+    let dirs = std::fs::read_dir(&table_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("year="))
+        .count();
+    assert!(
+        dirs >= 5,
+        "expected a year= directory per year, found {dirs}"
+    );
+
+    // Gold models were recomputed from silver.
+    let gold_trips = as_i64(&server.scalar("SELECT sum(trips) FROM gold.daily_revenue"));
+    assert_eq!(gold_trips, valid.values().sum::<i64>());
+    let zone_trips = as_i64(&server.scalar("SELECT sum(trips) FROM gold.zone_revenue"));
+    let with_zone = as_i64(
+        &server.scalar("SELECT count(*) FROM silver.trips WHERE pu_location_id IS NOT NULL"),
+    );
+    assert_eq!(zone_trips, with_zone);
+}
+
+#[test]
+fn quarantine_reasons_are_the_ones_a_person_would_give() {
+    let project = taxi_project(|t| t.replace("max_invalid_pct = 40", "max_invalid_pct = 100"));
+    let server = Server::start(project.path());
+    let file = "yellow_tripdata_2019-06_sample.csv";
+    server.put_file(
+        "raw",
+        &format!("landing/{file}"),
+        &shared_data(&format!("nyc_tlc/{file}")),
+    );
+    server.wait_idle(Duration::from_secs(120));
+    let reasons: BTreeMap<String, i64> = server
+        .query("SELECT reason_code AS r, count(*) AS n FROM sluice.quarantine GROUP BY 1")
+        .iter()
+        .map(|r| (r["r"].as_str().unwrap().to_string(), as_i64(&r["n"])))
+        .collect();
+    // Independent count of zero-distance rows with otherwise plausible values, from the raw text.
+    let text = std::fs::read_to_string(shared_data(&format!("nyc_tlc/{file}"))).unwrap();
+    let passenger_zero = text
+        .lines()
+        .skip(1)
+        .filter(|l| l.split(',').nth(3) == Some("0"))
+        .count() as i64;
+    assert!(
+        reasons.get("below_min").copied().unwrap_or(0) >= 1,
+        "{reasons:?}"
+    );
+    assert!(passenger_zero > 0);
+    let runs = server.runs();
+    let run = runs.iter().find(|r| r["pipeline"] == "taxi").unwrap();
+    let step = &run["detail"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "ingest")
+        .unwrap()
+        .clone();
+    let per_reason: i64 = step["quarantine_reasons"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(as_i64)
+        .sum();
+    assert_eq!(per_reason, as_i64(&run["rows_quarantined"]));
+    // The previous-month pickup in the sample is caught by the month check.
+    let outside =
+        server.query("SELECT line, raw FROM sluice.quarantine WHERE reason_code = 'outside_month'");
+    assert!(!outside.is_empty(), "{reasons:?}");
+    for row in &outside {
+        assert!(row["raw"].as_str().unwrap().contains("2019-05"), "{row}");
+    }
+    // Every quarantined row names a line that exists and carries the raw row.
+    let lines = text.lines().count() as i64;
+    for row in server.query("SELECT line, raw, reason FROM sluice.quarantine") {
+        let line = as_i64(&row["line"]);
+        assert!(line >= 2 && line <= lines, "{row}");
+        assert!(
+            row["raw"]
+                .as_str()
+                .unwrap()
+                .contains("tpep_pickup_datetime"),
+            "{row}"
+        );
+        assert!(!row["reason"].as_str().unwrap().is_empty());
+    }
+}

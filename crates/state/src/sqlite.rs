@@ -1,0 +1,683 @@
+//! The embedded state store: one SQLite file in WAL mode.
+//!
+//! One connection behind a mutex: SQLite serializes writers anyway, and
+//! every method is a short transaction, so callers on async threads hold it
+//! for microseconds. `synchronous=FULL` makes each commit durable before the
+//! caller acknowledges anything (an event before its write is acknowledged).
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
+use uuid::Uuid;
+
+use crate::{
+    Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, Result, Run, RunStatus, StateStore,
+    StoredEvent, TableVersion,
+};
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    kind TEXT NOT NULL,
+    source TEXT NOT NULL,
+    time INTEGER NOT NULL,
+    correlation_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    event_id TEXT NOT NULL REFERENCES events(id),
+    pipeline TEXT NOT NULL,
+    trigger_name TEXT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    max_attempts INTEGER NOT NULL,
+    next_run_at INTEGER NOT NULL,
+    lease_owner TEXT,
+    lease_expires_at INTEGER,
+    last_error TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    replay_of TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs(status, next_run_at);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    pipeline TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    started_at INTEGER NOT NULL,
+    finished_at INTEGER,
+    rows_in INTEGER NOT NULL,
+    rows_valid INTEGER NOT NULL,
+    rows_quarantined INTEGER NOT NULL,
+    bytes_read INTEGER NOT NULL,
+    bytes_written INTEGER NOT NULL,
+    error TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_started ON runs(started_at);
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    key TEXT PRIMARY KEY,
+    result TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalog_tables (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    layer TEXT NOT NULL,
+    schema TEXT NOT NULL,
+    partition_by TEXT NOT NULL,
+    description TEXT,
+    owner TEXT,
+    location TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"#;
+
+/// The SQLite state store.
+pub struct SqliteStore {
+    conn: Mutex<Connection>,
+}
+
+fn micros(t: DateTime<Utc>) -> i64 {
+    t.timestamp_micros()
+}
+
+fn from_micros(us: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(us).unwrap_or_default()
+}
+
+fn parse_uuid(s: &str, column: &'static str) -> Result<Uuid> {
+    Uuid::parse_str(s).map_err(|e| Error::Corrupt {
+        column,
+        why: e.to_string(),
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        Self::init(conn)
+    }
+
+    /// An in-memory store, for tests and local workflow runs.
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        // A poisoned lock means a panic mid-transaction; SQLite rolled it back, so the connection is still sound.
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut conn)
+    }
+}
+
+const JOB_COLUMNS: &str = "id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, last_error, created_at, updated_at, replay_of";
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<(Job, String, String)> {
+    let id: String = row.get(0)?;
+    let event_id: String = row.get(1)?;
+    let status: String = row.get(4)?;
+    let replay_of: Option<String> = row.get(11)?;
+    Ok((
+        Job {
+            id: JobId(Uuid::parse_str(&id).unwrap_or_default()),
+            event_id: Uuid::parse_str(&event_id).unwrap_or_default(),
+            pipeline: row.get(2)?,
+            trigger: row.get(3)?,
+            status: JobStatus::parse(&status).unwrap_or(JobStatus::Dead),
+            attempts: row.get(5)?,
+            max_attempts: row.get(6)?,
+            next_run_at: from_micros(row.get(7)?),
+            last_error: row.get(8)?,
+            created_at: from_micros(row.get(9)?),
+            updated_at: from_micros(row.get(10)?),
+            replay_of: replay_of.and_then(|s| Uuid::parse_str(&s).ok().map(JobId)),
+        },
+        id,
+        status,
+    ))
+}
+
+fn check_job(parsed: (Job, String, String)) -> Result<Job> {
+    let (job, id, status) = parsed;
+    parse_uuid(&id, "jobs.id")?;
+    if JobStatus::parse(&status).is_none() {
+        return Err(Error::Corrupt {
+            column: "jobs.status",
+            why: format!("unknown status {status:?}"),
+        });
+    }
+    Ok(job)
+}
+
+const EVENT_COLUMNS: &str =
+    "seq, id, kind, source, time, correlation_id, bucket, key, size, sha256, version";
+
+fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, String, String, Event)> {
+    let id: String = row.get(1)?;
+    let kind: String = row.get(2)?;
+    let correlation: String = row.get(5)?;
+    let size: i64 = row.get(8)?;
+    Ok((
+        row.get(0)?,
+        id.clone(),
+        kind.clone(),
+        Event {
+            id: EventId(Uuid::parse_str(&id).unwrap_or_default()),
+            kind: EventKind::parse(&kind).unwrap_or(EventKind::ObjectCreated),
+            source: row.get(3)?,
+            time: from_micros(row.get(4)?),
+            correlation_id: Uuid::parse_str(&correlation).unwrap_or_default(),
+            object: ObjectRef {
+                bucket: row.get(6)?,
+                key: row.get(7)?,
+                size: size.max(0) as u64,
+                sha256: row.get(9)?,
+                version: row.get(10)?,
+            },
+        },
+    ))
+}
+
+fn check_event(parsed: (i64, String, String, Event)) -> Result<StoredEvent> {
+    let (seq, id, kind, event) = parsed;
+    parse_uuid(&id, "events.id")?;
+    if EventKind::parse(&kind).is_none() {
+        return Err(Error::Corrupt {
+            column: "events.kind",
+            why: format!("unknown kind {kind:?}"),
+        });
+    }
+    Ok(StoredEvent { seq, event })
+}
+
+const RUN_COLUMNS: &str = "id, job_id, event_id, pipeline, attempt, status, started_at, finished_at, rows_in, rows_valid, rows_quarantined, bytes_read, bytes_written, error, detail";
+
+fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
+    let id: String = row.get(0)?;
+    let job_id: String = row.get(1)?;
+    let event_id: String = row.get(2)?;
+    let status: String = row.get(5)?;
+    let finished: Option<i64> = row.get(7)?;
+    let detail: String = row.get(14)?;
+    let n = |i: usize| -> rusqlite::Result<u64> { Ok(row.get::<_, i64>(i)?.max(0) as u64) };
+    Ok(Run {
+        id: Uuid::parse_str(&id).unwrap_or_default(),
+        job_id: JobId(Uuid::parse_str(&job_id).unwrap_or_default()),
+        event_id: Uuid::parse_str(&event_id).unwrap_or_default(),
+        pipeline: row.get(3)?,
+        attempt: row.get(4)?,
+        status: RunStatus::parse(&status).unwrap_or(RunStatus::Failed),
+        started_at: from_micros(row.get(6)?),
+        finished_at: finished.map(from_micros),
+        rows_in: n(8)?,
+        rows_valid: n(9)?,
+        rows_quarantined: n(10)?,
+        bytes_read: n(11)?,
+        bytes_written: n(12)?,
+        error: row.get(13)?,
+        detail: serde_json::from_str(&detail).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+impl StateStore for SqliteStore {
+    fn record_event(&self, event: &Event, jobs: &[NewJob]) -> Result<i64> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let o = &event.object;
+            tx.execute(
+                "INSERT INTO events (id, kind, source, time, correlation_id, bucket, key, size, sha256, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                params![
+                    event.id.to_string(),
+                    event.kind.as_str(),
+                    event.source,
+                    micros(event.time),
+                    event.correlation_id.to_string(),
+                    o.bucket,
+                    o.key,
+                    o.size as i64,
+                    o.sha256,
+                    o.version,
+                ],
+            )?;
+            let seq = tx.last_insert_rowid();
+            for job in jobs {
+                tx.execute(
+                    "INSERT INTO jobs (id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, created_at, updated_at)
+                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6)",
+                    params![
+                        Uuid::now_v7().to_string(),
+                        event.id.to_string(),
+                        job.pipeline,
+                        job.trigger,
+                        job.max_attempts,
+                        micros(event.time),
+                    ],
+                )?;
+            }
+            tx.commit()?;
+            Ok(seq)
+        })
+    }
+
+    fn list_events(&self, limit: usize) -> Result<Vec<StoredEvent>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit as i64], event_from_row)?;
+            rows.map(|r| check_event(r?)).collect()
+        })
+    }
+
+    fn get_event(&self, id: EventId) -> Result<StoredEvent> {
+        self.with(|conn| {
+            let found = conn
+                .query_row(
+                    &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+                    [id.to_string()],
+                    event_from_row,
+                )
+                .optional()?;
+            match found {
+                Some(r) => check_event(r),
+                None => Err(Error::NotFound {
+                    what: "event",
+                    id: id.to_string(),
+                }),
+            }
+        })
+    }
+
+    fn lease_job(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+    ) -> Result<Option<LeasedJob>> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now_us = micros(now);
+            let id: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM jobs
+                     WHERE (status = 'pending' AND next_run_at <= ?1)
+                        OR (status = 'running' AND lease_expires_at <= ?1)
+                     ORDER BY next_run_at, created_at LIMIT 1",
+                    [now_us],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else {
+                return Ok(None);
+            };
+            let expires = now_us + lease.as_micros() as i64;
+            tx.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
+                     lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1",
+                params![id, worker, expires, now_us],
+            )?;
+            let job = check_job(tx.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [&id],
+                job_from_row,
+            )?)?;
+            let event = check_event(tx.query_row(
+                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+                [job.event_id.to_string()],
+                event_from_row,
+            )?)?;
+            tx.commit()?;
+            Ok(Some(LeasedJob {
+                job,
+                event: event.event,
+                event_seq: event.seq,
+            }))
+        })
+    }
+
+    fn complete_job(&self, job: JobId, worker: &str, now: DateTime<Utc>) -> Result<()> {
+        self.with(|conn| {
+            let n = conn.execute(
+                "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                     last_error = NULL, updated_at = ?3
+                 WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+                params![job.to_string(), worker, micros(now)],
+            )?;
+            if n == 0 {
+                return Err(Error::LeaseLost(job));
+            }
+            Ok(())
+        })
+    }
+
+    fn fail_job(
+        &self,
+        job: JobId,
+        worker: &str,
+        error: &str,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        self.with(|conn| {
+            let n = match retry_at {
+                Some(at) => conn.execute(
+                    "UPDATE jobs SET status = 'pending', next_run_at = ?4, lease_owner = NULL,
+                         lease_expires_at = NULL, last_error = ?3, updated_at = ?5
+                     WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+                    params![job.to_string(), worker, error, micros(at), micros(now)],
+                )?,
+                None => conn.execute(
+                    "UPDATE jobs SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL,
+                         last_error = ?3, updated_at = ?4
+                     WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+                    params![job.to_string(), worker, error, micros(now)],
+                )?,
+            };
+            if n == 0 {
+                return Err(Error::LeaseLost(job));
+            }
+            Ok(())
+        })
+    }
+
+    fn extend_lease(&self, job: JobId, worker: &str, until: DateTime<Utc>) -> Result<()> {
+        self.with(|conn| {
+            let n = conn.execute(
+                "UPDATE jobs SET lease_expires_at = ?3 WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+                params![job.to_string(), worker, micros(until)],
+            )?;
+            if n == 0 {
+                return Err(Error::LeaseLost(job));
+            }
+            Ok(())
+        })
+    }
+
+    fn recover_orphaned_jobs(&self, now: DateTime<Utc>) -> Result<usize> {
+        self.with(|conn| {
+            Ok(conn.execute(
+                "UPDATE jobs SET status = 'pending', next_run_at = ?1, lease_owner = NULL,
+                     lease_expires_at = NULL, updated_at = ?1
+                 WHERE status = 'running'",
+                [micros(now)],
+            )?)
+        })
+    }
+
+    fn release_job(&self, job: JobId, worker: &str) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0),
+                     lease_owner = NULL, lease_expires_at = NULL
+                 WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+                params![job.to_string(), worker],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
+        self.with(|conn| {
+            let at: Option<i64> = conn.query_row(
+                "SELECT MIN(t) FROM (
+                     SELECT MIN(next_run_at) AS t FROM jobs WHERE status = 'pending'
+                     UNION ALL
+                     SELECT MIN(lease_expires_at) FROM jobs WHERE status = 'running')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(at.map(from_micros))
+        })
+    }
+
+    fn list_jobs(&self, limit: usize) -> Result<Vec<Job>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit as i64], job_from_row)?;
+            rows.map(|r| check_job(r?)).collect()
+        })
+    }
+
+    fn job_counts(&self) -> Result<JobCounts> {
+        self.with(|conn| {
+            let mut counts = JobCounts::default();
+            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+            for row in rows {
+                let (status, n) = row?;
+                let n = n.max(0) as u64;
+                match JobStatus::parse(&status) {
+                    Some(JobStatus::Pending) => counts.pending += n,
+                    Some(JobStatus::Running) => counts.running += n,
+                    Some(JobStatus::Done) | Some(JobStatus::Replayed) => counts.done += n,
+                    Some(JobStatus::Dead) => counts.dead += n,
+                    None => {}
+                }
+            }
+            Ok(counts)
+        })
+    }
+
+    fn list_dlq(&self) -> Result<Vec<Job>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'dead' ORDER BY updated_at DESC"
+            ))?;
+            let rows = stmt.query_map([], job_from_row)?;
+            rows.map(|r| check_job(r?)).collect()
+        })
+    }
+
+    fn replay_dlq(&self, job: JobId, now: DateTime<Utc>) -> Result<JobId> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let found = tx
+                .query_row(
+                    &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND status = 'dead'"),
+                    [job.to_string()],
+                    job_from_row,
+                )
+                .optional()?;
+            let Some(found) = found else {
+                return Err(Error::NotFound {
+                    what: "dead-lettered job",
+                    id: job.to_string(),
+                });
+            };
+            let dead = check_job(found)?;
+            let new_id = JobId(Uuid::now_v7());
+            tx.execute(
+                "INSERT INTO jobs (id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, created_at, updated_at, replay_of)
+                 VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6, ?7)",
+                params![
+                    new_id.to_string(),
+                    dead.event_id.to_string(),
+                    dead.pipeline,
+                    dead.trigger,
+                    dead.max_attempts,
+                    micros(now),
+                    job.to_string(),
+                ],
+            )?;
+            tx.execute(
+                "UPDATE jobs SET status = 'replayed', updated_at = ?2 WHERE id = ?1",
+                params![job.to_string(), micros(now)],
+            )?;
+            tx.commit()?;
+            Ok(new_id)
+        })
+    }
+
+    fn save_run(&self, run: &Run) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                &format!(
+                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+                     ON CONFLICT(id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
+                       rows_in = excluded.rows_in, rows_valid = excluded.rows_valid,
+                       rows_quarantined = excluded.rows_quarantined, bytes_read = excluded.bytes_read,
+                       bytes_written = excluded.bytes_written, error = excluded.error, detail = excluded.detail"
+                ),
+                params![
+                    run.id.to_string(),
+                    run.job_id.to_string(),
+                    run.event_id.to_string(),
+                    run.pipeline,
+                    run.attempt,
+                    run.status.as_str(),
+                    micros(run.started_at),
+                    run.finished_at.map(micros),
+                    run.rows_in as i64,
+                    run.rows_valid as i64,
+                    run.rows_quarantined as i64,
+                    run.bytes_read as i64,
+                    run.bytes_written as i64,
+                    run.error,
+                    run.detail.to_string(),
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn list_runs(&self, limit: usize) -> Result<Vec<Run>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit as i64], run_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn get_run(&self, id: &str) -> Result<Run> {
+        self.with(|conn| {
+            let pattern = format!("{}%", id.replace(['%', '_'], ""));
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 ORDER BY started_at LIMIT 2"
+            ))?;
+            let mut runs = stmt
+                .query_map([pattern], run_from_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            if runs.len() == 1 && !id.is_empty() {
+                Ok(runs.remove(0))
+            } else {
+                Err(Error::NotFound {
+                    what: if runs.is_empty() {
+                        "run"
+                    } else {
+                        "unique run for prefix"
+                    },
+                    id: id.to_string(),
+                })
+            }
+        })
+    }
+
+    fn claim_idempotency_key(
+        &self,
+        key: &str,
+        result: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<String>> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let existing: Option<String> = tx
+                .query_row(
+                    "SELECT result FROM idempotency_keys WHERE key = ?1",
+                    [key],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if existing.is_none() {
+                tx.execute(
+                    "INSERT INTO idempotency_keys (key, result, created_at) VALUES (?1, ?2, ?3)",
+                    params![key, result, micros(now)],
+                )?;
+            }
+            tx.commit()?;
+            Ok(existing)
+        })
+    }
+
+    fn table_versions(&self, table: &str) -> Result<Vec<TableVersion>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT name, layer, version, schema, partition_by, description, owner, location, registered_at
+                 FROM catalog_tables WHERE name = ?1 ORDER BY version",
+            )?;
+            let rows = stmt.query_map([table], |r| {
+                let schema: String = r.get(3)?;
+                let partition_by: String = r.get(4)?;
+                Ok(TableVersion {
+                    table: r.get(0)?,
+                    layer: r.get(1)?,
+                    version: r.get(2)?,
+                    schema: serde_json::from_str(&schema).unwrap_or(serde_json::Value::Null),
+                    partition_by: serde_json::from_str(&partition_by).unwrap_or_default(),
+                    description: r.get(5)?,
+                    owner: r.get(6)?,
+                    location: r.get(7)?,
+                    registered_at: from_micros(r.get(8)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn register_table_version(&self, v: &TableVersion) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO catalog_tables (name, version, layer, schema, partition_by, description, owner, location, registered_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(name, version) DO UPDATE SET description = excluded.description,
+                     owner = excluded.owner, schema = excluded.schema, layer = excluded.layer",
+                params![
+                    v.table,
+                    v.version,
+                    v.layer,
+                    v.schema.to_string(),
+                    serde_json::to_string(&v.partition_by).unwrap_or_else(|_| "[]".into()),
+                    v.description,
+                    v.owner,
+                    v.location,
+                    micros(v.registered_at),
+                ],
+            )?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

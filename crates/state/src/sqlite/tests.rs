@@ -1,0 +1,193 @@
+use super::*;
+use chrono::Duration as ChronoDuration;
+use chrono::SubsecRound;
+
+fn event(key: &str) -> Event {
+    Event {
+        id: EventId::new(),
+        kind: EventKind::ObjectCreated,
+        source: "test".into(),
+        // The store keeps microseconds.
+        time: Utc::now().trunc_subsecs(6),
+        correlation_id: Uuid::now_v7(),
+        object: ObjectRef {
+            bucket: "raw".into(),
+            key: key.into(),
+            size: 3,
+            sha256: "abc".into(),
+            version: "v1".into(),
+        },
+    }
+}
+
+fn job(max_attempts: u32) -> NewJob {
+    NewJob {
+        pipeline: "taxi".into(),
+        trigger: "landing".into(),
+        max_attempts,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+#[test]
+fn an_event_and_its_jobs_are_recorded_together_and_leased_once() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let e = event("a.csv");
+    store.record_event(&e, &[job(3)]).unwrap();
+    let now = Utc::now() + ChronoDuration::seconds(1);
+    let leased = store.lease_job("w1", now, LEASE).unwrap().unwrap();
+    assert_eq!(leased.event, e);
+    assert_eq!(leased.job.attempts, 1);
+    assert!(store.lease_job("w2", now, LEASE).unwrap().is_none());
+    store.complete_job(leased.job.id, "w1", now).unwrap();
+    assert_eq!(store.job_counts().unwrap().done, 1);
+}
+
+#[test]
+fn a_failed_attempt_waits_for_its_backoff_then_dead_letters() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.record_event(&event("a.csv"), &[job(2)]).unwrap();
+    let t0 = Utc::now() + ChronoDuration::seconds(1);
+    let leased = store.lease_job("w", t0, LEASE).unwrap().unwrap();
+    let retry_at = t0 + ChronoDuration::seconds(5);
+    store
+        .fail_job(leased.job.id, "w", "disk on fire", Some(retry_at), t0)
+        .unwrap();
+    assert!(store.lease_job("w", t0, LEASE).unwrap().is_none());
+    assert_eq!(
+        store.next_due().unwrap(),
+        Some(from_micros(micros(retry_at)))
+    );
+    let again = store.lease_job("w", retry_at, LEASE).unwrap().unwrap();
+    assert_eq!(again.job.attempts, 2);
+    assert_eq!(again.job.last_error.as_deref(), Some("disk on fire"));
+    store
+        .fail_job(again.job.id, "w", "still on fire", None, retry_at)
+        .unwrap();
+    let dlq = store.list_dlq().unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].last_error.as_deref(), Some("still on fire"));
+
+    let replay = store.replay_dlq(dlq[0].id, retry_at).unwrap();
+    assert!(store.list_dlq().unwrap().is_empty());
+    let leased = store.lease_job("w", retry_at, LEASE).unwrap().unwrap();
+    assert_eq!(leased.job.id, replay);
+    assert_eq!(leased.job.replay_of, Some(dlq[0].id));
+    assert_eq!(leased.job.attempts, 1);
+    assert!(
+        store.replay_dlq(dlq[0].id, retry_at).is_err(),
+        "replayed twice"
+    );
+}
+
+#[test]
+fn an_expired_lease_is_taken_over_and_the_old_worker_cannot_complete() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.record_event(&event("a.csv"), &[job(3)]).unwrap();
+    let t0 = Utc::now() + ChronoDuration::seconds(1);
+    let first = store.lease_job("w1", t0, LEASE).unwrap().unwrap();
+    let later = t0 + ChronoDuration::seconds(31);
+    let second = store.lease_job("w2", later, LEASE).unwrap().unwrap();
+    assert_eq!(first.job.id, second.job.id);
+    assert_eq!(second.job.attempts, 2);
+    assert!(matches!(
+        store.complete_job(first.job.id, "w1", later),
+        Err(Error::LeaseLost(_))
+    ));
+    store.complete_job(second.job.id, "w2", later).unwrap();
+}
+
+#[test]
+fn a_released_job_does_not_count_the_attempt() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.record_event(&event("a.csv"), &[job(3)]).unwrap();
+    let t0 = Utc::now() + ChronoDuration::seconds(1);
+    let leased = store.lease_job("w", t0, LEASE).unwrap().unwrap();
+    store.release_job(leased.job.id, "w").unwrap();
+    let again = store.lease_job("w", t0, LEASE).unwrap().unwrap();
+    assert_eq!(again.job.attempts, 1);
+}
+
+#[test]
+fn state_survives_reopening_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let e = event("landing/x.csv");
+    {
+        let store = SqliteStore::open(&path).unwrap();
+        store.record_event(&e, &[job(3)]).unwrap();
+        assert_eq!(
+            store
+                .claim_idempotency_key("k", "first", Utc::now())
+                .unwrap(),
+            None
+        );
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.get_event(e.id).unwrap().event, e);
+    assert_eq!(store.job_counts().unwrap().pending, 1);
+    assert_eq!(
+        store
+            .claim_idempotency_key("k", "second", Utc::now())
+            .unwrap(),
+        Some("first".into())
+    );
+}
+
+#[test]
+fn runs_are_found_by_id_prefix() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let mut run = Run {
+        id: Uuid::now_v7(),
+        job_id: JobId(Uuid::now_v7()),
+        event_id: Uuid::now_v7(),
+        pipeline: "taxi".into(),
+        attempt: 1,
+        status: RunStatus::Running,
+        started_at: Utc::now(),
+        finished_at: None,
+        rows_in: 0,
+        rows_valid: 0,
+        rows_quarantined: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        error: None,
+        detail: serde_json::json!({}),
+    };
+    store.save_run(&run).unwrap();
+    run.status = RunStatus::Succeeded;
+    run.rows_in = 10;
+    store.save_run(&run).unwrap();
+    let prefix = &run.id.to_string()[..13];
+    let found = store.get_run(prefix).unwrap();
+    assert_eq!(found.status, RunStatus::Succeeded);
+    assert_eq!(found.rows_in, 10);
+    assert!(store.get_run("zzz").is_err());
+    assert_eq!(store.list_runs(5).unwrap().len(), 1);
+}
+
+#[test]
+fn orphaned_running_jobs_are_recovered_and_leases_extend() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    store.record_event(&event("a.csv"), &[job(3)]).unwrap();
+    let t0 = Utc::now() + ChronoDuration::seconds(1);
+    let leased = store.lease_job("dead-worker", t0, LEASE).unwrap().unwrap();
+    store
+        .extend_lease(
+            leased.job.id,
+            "dead-worker",
+            t0 + ChronoDuration::seconds(600),
+        )
+        .unwrap();
+    assert!(store.extend_lease(leased.job.id, "other", t0).is_err());
+    assert!(
+        store
+            .lease_job("w", t0 + ChronoDuration::seconds(60), LEASE)
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(store.recover_orphaned_jobs(t0).unwrap(), 1);
+    let again = store.lease_job("w", t0, LEASE).unwrap().unwrap();
+    assert_eq!(again.job.attempts, 2, "the crashed attempt counts");
+}

@@ -1,0 +1,227 @@
+//! Plain rows of the state store.
+
+use chrono::{DateTime, Utc};
+use sluice_model::event::Event;
+use uuid::Uuid;
+
+/// A job id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct JobId(pub Uuid);
+
+impl std::fmt::Display for JobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::str::FromStr for JobId {
+    type Err = uuid::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(JobId)
+    }
+}
+
+/// A job to create with an event.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// The pipeline to run.
+    pub pipeline: String,
+    /// The trigger that matched.
+    pub trigger: String,
+    /// Attempts in all before dead-lettering.
+    pub max_attempts: u32,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    /// Waiting to be leased (maybe after a backoff).
+    Pending,
+    /// Leased by a worker.
+    Running,
+    /// Finished successfully.
+    Done,
+    /// Out of attempts (or failed permanently): in the dead-letter queue.
+    Dead,
+    /// Dead-lettered, then replayed as a new job.
+    Replayed,
+}
+
+impl JobStatus {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Dead => "dead",
+            JobStatus::Replayed => "replayed",
+        }
+    }
+    /// Parses a stable name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "pending" => JobStatus::Pending,
+            "running" => JobStatus::Running,
+            "done" => JobStatus::Done,
+            "dead" => JobStatus::Dead,
+            "replayed" => JobStatus::Replayed,
+            _ => return None,
+        })
+    }
+}
+
+/// A job as stored.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// Id.
+    pub id: JobId,
+    /// The triggering event's id.
+    pub event_id: Uuid,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Trigger that created it (or `replay`).
+    pub trigger: String,
+    /// Status.
+    pub status: JobStatus,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// Attempts allowed.
+    pub max_attempts: u32,
+    /// When it may next run.
+    pub next_run_at: DateTime<Utc>,
+    /// Last error.
+    pub last_error: Option<String>,
+    /// Created.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// For a replayed job, the dead job it replays.
+    pub replay_of: Option<JobId>,
+}
+
+/// A leased job with its event.
+#[derive(Debug, Clone)]
+pub struct LeasedJob {
+    /// The job (attempts already counts this attempt).
+    pub job: Job,
+    /// The event that triggered it.
+    pub event: Event,
+    /// The event's sequence number (monotonic across the store).
+    pub event_seq: i64,
+}
+
+/// An event as stored, with its sequence number.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Monotonic sequence number.
+    pub seq: i64,
+    /// The event.
+    pub event: Event,
+}
+
+/// Counts of jobs by status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobCounts {
+    /// Pending.
+    pub pending: u64,
+    /// Running.
+    pub running: u64,
+    /// Done.
+    pub done: u64,
+    /// Dead.
+    pub dead: u64,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStatus {
+    /// Still going.
+    Running,
+    /// Published its effects.
+    Succeeded,
+    /// Nothing to do: the effect was already applied (same object, same content) or superseded.
+    Skipped,
+    /// Failed (see error); the job may be retried.
+    Failed,
+}
+
+impl RunStatus {
+    /// Stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Skipped => "skipped",
+            RunStatus::Failed => "failed",
+        }
+    }
+    /// Parses a stable name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "skipped" => RunStatus::Skipped,
+            "failed" => RunStatus::Failed,
+            _ => return None,
+        })
+    }
+}
+
+/// One attempt at a job.
+#[derive(Debug, Clone)]
+pub struct Run {
+    /// Id (UUID v7).
+    pub id: Uuid,
+    /// The job.
+    pub job_id: JobId,
+    /// The triggering event.
+    pub event_id: Uuid,
+    /// Pipeline.
+    pub pipeline: String,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Status.
+    pub status: RunStatus,
+    /// Started.
+    pub started_at: DateTime<Utc>,
+    /// Finished.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Source rows read.
+    pub rows_in: u64,
+    /// Rows that passed the contract.
+    pub rows_valid: u64,
+    /// Rows sent to quarantine.
+    pub rows_quarantined: u64,
+    /// Bytes read from the object store.
+    pub bytes_read: u64,
+    /// Bytes of Parquet written.
+    pub bytes_written: u64,
+    /// Why it failed or was skipped.
+    pub error: Option<String>,
+    /// Step details: per-step tables, partitions, per-reason quarantine counts (JSON).
+    pub detail: serde_json::Value,
+}
+
+/// One registered version of a table's schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableVersion {
+    /// Table name.
+    pub table: String,
+    /// Layer name.
+    pub layer: String,
+    /// Schema version.
+    pub version: u32,
+    /// Columns as JSON: `[{"name":…,"type":…,"nullable":…}]`.
+    pub schema: serde_json::Value,
+    /// Partition columns.
+    pub partition_by: Vec<String>,
+    /// Description.
+    pub description: Option<String>,
+    /// Owner.
+    pub owner: Option<String>,
+    /// Where the table's data lives, relative to the lake root.
+    pub location: String,
+    /// When this version was first registered.
+    pub registered_at: DateTime<Utc>,
+}
