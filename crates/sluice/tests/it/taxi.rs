@@ -17,17 +17,34 @@ const FILES: [&str; 9] = [
     "yellow_tripdata_2019-06_sample.csv",
 ];
 
-/// (valid, quarantined) per file, pinned after reading the files: see the reasons test below.
+/// (valid, quarantined) per file. Cross-checked by hand against the raw files (awk): the
+/// 2019 sample has 16 pickups from May, 29 rows with passenger_count 0 and 1 negative fare
+/// (30 below_min); the 2017 file has 3 dropoffs not after pickup; the 2012-2015 and green
+/// 2014 files carry coordinates at 0.
 const EXPECTED: [(&str, i64, i64); 9] = [
-    ("yellow_tripdata_2009-01.csv", 0, 0),
-    ("yellow_tripdata_2012-06.csv", 0, 0),
-    ("yellow_tripdata_2014-03.csv", 0, 0),
-    ("yellow_tripdata_2015-01.csv", 0, 0),
-    ("yellow_tripdata_2016-09.csv", 0, 0),
-    ("yellow_tripdata_2017-06.csv", 0, 0),
-    ("green_tripdata_2014-05.csv", 0, 0),
-    ("green_tripdata_2016-09.csv", 0, 0),
-    ("yellow_tripdata_2019-06_sample.csv", 0, 0),
+    ("yellow_tripdata_2009-01.csv", 97, 1),
+    ("yellow_tripdata_2012-06.csv", 92, 6),
+    ("yellow_tripdata_2014-03.csv", 95, 3),
+    ("yellow_tripdata_2015-01.csv", 96, 3),
+    ("yellow_tripdata_2016-09.csv", 98, 1),
+    ("yellow_tripdata_2017-06.csv", 94, 4),
+    ("green_tripdata_2014-05.csv", 79, 18),
+    ("green_tripdata_2016-09.csv", 95, 3),
+    ("yellow_tripdata_2019-06_sample.csv", 946, 54),
+];
+
+/// Quarantined rows per (file, reason) for the files whose reasons were checked by hand.
+const EXPECTED_REASONS: [(&str, &str, i64); 6] = [
+    ("yellow_tripdata_2019-06_sample.csv", "below_min", 30),
+    ("yellow_tripdata_2019-06_sample.csv", "outside_month", 16),
+    ("yellow_tripdata_2019-06_sample.csv", "zero_distance", 6),
+    (
+        "yellow_tripdata_2019-06_sample.csv",
+        "duration_out_of_range",
+        2,
+    ),
+    ("yellow_tripdata_2017-06.csv", "dropoff_before_pickup", 3),
+    ("green_tripdata_2014-05.csv", "above_max", 16),
 ];
 
 fn data_rows(file: &str) -> i64 {
@@ -104,6 +121,13 @@ fn every_real_tlc_file_lands_in_silver_trips_exactly() {
             quarantined.get(file).copied().unwrap_or(0),
         );
         assert_eq!(got, (v, q), "{file}; all files now:\n{report}");
+    }
+
+    for (file, reason, n) in EXPECTED_REASONS {
+        let got = as_i64(&server.scalar(&format!(
+            "SELECT count(*) FROM sluice.quarantine WHERE source_object = 'raw/landing/{file}' AND reason_code = '{reason}'"
+        )));
+        assert_eq!(got, n, "{file} {reason}");
     }
 
     // The oracle: DuckDB over the Parquet files the Delta log says are active.
