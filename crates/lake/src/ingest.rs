@@ -318,7 +318,15 @@ pub async fn ingest(
         drop(source);
         let (sha256, bytes) = match hashing_file {
             // Parquet is read by seeking; hash the file in one sequential pass.
-            Some(file) => {
+            Some(mut file) => {
+                // The clone given to the Parquet reader shares this handle's offset.
+                if let Err(e) = std::io::Seek::seek(&mut file, std::io::SeekFrom::Start(0)) {
+                    send(Err(Error::Io {
+                        what: "rewinding the Parquet object".into(),
+                        source: e,
+                    }));
+                    return;
+                }
                 let mut h = Hashing {
                     inner: std::io::BufReader::with_capacity(1 << 20, file),
                     hasher: Sha256::new(),

@@ -233,6 +233,54 @@ impl Objects {
     }
 }
 
+/// An object kept in a bronze table.
+#[derive(Debug, Clone)]
+pub struct Archived {
+    /// `bucket/key` of the source object.
+    pub source_object: String,
+    /// SHA-256 of its content.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Path under the data directory.
+    pub path: String,
+    /// When it was archived.
+    pub archived_at: chrono::DateTime<Utc>,
+}
+
+impl Objects {
+    /// Everything archived in a bronze table.
+    pub async fn list_archive(&self, table: &str) -> Result<Vec<Archived>, Error> {
+        let root = Path::from("lake").join("bronze").join(table);
+        let mut out = Vec::new();
+        let mut stream = self.store.list(Some(&root));
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| Error::store("listing the bronze archive", e))?;
+            let Some(parts) = meta.location.prefix_match(&root) else {
+                continue;
+            };
+            let mut parts: Vec<String> = parts.map(|p| p.as_ref().to_string()).collect();
+            let Some(sha) = parts
+                .pop()
+                .and_then(|last| last.strip_prefix("sha256=").map(String::from))
+            else {
+                continue;
+            };
+            out.push(Archived {
+                source_object: parts.join("/"),
+                sha256: sha,
+                size: meta.size,
+                path: meta.location.to_string(),
+                archived_at: meta.last_modified,
+            });
+        }
+        out.sort_by(|a, b| {
+            (&a.source_object, a.archived_at).cmp(&(&b.source_object, b.archived_at))
+        });
+        Ok(out)
+    }
+}
+
 fn object_ref(bucket: &BucketName, key: &ObjectKey, size: u64, sha256: String) -> ObjectRef {
     let version = format!("{}-{}", &sha256[..16], Utc::now().timestamp_micros());
     ObjectRef {

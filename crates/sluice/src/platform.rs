@@ -354,6 +354,15 @@ impl Platform {
             .collect();
         let session = Session::open(&self.paths, &entries).await?;
         crate::system::register(&session, self).await?;
+        for table in self
+            .project
+            .tables
+            .values()
+            .filter(|t| t.layer == Layer::Bronze)
+        {
+            let archived = self.objects.list_archive(&table.name).await?;
+            crate::system::register_bronze(&session, &table.name, &archived)?;
+        }
         Ok(session)
     }
 }

@@ -154,3 +154,34 @@ fn jobs_batch(jobs: &[Job]) -> Result<(Arc<Schema>, RecordBatch)> {
     )?;
     Ok((schema, batch))
 }
+
+/// Registers a bronze table: the raw objects it keeps, one row per archived content version.
+pub fn register_bronze(
+    session: &Session,
+    table: &str,
+    archived: &[sluice_lake::objects::Archived],
+) -> Result<()> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("source_object", DataType::Utf8, false),
+        Field::new("sha256", DataType::Utf8, false),
+        Field::new("size", DataType::Int64, false),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("archived_at", ts(), false),
+    ]));
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            strings(archived.iter().map(|a| Some(a.source_object.as_str()))),
+            strings(archived.iter().map(|a| Some(a.sha256.as_str()))),
+            ints(archived.iter().map(|a| a.size as i64)),
+            strings(archived.iter().map(|a| Some(a.path.as_str()))),
+            times(
+                archived
+                    .iter()
+                    .map(|a| Some(a.archived_at.timestamp_micros())),
+            ),
+        ],
+    )?;
+    session.register_batches("bronze", table, schema, vec![batch])?;
+    Ok(())
+}

@@ -229,3 +229,176 @@ fn kill_minus_nine_during_an_ingest_loses_and_duplicates_nothing() {
     )));
     assert_eq!(lines, rows as i64);
 }
+
+#[test]
+fn parquet_and_json_lines_give_the_same_rows_as_csv() {
+    let project = taxi_project(|t| {
+        t.replace("suffix = \".csv\"\n", "")
+            .replace("max_invalid_pct = 40", "max_invalid_pct = 100")
+    });
+    let csv = shared_data("nyc_tlc/yellow_tripdata_2019-06_sample.csv");
+    let dir = project.path();
+    // DuckDB writes the other formats from the same CSV (timestamps typed in Parquet, text in JSON).
+    let script = format!(
+        "import duckdb; c = duckdb.connect(); c.execute(\"CREATE TABLE t AS SELECT * FROM read_csv('{}')\"); \
+         c.execute(\"COPY t TO '{}' (FORMAT parquet)\"); c.execute(\"COPY t TO '{}' (FORMAT json)\")",
+        csv.display(),
+        dir.join("sample.parquet").display(),
+        dir.join("sample.jsonl").display()
+    );
+    let out = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server = Server::start(dir);
+    server.put_file("raw", "landing/csv/yellow_tripdata_2019-06.csv", &csv);
+    server.put_file(
+        "raw",
+        "landing/parquet/yellow_tripdata_2019-06.parquet",
+        &dir.join("sample.parquet"),
+    );
+    server.put_file(
+        "raw",
+        "landing/json/yellow_tripdata_2019-06.jsonl",
+        &dir.join("sample.jsonl"),
+    );
+    let status = server.wait_idle(Duration::from_secs(120));
+    assert_eq!(status["jobs"]["dead"], 0, "{status} {:#?}", server.runs());
+    let per_format = |prefix: &str| {
+        let object = format!("raw/landing/{prefix}");
+        (
+            count_for(&server, &object),
+            server.query(&format!(
+                "SELECT reason_code AS r, count(*) AS n FROM sluice.quarantine WHERE source_object = '{object}' GROUP BY 1 ORDER BY 1"
+            )),
+            server.scalar(&format!(
+                "SELECT CAST(sum(total_amount) AS VARCHAR) FROM silver.trips WHERE _source_object = '{object}'"
+            )),
+        )
+    };
+    let csv_result = per_format("csv/yellow_tripdata_2019-06.csv");
+    assert_eq!(csv_result.0, (946, 54));
+    assert_eq!(
+        per_format("parquet/yellow_tripdata_2019-06.parquet"),
+        csv_result
+    );
+    assert_eq!(per_format("json/yellow_tripdata_2019-06.jsonl"), csv_result);
+}
+
+#[test]
+fn bronze_keeps_every_raw_version_and_the_watched_folder_uploads_files() {
+    let project = taxi_project(|t| {
+        t + "\n[watch]\ndir = \"inbox\"\nbucket = \"raw\"\nprefix = \"landing/2024/01/\"\n"
+    });
+    let server = Server::start(project.path());
+    let inbox = project.path().join("inbox");
+    let first = generate(project.path(), "gen1.csv", 500, 8);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !inbox.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the watched folder was not created"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::copy(&first, inbox.join("dropped.csv")).unwrap();
+    let object = "raw/landing/2024/01/dropped.csv";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = as_i64(&server.scalar(&format!(
+            "SELECT count(*) FROM sluice.events WHERE key = 'landing/2024/01/dropped.csv'"
+        )));
+        if n == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dropped file was not uploaded"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server.wait_idle(Duration::from_secs(60));
+    assert!(inbox.join(".done/dropped.csv").exists());
+    assert!(!inbox.join("dropped.csv").exists());
+    let (v, q) = count_for(&server, object);
+    assert_eq!(v + q, 500);
+
+    // A second version of the same key: bronze keeps both, byte for byte.
+    let second = generate(project.path(), "gen2.csv", 300, 9);
+    server.put_file("raw", "landing/2024/01/dropped.csv", &second);
+    server.wait_idle(Duration::from_secs(60));
+    let archived = server.query(
+        "SELECT source_object, sha256, size, path FROM bronze.trips_raw ORDER BY archived_at",
+    );
+    assert_eq!(archived.len(), 2, "{archived:?}");
+    for (row, file) in archived.iter().zip([&first, &second]) {
+        assert_eq!(row["source_object"], object);
+        let kept = std::fs::read(
+            project
+                .path()
+                .join(".sluice")
+                .join(row["path"].as_str().unwrap()),
+        )
+        .unwrap();
+        assert_eq!(kept, std::fs::read(file).unwrap());
+    }
+}
+
+#[test]
+fn a_contract_change_that_breaks_the_schema_needs_a_new_version() {
+    let project = taxi_project(|t| t);
+    let toml = project.path().join("sluice.toml");
+    {
+        let server = Server::start(project.path());
+        server.put_file(
+            "raw",
+            "landing/2024/01/a.csv",
+            &generate(project.path(), "a.csv", 100, 10),
+        );
+        server.wait_idle(Duration::from_secs(60));
+    }
+    let text = std::fs::read_to_string(&toml).unwrap();
+    let changed = text.replace(
+        "name = \"passenger_count\"\ntype = \"int\"",
+        "name = \"passenger_count\"\ntype = \"float\"",
+    );
+    assert_ne!(text, changed);
+    std::fs::write(&toml, &changed).unwrap();
+    let (ok, _, err) = cli(&toml, &["up", "--http-port", "0"]);
+    assert!(!ok);
+    assert!(err.contains("table trips: the contract changes the stored schema of version 1 (column passenger_count: Int64 -> Float64); raise `schema_version` to 2"), "{err}");
+    // Declared as a new version, it starts a new table beside the old one.
+    std::fs::write(
+        &toml,
+        changed.replace(
+            "owner = \"data-engineering\"",
+            "owner = \"data-engineering\"\nschema_version = 2",
+        ),
+    )
+    .unwrap();
+    let server = Server::start(project.path());
+    server.put_file(
+        "raw",
+        "landing/2024/01/b.csv",
+        &generate(project.path(), "b.csv", 100, 11),
+    );
+    server.wait_idle(Duration::from_secs(60));
+    assert!(as_i64(&server.scalar("SELECT count(*) FROM silver.trips")) > 80);
+    assert!(
+        project
+            .path()
+            .join(".sluice/lake/silver/trips_v2/_delta_log")
+            .exists()
+    );
+    let (ok, out, _) = server.cli(&["describe", "trips"]);
+    assert!(ok);
+    assert!(
+        out.contains("version 1 registered") && out.contains("version 2 registered"),
+        "{out}"
+    );
+}
