@@ -31,6 +31,13 @@ pub const TAG_SOURCE: &str = "sluice.source";
 /// Tag holding the SHA-256 of the source object's content.
 pub const TAG_SHA256: &str = "sluice.sha256";
 
+/// Most rows in one row group. Small enough that one open file per partition (a month
+/// of daily partitions is 31 files) stays within a few hundred MiB.
+pub const ROW_GROUP_ROWS: usize = 32_768;
+
+/// Largest row group, in bytes, before it is flushed to storage.
+pub const ROW_GROUP_BYTES: usize = 8 << 20;
+
 /// Target size of one Parquet file.
 pub const TARGET_FILE_SIZE: u64 = 128 << 20;
 
@@ -126,7 +133,15 @@ pub struct FileWriter {
     inner: RecordBatchWriter,
     table: String,
     rows: u64,
+    rows_in_window: usize,
+    finished: Vec<Add>,
 }
+
+/// Rows after which the open files are finished and new ones started. With one open file
+/// per partition, a file's in-progress row groups and upload buffer stay in memory until
+/// it is finished; finishing them every so many rows bounds memory whatever the size of
+/// the source (at the price of more, smaller files for very large sources).
+pub const WINDOW_ROWS: usize = 200_000;
 
 impl FileWriter {
     /// A writer for the table's schema and partitions.
@@ -135,7 +150,10 @@ impl FileWriter {
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
             ))
-            .set_max_row_group_row_count(Some(1 << 20))
+            .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+            // Bytes bound a row group too: with one open file per partition, memory is
+            // partitions x this, whatever the size of the source object.
+            .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
         let inner = RecordBatchWriter::for_table(table)
             .map_err(|e| Error::delta(name, e))?
@@ -145,6 +163,8 @@ impl FileWriter {
             inner,
             table: name.to_string(),
             rows: 0,
+            rows_in_window: 0,
+            finished: Vec::new(),
         })
     }
 
@@ -154,10 +174,21 @@ impl FileWriter {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
+        self.rows_in_window += batch.num_rows();
         self.inner
             .write(batch)
             .await
-            .map_err(|e| Error::delta(&self.table, e))
+            .map_err(|e| Error::delta(&self.table, e))?;
+        if self.rows_in_window >= WINDOW_ROWS {
+            let adds = self
+                .inner
+                .flush()
+                .await
+                .map_err(|e| Error::delta(&self.table, e))?;
+            self.finished.extend(adds);
+            self.rows_in_window = 0;
+        }
+        Ok(())
     }
 
     /// Rows written so far.
@@ -167,11 +198,13 @@ impl FileWriter {
 
     /// Finishes the files; returns their Add actions, tagged with their source.
     pub async fn finish(mut self, tags: &[(&str, &str)]) -> Result<Vec<Add>, Error> {
-        let mut adds = self
-            .inner
-            .flush()
-            .await
-            .map_err(|e| Error::delta(&self.table, e))?;
+        let mut adds = std::mem::take(&mut self.finished);
+        adds.extend(
+            self.inner
+                .flush()
+                .await
+                .map_err(|e| Error::delta(&self.table, e))?,
+        );
         for add in &mut adds {
             let map = add.tags.get_or_insert_with(HashMap::new);
             for (k, v) in tags {

@@ -135,7 +135,7 @@ pub async fn execute(platform: &Platform, worker: &str, leased: LeasedJob) {
         if let Err(e) = platform.state.save_run(&run) {
             error!(error = %e, "cannot record the run");
         }
-        info!(object = %run.detail["object"], attempt = run.attempt, "run started");
+        info!(object = run.detail["object"].as_str().unwrap_or_default(), attempt = run.attempt, "run started");
         let result = run_steps(platform, &leased, &mut run).await;
         run.finished_at = Some(Utc::now());
         let job = &leased.job;

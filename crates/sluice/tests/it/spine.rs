@@ -310,9 +310,9 @@ fn bronze_keeps_every_raw_version_and_the_watched_folder_uploads_files() {
     let object = "raw/landing/2024/01/dropped.csv";
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let n = as_i64(&server.scalar(&format!(
-            "SELECT count(*) FROM sluice.events WHERE key = 'landing/2024/01/dropped.csv'"
-        )));
+        let n = as_i64(&server.scalar(
+            "SELECT count(*) FROM sluice.events WHERE key = 'landing/2024/01/dropped.csv'",
+        ));
         if n == 1 {
             break;
         }

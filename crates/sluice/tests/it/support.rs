@@ -58,7 +58,13 @@ impl Server {
             ])
             .arg(&project)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(project_dir.join("sluice.log"))
+                    .unwrap(),
+            )
             .spawn()
             .expect("starting sluice up");
         let stdout = child.stdout.take().unwrap();
