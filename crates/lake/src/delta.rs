@@ -141,7 +141,7 @@ pub struct FileWriter {
 /// per partition, a file's in-progress row groups and upload buffer stay in memory until
 /// it is finished; finishing them every so many rows bounds memory whatever the size of
 /// the source (at the price of more, smaller files for very large sources).
-pub const WINDOW_ROWS: usize = 200_000;
+pub const WINDOW_ROWS: usize = 100_000;
 
 impl FileWriter {
     /// A writer for the table's schema and partitions.
