@@ -402,3 +402,44 @@ fn a_contract_change_that_breaks_the_schema_needs_a_new_version() {
         "{out}"
     );
 }
+
+#[test]
+fn ctrl_c_releases_the_job_in_flight_and_the_next_start_finishes_it() {
+    let project = taxi_project(|t| t);
+    let rows = 300_000;
+    let file = generate(project.path(), "big.csv", rows, 12);
+    let object = "raw/landing/2024/01/graceful.csv";
+    let mut server = Server::start(project.path());
+    server.put_file("raw", "landing/2024/01/graceful.csv", &file);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !server.runs().iter().any(|r| r["status"] == "running") {
+        assert!(Instant::now() < deadline, "no run started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "sluice up exited with {status} on SIGINT");
+    let log = std::fs::read_to_string(project.path().join("sluice.log")).unwrap();
+    let released = log.contains("job released");
+    server = Server::start(project.path());
+    server.wait_idle(Duration::from_secs(300));
+    let (valid, quarantined) = count_for(&server, object);
+    assert_eq!(valid + quarantined, rows as i64, "released: {released}");
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(DISTINCT trip_id) FROM silver.trips")),
+        valid
+    );
+    let (ok, out, _) = server.cli(&["tables"]);
+    assert!(ok);
+    assert!(
+        out.contains("silver.trips") && out.contains(&valid.to_string()),
+        "{out}"
+    );
+}
