@@ -172,6 +172,13 @@ fn bad_requests_get_a_4xx_that_says_why() {
             body["error"].as_str().unwrap_or_default().to_string(),
         )
     };
+    // An object reads back byte for byte.
+    let body = "id,name\n1,\"café, au lait\"\n".as_bytes();
+    server.put_bytes("raw", "misc/x.csv", body);
+    let mut resp = ureq::get(&format!("{}/v1/objects/raw/misc/x.csv", server.base))
+        .call()
+        .unwrap();
+    assert_eq!(resp.body_mut().read_to_vec().unwrap(), body);
     let (status, error) = put("raw", "a/%2e%2e/%2e%2e/etc/passwd");
     assert_eq!(status, 400, "{error}");
     assert!(
