@@ -196,11 +196,7 @@ fn kill_minus_nine_during_an_ingest_loses_and_duplicates_nothing() {
     server.put_file("raw", "landing/2024/01/big.csv", &file);
     // Kill at three different points of the run: early, later, and (maybe) around the commit.
     for delay_ms in [100u64, 700, 1500] {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !server.runs().iter().any(|r| r["status"] == "running") {
-            assert!(Instant::now() < deadline, "no run started");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        server.wait_for_a_running_job();
         std::thread::sleep(Duration::from_millis(delay_ms));
         server.kill9();
         server = Server::start(project.path());
@@ -411,11 +407,7 @@ fn ctrl_c_releases_the_job_in_flight_and_the_next_start_finishes_it() {
     let object = "raw/landing/2024/01/graceful.csv";
     let mut server = Server::start(project.path());
     server.put_file("raw", "landing/2024/01/graceful.csv", &file);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !server.runs().iter().any(|r| r["status"] == "running") {
-        assert!(Instant::now() < deadline, "no run started");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server.wait_for_a_running_job();
     let pid = server.child.id().to_string();
     assert!(
         std::process::Command::new("kill")

@@ -130,6 +130,15 @@ impl Server {
         }
     }
 
+    /// Waits until some run is in progress.
+    pub fn wait_for_a_running_job(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !self.runs().iter().any(|r| r["status"] == "running") {
+            assert!(Instant::now() < deadline, "no run started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn query(&self, sql: &str) -> Vec<Value> {
         let resp = ureq::post(&format!("{}/v1/query", self.base))
             .config()
