@@ -310,9 +310,9 @@ impl Project {
             ));
         }
         let mut unknown: Vec<Path> = Vec::new();
-        let deserializer = toml::de::Deserializer::from(spanned.clone());
-        let raw: Result<raw::RawProject, _> = serde_ignored::deserialize(deserializer, |path| {
-            unknown.push(ignored_path(&path));
+        let mut type_errors: Vec<Problem> = Vec::new();
+        let raw = deserialize_piecewise(&spanned, &mut unknown, &mut |span, message| {
+            type_errors.push(at(span, message))
         });
         let locate = |path: &Path| locate(spanned.get_ref(), path, spanned.span());
         let mut problems: Vec<Problem> = unknown
@@ -324,12 +324,10 @@ impl Project {
                 )
             })
             .collect();
-        let raw = match raw {
-            Ok(raw) => raw,
-            Err(e) => {
-                problems.push(at(e.span(), first_line(e.message())));
-                return Err(Problems(problems));
-            }
+        problems.extend(type_errors);
+        let Some(raw) = raw else {
+            problems.sort_by_key(|p| (p.line, p.column));
+            return Err(Problems(problems));
         };
         let mut collector = Collector {
             problems: Vec::new(),
@@ -361,6 +359,104 @@ impl Project {
     pub fn table(&self, name: &str) -> Option<&Table> {
         self.tables.get(name)
     }
+}
+
+/// The sections whose entries are deserialized one by one, so that a wrong type in one
+/// entry does not hide the problems of the others.
+const ENTRY_SECTIONS: [&str; 4] = ["buckets", "tables", "triggers", "pipelines"];
+
+/// Deserializes the project entry by entry, reporting every type error (serde stops at the
+/// first one it meets, so each table, trigger and pipeline gets its own deserializer).
+fn deserialize_piecewise(
+    spanned: &toml::Spanned<toml::de::DeTable<'_>>,
+    unknown: &mut Vec<Path>,
+    report: &mut dyn FnMut(Option<std::ops::Range<usize>>, String),
+) -> Option<raw::RawProject> {
+    use serde::de::DeserializeOwned;
+    use toml::de::{DeTable, DeValue};
+
+    fn entry<T: DeserializeOwned>(
+        table: &DeTable<'_>,
+        span: std::ops::Range<usize>,
+        prefix: &[Seg],
+        unknown: &mut Vec<Path>,
+    ) -> Result<T, toml::de::Error> {
+        let deserializer = toml::de::Deserializer::from(toml::Spanned::new(span, table.clone()));
+        serde_ignored::deserialize(deserializer, |path| {
+            let mut full = prefix.to_vec();
+            full.extend(ignored_path(&path));
+            unknown.push(full);
+        })
+    }
+
+    let mut top = DeTable::new();
+    let mut sections: Vec<(String, &toml::Spanned<DeValue<'_>>)> = Vec::new();
+    for (k, v) in spanned.get_ref().iter() {
+        if ENTRY_SECTIONS.contains(&k.get_ref().as_ref()) {
+            sections.push((k.get_ref().to_string(), v));
+        } else {
+            top.insert(k.clone(), v.clone());
+        }
+    }
+    let mut ok = true;
+    let mut project: Option<raw::RawProject> = match entry(&top, spanned.span(), &[], unknown) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            report(e.span(), first_line(e.message()));
+            ok = false;
+            None
+        }
+    };
+    for (section, value) in sections {
+        let DeValue::Table(entries) = value.get_ref() else {
+            report(Some(value.span()), format!("`{section}` must be a table"));
+            ok = false;
+            continue;
+        };
+        for (name, v) in entries.iter() {
+            let name = name.get_ref().to_string();
+            let prefix = [Seg::Key(section.clone()), Seg::Key(name.clone())];
+            let DeValue::Table(t) = v.get_ref() else {
+                report(
+                    Some(v.span()),
+                    format!("`{section}.{name}` must be a table"),
+                );
+                ok = false;
+                continue;
+            };
+            let span = v.span();
+            let result = match section.as_str() {
+                "buckets" => entry::<raw::RawBucket>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.buckets.insert(name.clone(), b);
+                    }
+                }),
+                "tables" => entry::<raw::RawTable>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.tables.insert(name.clone(), b);
+                    }
+                }),
+                "triggers" => entry::<raw::RawTrigger>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.triggers.insert(name.clone(), b);
+                    }
+                }),
+                _ => entry::<raw::RawPipeline>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.pipelines.insert(name.clone(), b);
+                    }
+                }),
+            };
+            if let Err(e) = result {
+                report(
+                    e.span(),
+                    format!("{section}.{name}: {}", first_line(e.message())),
+                );
+                ok = false;
+            }
+        }
+    }
+    if ok { project } else { None }
 }
 
 fn first_line(message: &str) -> String {

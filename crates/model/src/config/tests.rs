@@ -86,6 +86,33 @@ fn every_problem_is_reported_at_once_with_positions() {
 }
 
 #[test]
+fn type_errors_in_several_entries_are_all_reported() {
+    let text = GOOD
+        .replace("partition_by = [\"year\"]", "partition_by = \"year\"")
+        .replace("bucket = \"raw\"", "bucket = 7")
+        .replace(
+            "retry = { max_attempts = 5,",
+            "retry = { max_attempts = \"five\",",
+        );
+    let out = errors(&text);
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(
+        out.contains(
+            "sluice.toml:6:16: tables.trips: invalid type: string \"year\", expected a sequence"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("sluice.toml:18:10: triggers.landing: invalid type: integer `7`, expected a string"),
+        "{out}"
+    );
+    assert!(
+        out.contains("sluice.toml:23:26: pipelines.taxi: invalid type: string \"five\", expected u32"),
+        "{out}"
+    );
+}
+
+#[test]
 fn syntax_errors_name_the_position() {
     let out = errors("version = 1\n[buckets.raw\n");
     assert!(out.starts_with("sluice.toml:2:"), "{out}");
