@@ -103,11 +103,15 @@ fn type_errors_in_several_entries_are_all_reported() {
         "{out}"
     );
     assert!(
-        out.contains("sluice.toml:18:10: triggers.landing: invalid type: integer `7`, expected a string"),
+        out.contains(
+            "sluice.toml:18:10: triggers.landing: invalid type: integer `7`, expected a string"
+        ),
         "{out}"
     );
     assert!(
-        out.contains("sluice.toml:23:26: pipelines.taxi: invalid type: string \"five\", expected u32"),
+        out.contains(
+            "sluice.toml:23:26: pipelines.taxi: invalid type: string \"five\", expected u32"
+        ),
         "{out}"
     );
 }
