@@ -198,3 +198,60 @@ fn bad_requests_get_a_4xx_that_says_why() {
     assert_eq!(status, 400);
     assert!(error.contains("no_such_column"), "{error}");
 }
+
+#[test]
+fn the_demo_runs_end_to_end_and_accounts_for_every_dirty_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--rows", "5000", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let number_after = |label: &str| -> i64 {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no {label:?} in {stdout}"));
+        line.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    assert_eq!(number_after("rows in"), 5000);
+    let dirt: i64 = stdout
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("dirt generated: "))
+        .unwrap()
+        .split(", ")
+        .map(|part| {
+            part.split_whitespace()
+                .next()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap()
+        })
+        .sum();
+    // Each generated kind of dirt breaks exactly one rule, so every dirty row is quarantined once.
+    assert_eq!(number_after("quarantined"), dirt);
+    assert_eq!(number_after("valid"), 5000 - dirt);
+    assert!(stdout.contains("gold.daily_revenue"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("workspace: {}", dir.path().display())),
+        "{stdout}"
+    );
+    // The workspace is a project the CLI can keep exploring.
+    let (ok, out, _) = cli(
+        &dir.path().join("sluice.toml"),
+        &[
+            "query",
+            "--format",
+            "csv",
+            "SELECT count(*) AS n FROM silver.trips",
+        ],
+    );
+    assert!(ok);
+    assert_eq!(out.trim(), format!("n\n{}", 5000 - dirt));
+}
