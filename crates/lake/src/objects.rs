@@ -11,8 +11,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::{Stream, StreamExt, TryStreamExt};
+use md5::Md5;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use sha2::{Digest, Sha256};
 use sluice_model::event::ObjectRef;
 use sluice_model::key::{BucketName, ObjectKey};
@@ -37,6 +38,22 @@ pub struct Listed {
 }
 
 const OBJECTS: &str = "objects";
+const UPLOADS: &str = "uploads";
+
+fn part_path(upload_id: &str, part_number: u32) -> Path {
+    Path::from(UPLOADS)
+        .join(upload_id)
+        .join(format!("{part_number:05}"))
+}
+
+/// A stored object: its event payload and its MD5 (the S3 ETag of a single-part upload).
+#[derive(Debug, Clone)]
+pub struct Stored {
+    /// What the object-created event carries.
+    pub object: ObjectRef,
+    /// Hex MD5 of the content.
+    pub md5: String,
+}
 
 fn object_path(bucket: &BucketName, key: &ObjectKey) -> Path {
     let mut p = Path::from(OBJECTS).clone();
@@ -72,20 +89,38 @@ impl Objects {
         &self,
         bucket: &BucketName,
         key: &ObjectKey,
-        mut body: S,
-    ) -> Result<ObjectRef, Error>
+        body: S,
+    ) -> Result<Stored, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let path = object_path(bucket, key);
+        let (size, sha256, md5) = self.write_stream(&path, body).await?;
+        Ok(Stored {
+            object: object_ref(bucket, key, size, sha256),
+            md5,
+        })
+    }
+
+    /// Streams bytes to `path` atomically; returns size, SHA-256 and MD5 (hex).
+    async fn write_stream<S, E>(
+        &self,
+        path: &Path,
+        mut body: S,
+    ) -> Result<(u64, String, String), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
         let upload = self
             .store
-            .put_multipart(&path)
+            .put_multipart(path)
             .await
             .map_err(|e| Error::store("starting the upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
         let mut hasher = Sha256::new();
+        let mut md5 = Md5::new();
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -96,6 +131,7 @@ impl Objects {
                 }
             };
             hasher.update(&chunk);
+            md5.update(&chunk);
             size += chunk.len() as u64;
             writer
                 .wait_for_capacity(4)
@@ -107,24 +143,111 @@ impl Objects {
             .finish()
             .await
             .map_err(|e| Error::store("finishing the object", e))?;
-        let sha256 = hex::encode(hasher.finalize());
-        Ok(object_ref(bucket, key, size, sha256))
+        Ok((
+            size,
+            hex::encode(hasher.finalize()),
+            hex::encode(md5.finalize()),
+        ))
     }
 
-    /// Writes a small object from memory.
-    pub async fn put_bytes(
+    /// Stores one part of a multipart upload; returns its size and MD5 (hex).
+    pub async fn put_part<S, E>(
+        &self,
+        upload_id: &str,
+        part_number: u32,
+        body: S,
+    ) -> Result<(u64, String), Error>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let (size, _, md5) = self
+            .write_stream(&part_path(upload_id, part_number), body)
+            .await?;
+        Ok((size, md5))
+    }
+
+    /// Concatenates uploaded parts into the object (streamed, atomic).
+    pub async fn assemble(
         &self,
         bucket: &BucketName,
         key: &ObjectKey,
-        data: Bytes,
-    ) -> Result<ObjectRef, Error> {
-        let sha256 = hex::encode(Sha256::digest(&data));
-        let size = data.len() as u64;
-        self.store
-            .put(&object_path(bucket, key), PutPayload::from_bytes(data))
+        upload_id: &str,
+        parts: &[u32],
+    ) -> Result<Stored, Error> {
+        let store = self.store.clone();
+        let paths: Vec<Path> = parts.iter().map(|n| part_path(upload_id, *n)).collect();
+        let stream: futures::stream::BoxStream<'static, Result<Bytes, object_store::Error>> =
+            futures::stream::iter(paths)
+                .then(move |p| {
+                    let store = store.clone();
+                    let part: futures::future::BoxFuture<'static, _> =
+                        Box::pin(async move { store.get(&p).await.map(|r| r.into_stream()) });
+                    part
+                })
+                .try_flatten()
+                .boxed();
+        self.put_stream(bucket, key, stream).await
+    }
+
+    /// Deletes the stored parts of an upload.
+    pub async fn delete_parts(&self, upload_id: &str) -> Result<(), Error> {
+        let root = Path::from(UPLOADS).join(upload_id);
+        let mut stream = self.store.list(Some(&root));
+        while let Some(meta) = stream.next().await {
+            let meta = meta.map_err(|e| Error::store("listing upload parts", e))?;
+            match self.store.delete(&meta.location).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Error::store("deleting an upload part", e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies an object (a hard link on local disk: writes replace files, so the copies never share changes).
+    pub async fn copy(
+        &self,
+        from: (&BucketName, &ObjectKey),
+        to: (&BucketName, &ObjectKey),
+    ) -> Result<(), Error> {
+        let (src, dst) = (object_path(from.0, from.1), object_path(to.0, to.1));
+        if src == dst {
+            return Ok(());
+        }
+        self.store.copy(&src, &dst).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => Error::ObjectNotFound {
+                bucket: from.0.to_string(),
+                key: from.1.to_string(),
+            },
+            other => Error::store("copying the object", other),
+        })
+    }
+
+    /// Reads a byte range of an object (the whole object when `range` is None).
+    pub async fn read_range(
+        &self,
+        bucket: &BucketName,
+        key: &ObjectKey,
+        range: Option<std::ops::Range<u64>>,
+    ) -> Result<futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>, Error> {
+        let options = object_store::GetOptions {
+            range: range.map(object_store::GetRange::Bounded),
+            ..Default::default()
+        };
+        let result = self
+            .store
+            .get_opts(&object_path(bucket, key), options)
             .await
-            .map_err(|e| Error::store("writing the object", e))?;
-        Ok(object_ref(bucket, key, size, sha256))
+            .map_err(|e| match e {
+                object_store::Error::NotFound { .. } => Error::ObjectNotFound {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                },
+                other => Error::store("reading the object", other),
+            })?;
+        Ok(Box::pin(
+            result.into_stream().map_err(std::io::Error::other),
+        ))
     }
 
     /// Opens an object for reading: a file when the store is local (needed for Parquet), else a stream.
@@ -281,7 +404,8 @@ impl Objects {
     }
 }
 
-fn object_ref(bucket: &BucketName, key: &ObjectKey, size: u64, sha256: String) -> ObjectRef {
+/// A new version of an object with this content.
+pub fn object_ref(bucket: &BucketName, key: &ObjectKey, size: u64, sha256: String) -> ObjectRef {
     let version = format!("{}-{}", &sha256[..16], Utc::now().timestamp_micros());
     ObjectRef {
         bucket: bucket.to_string(),

@@ -240,6 +240,81 @@ pub struct Server {
     pub workers: Option<usize>,
 }
 
+/// What an access key may do with a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Access {
+    /// Nothing.
+    None,
+    /// List and read.
+    ReadOnly,
+    /// List, read, write and delete.
+    ReadWrite,
+}
+
+impl Access {
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "none" => Access::None,
+            "read-only" => Access::ReadOnly,
+            "read-write" => Access::ReadWrite,
+            _ => return None,
+        })
+    }
+}
+
+/// Where a secret comes from.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Secret {
+    /// Written in sluice.toml.
+    Inline(String),
+    /// Read from this environment variable at start-up.
+    Env(String),
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Secrets never reach a log line.
+        match self {
+            Secret::Inline(_) => f.write_str("Inline(<redacted>)"),
+            Secret::Env(name) => write!(f, "Env({name})"),
+        }
+    }
+}
+
+/// An access key of the S3 endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3Key {
+    /// Access key id.
+    pub access_key_id: String,
+    /// Secret access key.
+    pub secret: Secret,
+    /// Access to buckets not listed.
+    pub default_access: Access,
+    /// Access per bucket.
+    pub buckets: BTreeMap<String, Access>,
+}
+
+impl S3Key {
+    /// This key's access to a bucket.
+    pub fn access_to(&self, bucket: &str) -> Access {
+        self.buckets
+            .get(bucket)
+            .copied()
+            .unwrap_or(self.default_access)
+    }
+}
+
+/// The S3 endpoint's settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct S3 {
+    /// Port (0 = pick one).
+    pub port: u16,
+    /// Region.
+    pub region: String,
+    /// Access keys.
+    pub keys: Vec<S3Key>,
+}
+
 /// A validated project: every name resolves, every type parses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Project {
@@ -251,6 +326,8 @@ pub struct Project {
     pub server: Server,
     /// Watched folder.
     pub watch: Option<Watch>,
+    /// The S3 endpoint.
+    pub s3: S3,
     /// Buckets by name, with descriptions.
     pub buckets: BTreeMap<String, Option<String>>,
     /// Tables by name.
@@ -631,6 +708,81 @@ fn validate(
         }
     });
 
+    let mut keys = Vec::new();
+    let mut key_ids = HashSet::new();
+    for (i, k) in raw.s3.keys.iter().enumerate() {
+        let here = |field: &str| vec![key("s3"), key("keys"), Seg::Index(i), key(field)];
+        if k.access_key_id.len() < 3 || !k.access_key_id.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            c.add(
+                here("access_key_id"),
+                "access_key_id must be at least 3 letters or digits",
+            );
+        }
+        if !key_ids.insert(k.access_key_id.clone()) {
+            c.add(
+                here("access_key_id"),
+                format!("access key {:?} is declared twice", k.access_key_id),
+            );
+        }
+        let secret = match (&k.secret_access_key, &k.secret_access_key_env) {
+            (Some(s), None) if s.len() >= 8 => Secret::Inline(s.clone()),
+            (Some(_), None) => {
+                c.add(
+                    here("secret_access_key"),
+                    "secret_access_key must be at least 8 characters",
+                );
+                Secret::Inline(String::new())
+            }
+            (None, Some(var)) => Secret::Env(var.clone()),
+            _ => {
+                c.add(
+                    vec![key("s3"), key("keys"), Seg::Index(i)],
+                    "a key needs exactly one of secret_access_key or secret_access_key_env",
+                );
+                Secret::Inline(String::new())
+            }
+        };
+        let default_access = match k.access.as_deref().map(Access::parse) {
+            None => Access::ReadWrite,
+            Some(Some(a)) => a,
+            Some(None) => {
+                c.add(
+                    here("access"),
+                    "access must be read-write, read-only or none",
+                );
+                Access::None
+            }
+        };
+        let mut per_bucket = BTreeMap::new();
+        for (bucket, access) in &k.buckets {
+            match Access::parse(access) {
+                Some(a) => {
+                    per_bucket.insert(bucket.clone(), a);
+                }
+                None => c.add(
+                    vec![key("s3"), key("keys"), Seg::Index(i), key("buckets"), key(bucket)],
+                    format!("access {access:?} to bucket {bucket:?} must be read-write, read-only or none"),
+                ),
+            }
+        }
+        keys.push(S3Key {
+            access_key_id: k.access_key_id.clone(),
+            secret,
+            default_access,
+            buckets: per_bucket,
+        });
+    }
+    let s3 = S3 {
+        port: raw.s3.port.unwrap_or(9000),
+        region: raw
+            .s3
+            .region
+            .clone()
+            .unwrap_or_else(|| "us-east-1".to_string()),
+        keys,
+    };
+
     let mut tables = BTreeMap::new();
     for (name, table) in raw.tables {
         let path = vec![key("tables"), key(&name)];
@@ -792,6 +944,7 @@ fn validate(
         data_dir: raw.data_dir.unwrap_or_else(|| ".sluice".to_string()),
         server,
         watch,
+        s3,
         buckets,
         tables,
         triggers,

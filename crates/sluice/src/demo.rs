@@ -17,7 +17,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
 
-use crate::platform::{Platform, load_project};
+use crate::platform::{Platform, PutOptions, load_project};
 use crate::render::{self, Format};
 use crate::worker;
 
@@ -179,7 +179,13 @@ async fn upload(platform: &Platform, file: &Path, bucket: &str, key: &str) -> Re
         }
     });
     platform
-        .put_object(bucket, key, Box::pin(stream), "sluice:demo")
+        .put_object(
+            bucket,
+            key,
+            Box::pin(stream),
+            "sluice:demo",
+            PutOptions::default(),
+        )
         .await
         .with_context(|| format!("uploading {}", file.display()))?;
     bar.finish();

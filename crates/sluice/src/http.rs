@@ -23,7 +23,7 @@ use serde_json::json;
 use sluice_model::ErrorCode;
 use sluice_model::key::{BucketName, ObjectKey};
 
-use crate::platform::{Platform, PutError};
+use crate::platform::{Platform, PutError, PutOptions};
 use crate::render::json_rows;
 
 /// An API error: a status and a message, as JSON `{"error": …}`.
@@ -99,16 +99,27 @@ async fn status(State(p): State<Arc<Platform>>) -> Result<Json<serde_json::Value
 async fn put_object(
     State(p): State<Arc<Platform>>,
     Path((bucket, key)): Path<(String, String)>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let stream = body.into_data_stream().boxed();
-    let (event, jobs) = p.put_object(&bucket, &key, stream, "sluice:http").await?;
+    let options = PutOptions {
+        content_type: headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from),
+        metadata: Default::default(),
+    };
+    let (event, jobs, meta) = p
+        .put_object(&bucket, &key, stream, "sluice:http", options)
+        .await?;
     let o = &event.object;
     Ok((
         StatusCode::CREATED,
         Json(json!({
             "event_id": event.id.to_string(),
             "bucket": o.bucket, "key": o.key, "size": o.size, "sha256": o.sha256, "version": o.version,
+            "etag": meta.etag,
             "jobs": jobs,
         })),
     ))

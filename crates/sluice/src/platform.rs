@@ -20,7 +20,7 @@ use sluice_lake::{LakePaths, delta};
 use sluice_model::config::{Layer, Project};
 use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use sluice_model::key::{BucketName, ObjectKey};
-use sluice_state::{NewJob, SqliteStore, StateStore, TableVersion};
+use sluice_state::{NewJob, ObjectMeta, SqliteStore, StateStore, TableVersion};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -44,6 +44,8 @@ pub struct Platform {
     pub locations: HashMap<String, String>,
     /// Wakes the workers when a job is queued in this process.
     pub wake: Arc<Notify>,
+    /// Access keys of the S3 endpoint (with their grants; secrets are resolved by `up`).
+    pub s3_keys: Vec<sluice_model::config::S3Key>,
 }
 
 /// Loads and validates a project file, reporting every problem at once.
@@ -149,6 +151,7 @@ impl Platform {
         for bucket in project.buckets.keys() {
             std::fs::create_dir_all(data_dir.join("objects").join(bucket))
                 .with_context(|| format!("creating bucket {bucket}"))?;
+            state.create_bucket(bucket, Utc::now())?;
         }
         let paths = LakePaths::new(&data_dir);
         let locations = project
@@ -161,7 +164,9 @@ impl Platform {
                 )
             })
             .collect();
+        let s3_keys = project.s3.keys.clone();
         let platform = Self {
+            s3_keys,
             project,
             project_dir,
             data_dir,
@@ -275,25 +280,26 @@ impl Platform {
         Ok(file)
     }
 
-    /// Stores an object and records its event and jobs before returning.
+    /// Stores an object and records its metadata, event and jobs before returning.
     pub async fn put_object<S, E>(
         &self,
         bucket: &str,
         key: &str,
         body: S,
         source: &str,
-    ) -> Result<(Event, usize), PutError>
+        options: PutOptions,
+    ) -> Result<(Event, usize, ObjectMeta), PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let (bucket, key) = self.check_target(bucket, key)?;
-        let object = self
+        let stored = self
             .objects
             .put_stream(&bucket, &key, body)
             .await
             .map_err(|e| PutError::Store(Box::new(e)))?;
-        self.record_created(object, source)
+        self.record_created(stored.object, stored.md5, source, options)
     }
 
     /// Validates a bucket and key for a write.
@@ -304,24 +310,94 @@ impl Platform {
     ) -> Result<(BucketName, ObjectKey), PutError> {
         let bucket_name =
             BucketName::parse(bucket).map_err(|e| PutError::BadInput(e.to_string()))?;
-        if !self.project.buckets.contains_key(bucket) {
+        if !self
+            .bucket_exists(bucket)
+            .map_err(|e| PutError::State(e.into()))?
+        {
             return Err(PutError::NoSuchBucket(bucket.to_string()));
         }
         let key = ObjectKey::parse(key).map_err(|e| PutError::BadInput(e.to_string()))?;
         Ok((bucket_name, key))
     }
 
-    fn record_created(&self, object: ObjectRef, source: &str) -> Result<(Event, usize), PutError> {
-        let event = Event {
-            id: EventId::new(),
-            kind: EventKind::ObjectCreated,
-            source: source.to_string(),
-            time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
-            correlation_id: Uuid::now_v7(),
-            object,
+    /// Whether a bucket exists (declared in sluice.toml or created over S3).
+    pub fn bucket_exists(&self, bucket: &str) -> Result<bool, sluice_state::Error> {
+        Ok(self
+            .state
+            .list_buckets()?
+            .iter()
+            .any(|(name, _)| name == bucket))
+    }
+
+    /// Records a completed write: metadata, object-created event and triggered jobs, in one transaction.
+    pub fn record_created(
+        &self,
+        object: ObjectRef,
+        etag: String,
+        source: &str,
+        options: PutOptions,
+    ) -> Result<(Event, usize, ObjectMeta), PutError> {
+        let event = new_event(EventKind::ObjectCreated, object, source);
+        let jobs = self.jobs_for(&event);
+        let meta = ObjectMeta {
+            bucket: event.object.bucket.clone(),
+            key: event.object.key.clone(),
+            size: event.object.size,
+            etag,
+            content_type: options.content_type,
+            metadata: options.metadata,
+            last_modified: event.time,
+            sha256: event.object.sha256.clone(),
+            version: event.object.version.clone(),
         };
-        let jobs: Vec<NewJob> = self
-            .project
+        self.state
+            .record_write(&meta, &event, &jobs)
+            .map_err(|e| PutError::State(e.into()))?;
+        if !jobs.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok((event, jobs.len(), meta))
+    }
+
+    /// Deletes an object and records its object-removed event; deleting a missing object is not an error (as in S3).
+    pub async fn delete_object(
+        &self,
+        bucket: &str,
+        key: &str,
+        source: &str,
+    ) -> Result<(), PutError> {
+        let (bucket_name, key_name) = self.check_target(bucket, key)?;
+        let Some(meta) = self
+            .state
+            .object_meta(bucket, key)
+            .map_err(|e| PutError::State(e.into()))?
+        else {
+            return Ok(());
+        };
+        self.objects
+            .delete(&bucket_name, &key_name)
+            .await
+            .map_err(|e| PutError::Store(Box::new(e)))?;
+        let object = ObjectRef {
+            bucket: meta.bucket,
+            key: meta.key,
+            size: 0,
+            sha256: String::new(),
+            version: meta.version,
+        };
+        let event = new_event(EventKind::ObjectRemoved, object, source);
+        let jobs = self.jobs_for(&event);
+        self.state
+            .record_removal(&event, &jobs)
+            .map_err(|e| PutError::State(e.into()))?;
+        if !jobs.is_empty() {
+            self.wake.notify_waiters();
+        }
+        Ok(())
+    }
+
+    fn jobs_for(&self, event: &Event) -> Vec<NewJob> {
+        self.project
             .pipelines_for(event.kind, &event.object.bucket, &event.object.key)
             .into_iter()
             .map(|t| NewJob {
@@ -329,14 +405,7 @@ impl Platform {
                 trigger: t.name.clone(),
                 max_attempts: self.project.pipelines[&t.pipeline].retry.max_attempts,
             })
-            .collect();
-        self.state
-            .record_event(&event, &jobs)
-            .map_err(|e| PutError::State(e.into()))?;
-        if !jobs.is_empty() {
-            self.wake.notify_waiters();
-        }
-        Ok((event, jobs.len()))
+            .collect()
     }
 
     /// A SQL session over the lake with the system tables of the state store.
@@ -365,6 +434,26 @@ impl Platform {
         }
         Ok(session)
     }
+}
+
+fn new_event(kind: EventKind, object: ObjectRef, source: &str) -> Event {
+    Event {
+        id: EventId::new(),
+        kind,
+        source: source.to_string(),
+        time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+        correlation_id: Uuid::now_v7(),
+        object,
+    }
+}
+
+/// What a writer may say about an object besides its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct PutOptions {
+    /// Content type.
+    pub content_type: Option<String>,
+    /// User metadata.
+    pub metadata: std::collections::BTreeMap<String, String>,
 }
 
 fn describe_change(old: &serde_json::Value, new: &serde_json::Value) -> String {

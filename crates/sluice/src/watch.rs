@@ -12,7 +12,7 @@ use sluice_model::config::Watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::platform::Platform;
+use crate::platform::{Platform, PutOptions};
 
 const SCAN: Duration = Duration::from_millis(250);
 const DONE: &str = ".done";
@@ -58,8 +58,14 @@ async fn upload(platform: &Platform, watch: &Watch, dir: &Path, path: &Path) -> 
     let key = format!("{}{rel_key}", watch.prefix);
     let file = tokio::fs::File::open(path).await?;
     let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20);
-    let (event, jobs) = platform
-        .put_object(&watch.bucket, &key, stream, "sluice:watch")
+    let (event, jobs, _) = platform
+        .put_object(
+            &watch.bucket,
+            &key,
+            stream,
+            "sluice:watch",
+            PutOptions::default(),
+        )
         .await?;
     let done = dir.join(DONE).join(rel);
     if let Some(parent) = done.parent() {

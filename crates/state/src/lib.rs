@@ -41,6 +41,9 @@ pub enum Error {
     /// The job's lease was lost (it expired and another worker took it).
     #[error("lease on job {0} is no longer held by this worker")]
     LeaseLost(JobId),
+    /// A bucket still holds objects.
+    #[error("bucket {0} is not empty")]
+    BucketNotEmpty(String),
     /// A stored value could not be read back; this is a bug in sluice or a damaged file.
     #[error("state store holds a bad value in {column}: {why} (this is a bug in sluice)")]
     Corrupt {
@@ -57,7 +60,7 @@ impl Error {
         match self {
             Error::Db(_) => ErrorCode::Unavailable,
             Error::NotFound { .. } => ErrorCode::NotFound,
-            Error::LeaseLost(_) => ErrorCode::Conflict,
+            Error::LeaseLost(_) | Error::BucketNotEmpty(_) => ErrorCode::Conflict,
             Error::Corrupt { .. } => ErrorCode::Internal,
         }
     }
@@ -70,6 +73,40 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub trait StateStore: Send + Sync {
     /// Records an event and the jobs it starts, atomically. Returns the event's sequence number.
     fn record_event(&self, event: &Event, jobs: &[NewJob]) -> Result<i64>;
+    /// Records a completed write: the object's metadata, its object-created event and the jobs it starts, atomically.
+    fn record_write(&self, meta: &ObjectMeta, event: &Event, jobs: &[NewJob]) -> Result<i64>;
+    /// Records a deletion: drops the object's metadata and records its object-removed event and jobs, atomically.
+    fn record_removal(&self, event: &Event, jobs: &[NewJob]) -> Result<i64>;
+    /// An object's metadata.
+    fn object_meta(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>>;
+    /// Objects of a bucket with keys starting with `prefix` and greater than `after`, in key order.
+    fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>>;
+
+    /// Buckets with their creation time, by name.
+    fn list_buckets(&self) -> Result<Vec<(String, DateTime<Utc>)>>;
+    /// Creates a bucket; false if it already existed.
+    fn create_bucket(&self, name: &str, now: DateTime<Utc>) -> Result<bool>;
+    /// Deletes an empty bucket; Err(Conflict-like NotEmpty) when it holds objects.
+    fn delete_bucket(&self, name: &str) -> Result<()>;
+
+    /// Starts a multipart upload.
+    fn create_upload(&self, upload: &Upload) -> Result<()>;
+    /// A multipart upload in progress.
+    fn get_upload(&self, upload_id: &str) -> Result<Option<Upload>>;
+    /// Records an uploaded part (replacing an earlier upload of the same number).
+    fn put_upload_part(&self, upload_id: &str, part: &UploadPart) -> Result<()>;
+    /// The parts of an upload, by number.
+    fn list_upload_parts(&self, upload_id: &str) -> Result<Vec<UploadPart>>;
+    /// Uploads in progress in a bucket, by key then start time.
+    fn list_uploads(&self, bucket: &str) -> Result<Vec<Upload>>;
+    /// Forgets an upload and its parts (completed or aborted).
+    fn delete_upload(&self, upload_id: &str) -> Result<()>;
     /// Newest events first.
     fn list_events(&self, limit: usize) -> Result<Vec<StoredEvent>>;
     /// One event by id.

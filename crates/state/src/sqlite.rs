@@ -15,8 +15,8 @@ use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use uuid::Uuid;
 
 use crate::{
-    Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, Result, Run, RunStatus, StateStore,
-    StoredEvent, TableVersion,
+    Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, ObjectMeta, Result, Run, RunStatus,
+    StateStore, StoredEvent, TableVersion, Upload, UploadPart,
 };
 
 const SCHEMA: &str = r#"
@@ -72,6 +72,38 @@ CREATE TABLE IF NOT EXISTS idempotency_keys (
     key TEXT PRIMARY KEY,
     result TEXT NOT NULL,
     created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS objects (
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    content_type TEXT,
+    metadata TEXT NOT NULL,
+    last_modified INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    version TEXT NOT NULL,
+    PRIMARY KEY (bucket, key)
+);
+CREATE TABLE IF NOT EXISTS buckets (
+    name TEXT PRIMARY KEY,
+    created_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS uploads (
+    upload_id TEXT PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    key TEXT NOT NULL,
+    content_type TEXT,
+    metadata TEXT NOT NULL,
+    initiated INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS upload_parts (
+    upload_id TEXT NOT NULL,
+    part_number INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    etag TEXT NOT NULL,
+    last_modified INTEGER NOT NULL,
+    PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS catalog_tables (
     name TEXT NOT NULL,
@@ -217,6 +249,72 @@ fn check_event(parsed: (i64, String, String, Event)) -> Result<StoredEvent> {
     Ok(StoredEvent { seq, event })
 }
 
+fn insert_event(tx: &rusqlite::Transaction<'_>, event: &Event, jobs: &[NewJob]) -> Result<i64> {
+    let o = &event.object;
+    tx.execute(
+        "INSERT INTO events (id, kind, source, time, correlation_id, bucket, key, size, sha256, version)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            event.id.to_string(),
+            event.kind.as_str(),
+            event.source,
+            micros(event.time),
+            event.correlation_id.to_string(),
+            o.bucket,
+            o.key,
+            o.size as i64,
+            o.sha256,
+            o.version,
+        ],
+    )?;
+    let seq = tx.last_insert_rowid();
+    for job in jobs {
+        tx.execute(
+            "INSERT INTO jobs (id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6)",
+            params![
+                Uuid::now_v7().to_string(),
+                event.id.to_string(),
+                job.pipeline,
+                job.trigger,
+                job.max_attempts,
+                micros(event.time),
+            ],
+        )?;
+    }
+    Ok(seq)
+}
+
+const OBJECT_COLUMNS: &str =
+    "bucket, key, size, etag, content_type, metadata, last_modified, sha256, version";
+
+fn meta_from_row(row: &Row<'_>) -> rusqlite::Result<ObjectMeta> {
+    let metadata: String = row.get(5)?;
+    Ok(ObjectMeta {
+        bucket: row.get(0)?,
+        key: row.get(1)?,
+        size: row.get::<_, i64>(2)?.max(0) as u64,
+        etag: row.get(3)?,
+        content_type: row.get(4)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        last_modified: from_micros(row.get(6)?),
+        sha256: row.get(7)?,
+        version: row.get(8)?,
+    })
+}
+
+fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<Upload> {
+    let metadata: String = row.get(4)?;
+    Ok(Upload {
+        upload_id: row.get(0)?,
+        bucket: row.get(1)?,
+        key: row.get(2)?,
+        content_type: row.get(3)?,
+        metadata: serde_json::from_str(&metadata).unwrap_or_default(),
+        initiated: from_micros(row.get(5)?),
+    })
+}
+
 const RUN_COLUMNS: &str = "id, job_id, event_id, pipeline, attempt, status, started_at, finished_at, rows_in, rows_valid, rows_quarantined, bytes_read, bytes_written, error, detail";
 
 fn run_from_row(row: &Row<'_>) -> rusqlite::Result<Run> {
@@ -250,40 +348,201 @@ impl StateStore for SqliteStore {
     fn record_event(&self, event: &Event, jobs: &[NewJob]) -> Result<i64> {
         self.with(|conn| {
             let tx = conn.transaction()?;
-            let o = &event.object;
-            tx.execute(
-                "INSERT INTO events (id, kind, source, time, correlation_id, bucket, key, size, sha256, version)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    event.id.to_string(),
-                    event.kind.as_str(),
-                    event.source,
-                    micros(event.time),
-                    event.correlation_id.to_string(),
-                    o.bucket,
-                    o.key,
-                    o.size as i64,
-                    o.sha256,
-                    o.version,
-                ],
-            )?;
-            let seq = tx.last_insert_rowid();
-            for job in jobs {
-                tx.execute(
-                    "INSERT INTO jobs (id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, created_at, updated_at)
-                     VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6)",
-                    params![
-                        Uuid::now_v7().to_string(),
-                        event.id.to_string(),
-                        job.pipeline,
-                        job.trigger,
-                        job.max_attempts,
-                        micros(event.time),
-                    ],
-                )?;
-            }
+            let seq = insert_event(&tx, event, jobs)?;
             tx.commit()?;
             Ok(seq)
+        })
+    }
+
+    fn record_write(&self, meta: &ObjectMeta, event: &Event, jobs: &[NewJob]) -> Result<i64> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "INSERT INTO objects (bucket, key, size, etag, content_type, metadata, last_modified, sha256, version)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
+                     content_type = excluded.content_type, metadata = excluded.metadata,
+                     last_modified = excluded.last_modified, sha256 = excluded.sha256, version = excluded.version",
+                params![
+                    meta.bucket,
+                    meta.key,
+                    meta.size as i64,
+                    meta.etag,
+                    meta.content_type,
+                    serde_json::to_string(&meta.metadata).unwrap_or_else(|_| "{}".into()),
+                    micros(meta.last_modified),
+                    meta.sha256,
+                    meta.version,
+                ],
+            )?;
+            let seq = insert_event(&tx, event, jobs)?;
+            tx.commit()?;
+            Ok(seq)
+        })
+    }
+
+    fn record_removal(&self, event: &Event, jobs: &[NewJob]) -> Result<i64> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
+                params![event.object.bucket, event.object.key],
+            )?;
+            let seq = insert_event(&tx, event, jobs)?;
+            tx.commit()?;
+            Ok(seq)
+        })
+    }
+
+    fn object_meta(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>> {
+        self.with(|conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND key = ?2"),
+                    params![bucket, key],
+                    meta_from_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn list_objects(
+        &self,
+        bucket: &str,
+        prefix: &str,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<ObjectMeta>> {
+        self.with(|conn| {
+            // Keys compare as bytes (S3 lists in UTF-8 binary order).
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM objects
+                 WHERE bucket = ?1 AND CAST(key AS BLOB) > CAST(?2 AS BLOB)
+                   AND substr(key, 1, length(?3)) = ?3
+                 ORDER BY CAST(key AS BLOB) LIMIT ?4"
+            ))?;
+            let rows =
+                stmt.query_map(params![bucket, after, prefix, limit as i64], meta_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn list_buckets(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT name, created_at FROM buckets ORDER BY name")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, from_micros(r.get(1)?))))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn create_bucket(&self, name: &str, now: DateTime<Utc>) -> Result<bool> {
+        self.with(|conn| {
+            Ok(conn.execute(
+                "INSERT INTO buckets (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                params![name, micros(now)],
+            )? == 1)
+        })
+    }
+
+    fn delete_bucket(&self, name: &str) -> Result<()> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let objects: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM objects WHERE bucket = ?1",
+                [name],
+                |r| r.get(0),
+            )?;
+            if objects > 0 {
+                return Err(Error::BucketNotEmpty(name.to_string()));
+            }
+            let n = tx.execute("DELETE FROM buckets WHERE name = ?1", [name])?;
+            if n == 0 {
+                return Err(Error::NotFound {
+                    what: "bucket",
+                    id: name.to_string(),
+                });
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    fn create_upload(&self, upload: &Upload) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO uploads (upload_id, bucket, key, content_type, metadata, initiated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    upload.upload_id,
+                    upload.bucket,
+                    upload.key,
+                    upload.content_type,
+                    serde_json::to_string(&upload.metadata).unwrap_or_else(|_| "{}".into()),
+                    micros(upload.initiated),
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn get_upload(&self, upload_id: &str) -> Result<Option<Upload>> {
+        self.with(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT upload_id, bucket, key, content_type, metadata, initiated FROM uploads WHERE upload_id = ?1",
+                    [upload_id],
+                    upload_from_row,
+                )
+                .optional()?)
+        })
+    }
+
+    fn put_upload_part(&self, upload_id: &str, part: &UploadPart) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO upload_parts (upload_id, part_number, size, etag, last_modified) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(upload_id, part_number) DO UPDATE SET size = excluded.size, etag = excluded.etag,
+                     last_modified = excluded.last_modified",
+                params![upload_id, part.part_number, part.size as i64, part.etag, micros(part.last_modified)],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn list_upload_parts(&self, upload_id: &str) -> Result<Vec<UploadPart>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT part_number, size, etag, last_modified FROM upload_parts WHERE upload_id = ?1 ORDER BY part_number",
+            )?;
+            let rows = stmt.query_map([upload_id], |r| {
+                Ok(UploadPart {
+                    part_number: r.get(0)?,
+                    size: r.get::<_, i64>(1)?.max(0) as u64,
+                    etag: r.get(2)?,
+                    last_modified: from_micros(r.get(3)?),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn list_uploads(&self, bucket: &str) -> Result<Vec<Upload>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT upload_id, bucket, key, content_type, metadata, initiated FROM uploads WHERE bucket = ?1 ORDER BY key, initiated",
+            )?;
+            let rows = stmt.query_map([bucket], upload_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn delete_upload(&self, upload_id: &str) -> Result<()> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [upload_id])?;
+            tx.execute("DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
+            tx.commit()?;
+            Ok(())
         })
     }
 

@@ -225,3 +225,56 @@ pub struct TableVersion {
     /// When this version was first registered.
     pub registered_at: DateTime<Utc>,
 }
+
+/// What S3 clients see of an object besides its bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectMeta {
+    /// Bucket.
+    pub bucket: String,
+    /// Key.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// The ETag as S3 computes it (hex MD5, or `md5-of-part-md5s-N` for multipart uploads).
+    pub etag: String,
+    /// Content type given at upload.
+    pub content_type: Option<String>,
+    /// User metadata (`x-amz-meta-*`).
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// Last write.
+    pub last_modified: DateTime<Utc>,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+    /// The object's version (as in its events).
+    pub version: String,
+}
+
+/// A multipart upload in progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Upload {
+    /// Upload id.
+    pub upload_id: String,
+    /// Target bucket.
+    pub bucket: String,
+    /// Target key.
+    pub key: String,
+    /// Content type to give the object.
+    pub content_type: Option<String>,
+    /// User metadata to give the object.
+    pub metadata: std::collections::BTreeMap<String, String>,
+    /// When it started.
+    pub initiated: DateTime<Utc>,
+}
+
+/// One uploaded part.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UploadPart {
+    /// Part number (1..=10000).
+    pub part_number: u32,
+    /// Size in bytes.
+    pub size: u64,
+    /// Hex MD5 of the part.
+    pub etag: String,
+    /// When it was uploaded.
+    pub last_modified: DateTime<Utc>,
+}

@@ -23,6 +23,9 @@ pub struct RawProject {
     pub server: RawServer,
     /// A local folder watched for new files, each uploaded as an object.
     pub watch: Option<RawWatch>,
+    /// The S3-compatible endpoint of the landing zone.
+    #[serde(default)]
+    pub s3: RawS3,
     /// Buckets of the landing zone, by name (S3 naming rules).
     #[serde(default)]
     pub buckets: BTreeMap<String, RawBucket>,
@@ -46,6 +49,34 @@ pub struct RawServer {
     pub http_port: Option<u16>,
     /// How many jobs run at once. Default: the number of CPU cores.
     pub workers: Option<usize>,
+}
+
+/// The S3-compatible endpoint: the aws CLI, boto3, rclone and DuckDB use the landing zone unchanged.
+#[derive(Debug, Default, Deserialize, JsonSchema)]
+pub struct RawS3 {
+    /// Port of the S3 endpoint. Default 9000; 0 picks a free port. Overridden by `--s3-port`.
+    pub port: Option<u16>,
+    /// Region reported to clients and used in signatures. Default `us-east-1`.
+    pub region: Option<String>,
+    /// Access keys (AWS Signature Version 4). `SLUICE_S3_ACCESS_KEY_ID` and `SLUICE_S3_SECRET_ACCESS_KEY`, when set, add one more key with read-write access to every bucket.
+    #[serde(default)]
+    pub keys: Vec<RawS3Key>,
+}
+
+/// One access key of the S3 endpoint.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawS3Key {
+    /// The access key id, e.g. `SLUICEEXAMPLE1234567`.
+    pub access_key_id: String,
+    /// The secret access key. Keep the file private, or use `secret_access_key_env` instead.
+    pub secret_access_key: Option<String>,
+    /// Name of an environment variable holding the secret access key.
+    pub secret_access_key_env: Option<String>,
+    /// Access to buckets not named in `buckets`: `read-write` (default), `read-only` or `none`.
+    pub access: Option<String>,
+    /// Access per bucket, e.g. `{ raw = "read-write", curated = "read-only" }`.
+    #[serde(default)]
+    pub buckets: BTreeMap<String, String>,
 }
 
 /// A local folder whose new files are uploaded as objects (then moved to `<dir>/.done/`).

@@ -7,6 +7,8 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RawProject", "top level"),
     ("RawServer", "[server]"),
     ("RawWatch", "[watch]"),
+    ("RawS3", "[s3]"),
+    ("RawS3Key", "[[s3.keys]]"),
     ("RawBucket", "[buckets.NAME]"),
     ("RawTable", "[tables.NAME]"),
     ("RawFormat", "[tables.NAME.format]"),

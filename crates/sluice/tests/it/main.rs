@@ -2,6 +2,7 @@
 //! and the CLI, with DuckDB (Python, from PyPI) as the independent oracle.
 
 mod cli;
+mod s3;
 mod spine;
 mod support;
 mod taxi;

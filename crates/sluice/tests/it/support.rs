@@ -39,6 +39,7 @@ pub fn taxi_project(edit: impl Fn(String) -> String) -> tempfile::TempDir {
 pub struct Server {
     pub child: Child,
     pub base: String,
+    pub s3: String,
     pub project: PathBuf,
 }
 
@@ -49,6 +50,8 @@ impl Server {
             .args([
                 "up",
                 "--http-port",
+                "0",
+                "--s3-port",
                 "0",
                 "--workers",
                 "2",
@@ -69,22 +72,29 @@ impl Server {
             .expect("starting sluice up");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let mut base = None;
+        let (mut base, mut s3) = (None, None);
         let mut seen = Vec::new();
         while let Some(Ok(line)) = lines.next() {
             if let Some(addr) = line.trim().strip_prefix("http  ") {
                 base = Some(addr.trim().to_string());
+            }
+            if let Some(addr) = line.trim().strip_prefix("s3    ") {
+                s3 = Some(addr.trim().to_string());
+            }
+            if base.is_some() && s3.is_some() {
                 break;
             }
             seen.push(line);
         }
-        let base = base
-            .unwrap_or_else(|| panic!("sluice up did not print its address; printed: {seen:?}"));
+        let (Some(base), Some(s3)) = (base, s3) else {
+            panic!("sluice up did not print its addresses; printed: {seen:?}");
+        };
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Server {
             child,
             base,
+            s3,
             project,
         }
     }
