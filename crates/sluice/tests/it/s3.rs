@@ -487,6 +487,10 @@ try:
 except Exception as e:
     out['escape'] = e.response['Error']['Code']
 try:
+    s3.put_object(Bucket='raw', Key='k' * 1025, Body=b'x')
+except Exception as e:
+    out['too_long'] = e.response['Error']['Code']
+try:
     s3.put_object(Bucket='nosuchbucket', Key='x', Body=b'x')
 except Exception as e:
     out['no_bucket'] = e.response['Error']['Code']
@@ -560,6 +564,7 @@ print(json.dumps(out))
     );
     assert_eq!(result["missing"], "NoSuchKey");
     assert_eq!(result["escape"], "InvalidArgument");
+    assert_eq!(result["too_long"], "KeyTooLongError");
     assert_eq!(result["no_bucket"], "NoSuchBucket");
     assert_eq!(result["parts"], serde_json::json!([[1, 5242880], [2, 4]]));
     assert_eq!(result["uploads"], serde_json::json!(["mp/obj.bin"]));
@@ -575,6 +580,14 @@ print(json.dumps(out))
     );
     assert_eq!(result["aborted"], "404");
     assert_eq!(result["no_upload"], "NoSuchUpload");
+    // Copies and batch deletes record their events like any other write.
+    let copy_events = server.query("SELECT kind FROM sluice.events WHERE key = 'p/copy.txt'");
+    assert_eq!(
+        copy_events,
+        vec![serde_json::json!({"kind": "object-created"})]
+    );
+    let removed = as_i64(&server.scalar("SELECT count(*) FROM sluice.events WHERE kind = 'object-removed' AND key IN ('p/dir0/f0.txt', 'p/dir1/f1.txt')"));
+    assert_eq!(removed, 2);
     // Every completed write has its event; aborted and refused ones have none.
     let events =
         server.query("SELECT key FROM sluice.events WHERE key LIKE 'mp/%' OR key LIKE '%passwd%'");
@@ -683,4 +696,75 @@ fn rclone_copies_a_tree_up_and_back_byte_identical() {
         );
     }
     rclone(&["check", tree.to_str().unwrap(), "sluice:raw/tree"]);
+}
+
+#[test]
+fn a_key_from_the_environment_gets_read_write_access() {
+    let project = taxi_project(|t| t);
+    let server = Server::start_with_env(
+        project.path(),
+        &[
+            ("SLUICE_S3_ACCESS_KEY_ID", "SLKFROMENVIRONMENT01"),
+            (
+                "SLUICE_S3_SECRET_ACCESS_KEY",
+                "env-secret-0123456789abcdefghijklmnopqr",
+            ),
+        ],
+    );
+    let key = (
+        "SLKFROMENVIRONMENT01",
+        "env-secret-0123456789abcdefghijklmnopqr",
+    );
+    let (ok, _, err) = aws(
+        &server,
+        Some(key),
+        &[
+            "s3api",
+            "put-object",
+            "--bucket",
+            "raw",
+            "--key",
+            "e.txt",
+            "--body",
+            "/etc/hostname",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, _) = aws(&server, Some(key), &["s3", "ls", "s3://raw/"]);
+    assert!(ok && out.contains("e.txt"), "{out}");
+}
+
+#[test]
+fn init_generates_a_key_pair_that_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, out, err) = cli(
+        &dir.path().join("x.toml"),
+        &["init", dir.path().to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    let toml_path = dir.path().join("sluice.toml");
+    assert!(
+        out.contains("an S3 access key was generated") && out.contains(toml_path.to_str().unwrap()),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&toml_path).unwrap();
+    let value = |name: &str| -> String {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split('"').nth(1).unwrap().to_string()
+    };
+    let (id, secret) = (value("access_key_id"), value("secret_access_key"));
+    assert_eq!(id.len(), 20);
+    assert_eq!(secret.len(), 40);
+    assert!(!out.contains(&secret), "the secret is not printed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&toml_path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let server = Server::start(dir.path());
+    let (ok, out, err) = aws(&server, Some((&id, &secret)), &["s3", "ls"]);
+    assert!(ok && out.contains("raw"), "{out}{err}");
 }

@@ -45,8 +45,13 @@ pub struct Server {
 
 impl Server {
     pub fn start(project_dir: &Path) -> Server {
+        Self::start_with_env(project_dir, &[])
+    }
+
+    pub fn start_with_env(project_dir: &Path, env: &[(&str, &str)]) -> Server {
         let project = project_dir.join("sluice.toml");
         let mut child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args([
                 "up",
                 "--http-port",
