@@ -46,6 +46,14 @@ fn part_path(upload_id: &str, part_number: u32) -> Path {
         .join(format!("{part_number:05}"))
 }
 
+/// Which digests a write computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hashes {
+    Both,
+    Md5,
+    Sha256,
+}
+
 /// A stored object: its event payload and its MD5 (the S3 ETag of a single-part upload).
 #[derive(Debug, Clone)]
 pub struct Stored {
@@ -96,18 +104,19 @@ impl Objects {
         E: std::fmt::Display,
     {
         let path = object_path(bucket, key);
-        let (size, sha256, md5) = self.write_stream(&path, body).await?;
+        let (size, sha256, md5) = self.write_stream(&path, body, Hashes::Both).await?;
         Ok(Stored {
             object: object_ref(bucket, key, size, sha256),
             md5,
         })
     }
 
-    /// Streams bytes to `path` atomically; returns size, SHA-256 and MD5 (hex).
+    /// Streams bytes to `path` atomically; returns size, SHA-256 and MD5 (hex; empty when not asked for).
     async fn write_stream<S, E>(
         &self,
         path: &Path,
         mut body: S,
+        hashes: Hashes,
     ) -> Result<(u64, String, String), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -130,8 +139,12 @@ impl Objects {
                     return Err(Error::UploadInterrupted(e.to_string()));
                 }
             };
-            hasher.update(&chunk);
-            md5.update(&chunk);
+            if hashes != Hashes::Md5 {
+                hasher.update(&chunk);
+            }
+            if hashes != Hashes::Sha256 {
+                md5.update(&chunk);
+            }
             size += chunk.len() as u64;
             writer
                 .wait_for_capacity(4)
@@ -162,7 +175,7 @@ impl Objects {
         E: std::fmt::Display,
     {
         let (size, _, md5) = self
-            .write_stream(&part_path(upload_id, part_number), body)
+            .write_stream(&part_path(upload_id, part_number), body, Hashes::Md5)
             .await?;
         Ok((size, md5))
     }
@@ -187,7 +200,14 @@ impl Objects {
                 })
                 .try_flatten()
                 .boxed();
-        self.put_stream(bucket, key, stream).await
+        // The multipart ETag comes from the parts' MD5s: only the SHA-256 is needed here.
+        let (size, sha256, _) = self
+            .write_stream(&object_path(bucket, key), stream, Hashes::Sha256)
+            .await?;
+        Ok(Stored {
+            object: object_ref(bucket, key, size, sha256),
+            md5: String::new(),
+        })
     }
 
     /// Deletes the stored parts of an upload.
