@@ -26,10 +26,14 @@ for i in $(seq 1 "$small_files"); do head -c 10240 /dev/urandom > "$work/small/f
 
 now() { date +%s.%N; }
 median() { sort -n | awk '{a[NR]=$1} END {print (NR % 2) ? a[(NR+1)/2] : (a[NR/2] + a[NR/2+1]) / 2}'; }
-declare -a cp_big s3_big cp_small s3_small
+declare -a cp_big s3_big cp_small s3_small client_cpu server_cpu
+cpu_of() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 for r in $(seq 1 "$runs"); do
   t=$(now); cp "$work/big.bin" "$work/big.copy"; sync -f "$work/big.copy"; cp_big+=($(echo "$(now) - $t" | bc)); rm -f "$work/big.copy"
-  t=$(now); aws s3 cp "$work/big.bin" "s3://raw/bench/big-$r.bin"; s3_big+=($(echo "$(now) - $t" | bc))
+  before=$(cpu_of $pid)
+  t=$(now); /usr/bin/time -f '%U %S' -o "$work/client.time" command aws --endpoint-url "$endpoint" --only-show-errors s3 cp "$work/big.bin" "s3://raw/bench/big-$r.bin"; s3_big+=($(echo "$(now) - $t" | bc))
+  server_cpu+=($(echo "$(cpu_of $pid) - $before" | bc))
+  client_cpu+=($(awk '{print $1 + $2}' "$work/client.time"))
   t=$(now); cp -r "$work/small" "$work/small.copy"; sync -f "$work/small.copy"; cp_small+=($(echo "$(now) - $t" | bc)); rm -rf "$work/small.copy"
   t=$(now); aws s3 cp --recursive "$work/small" "s3://raw/bench/small-$r/"; s3_small+=($(echo "$(now) - $t" | bc))
 done
@@ -41,4 +45,5 @@ printf 'case                          cp_s     s3_s    cp_MiB/s  s3_MiB/s  s3/cp
 printf 'one %-4s MiB file            %-8.2f %-7.2f %-9.1f %-9.1f %.2f\n' "$mb" "$cb" "$sb" "$(echo "$mb/$cb" | bc -l)" "$(echo "$mb/$sb" | bc -l)" "$(echo "$cb/$sb" | bc -l)"
 printf '%-5s files of 10 KiB          %-8.2f %-7.2f %-9.1f %-9.1f %.2f\n' "$small_files" "$cs" "$ss" "$(echo "$small_files*10/1024/$cs" | bc -l)" "$(echo "$small_files*10/1024/$ss" | bc -l)" "$(echo "$cs/$ss" | bc -l)"
 echo "runs: $runs (medians); sluice peak RSS during the run: $((rss / 1024)) MiB"
+echo "CPU seconds per big upload: aws CLI $(m "${client_cpu[@]}"), sluice $(m "${server_cpu[@]}") (wall $(m "${s3_big[@]}"), 2 cores)"
 echo "all raw timings: cp_big=${cp_big[*]} s3_big=${s3_big[*]} cp_small=${cp_small[*]} s3_small=${s3_small[*]}"

@@ -34,6 +34,8 @@ fn aws(server: &Server, key: Option<(&str, &str)>, args: &[&str]) -> (bool, Stri
         .arg(&server.s3)
         .arg("--region")
         .arg("us-east-1");
+    // Plain HTTP on loopback: whatever CA bundle the machine points at does not apply.
+    cmd.env_remove("AWS_CA_BUNDLE");
     cmd.env_remove("AWS_PROFILE")
         .env("AWS_CONFIG_FILE", "/dev/null")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null");
@@ -76,6 +78,7 @@ fn boto3(server: &Server, key: (&str, &str), script: &str) -> Value {
         server.s3, key.0, key.1
     );
     let out = Command::new("python3")
+        .env_remove("AWS_CA_BUNDLE")
         .arg("-c")
         .arg(format!("{prelude}{script}"))
         .output()
