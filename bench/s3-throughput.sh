@@ -31,7 +31,7 @@ cpu_of() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 for r in $(seq 1 "$runs"); do
   t=$(now); cp "$work/big.bin" "$work/big.copy"; sync -f "$work/big.copy"; cp_big+=($(echo "$(now) - $t" | bc)); rm -f "$work/big.copy"
   before=$(cpu_of $pid)
-  t=$(now); /usr/bin/time -f '%U %S' -o "$work/client.time" command aws --endpoint-url "$endpoint" --only-show-errors s3 cp "$work/big.bin" "s3://raw/bench/big-$r.bin"; s3_big+=($(echo "$(now) - $t" | bc))
+  t=$(now); /usr/bin/time -f '%U %S' -o "$work/client.time" "$(command -v aws)" --endpoint-url "$endpoint" --only-show-errors s3 cp "$work/big.bin" "s3://raw/bench/big-$r.bin"; s3_big+=($(echo "$(now) - $t" | bc))
   server_cpu+=($(echo "$(cpu_of $pid) - $before" | bc))
   client_cpu+=($(awk '{print $1 + $2}' "$work/client.time"))
   t=$(now); cp -r "$work/small" "$work/small.copy"; sync -f "$work/small.copy"; cp_small+=($(echo "$(now) - $t" | bc)); rm -rf "$work/small.copy"
