@@ -46,6 +46,17 @@ fn part_path(upload_id: &str, part_number: u32) -> Path {
         .join(format!("{part_number:05}"))
 }
 
+/// A missing object is `ObjectNotFound`; anything else is a store error while doing `what`.
+fn not_found_or(e: object_store::Error, bucket: &BucketName, key: &ObjectKey, what: &str) -> Error {
+    match e {
+        object_store::Error::NotFound { .. } => Error::ObjectNotFound {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        },
+        other => Error::store(what, other),
+    }
+}
+
 /// The bytes of a get, in 1 MiB chunks (object_store streams local files 8 KiB at a time,
 /// which costs more per byte than the copying itself).
 async fn large_chunks(
@@ -178,11 +189,15 @@ impl Objects {
             .finish()
             .await
             .map_err(|e| Error::store("finishing the object", e))?;
-        Ok((
-            size,
-            hex::encode(hasher.finalize()),
-            hex::encode(md5.finalize()),
-        ))
+        let sha256 = match hashes {
+            Hashes::Md5 => String::new(),
+            _ => hex::encode(hasher.finalize()),
+        };
+        let md5 = match hashes {
+            Hashes::Sha256 => String::new(),
+            _ => hex::encode(md5.finalize()),
+        };
+        Ok((size, sha256, md5))
     }
 
     /// Stores one part of a multipart upload; returns its size and MD5 (hex).
@@ -282,16 +297,11 @@ impl Objects {
             .store
             .get_opts(&object_path(bucket, key), options)
             .await
-            .map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Error::ObjectNotFound {
-                    bucket: bucket.to_string(),
-                    key: key.to_string(),
-                },
-                other => Error::store("reading the object", other),
-            })?;
-        Ok(Box::pin(
-            result.into_stream().map_err(std::io::Error::other),
-        ))
+            .map_err(|e| not_found_or(e, bucket, key, "reading the object"))?;
+        large_chunks(result).await.map_err(|e| Error::Io {
+            what: "reading the object".into(),
+            source: e,
+        })
     }
 
     /// Opens an object for reading: a file when the store is local (needed for Parquet), else a stream.
@@ -304,13 +314,7 @@ impl Objects {
             .store
             .get(&object_path(bucket, key))
             .await
-            .map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Error::ObjectNotFound {
-                    bucket: bucket.to_string(),
-                    key: key.to_string(),
-                },
-                other => Error::store("opening the object", other),
-            })?;
+            .map_err(|e| not_found_or(e, bucket, key, "opening the object"))?;
         let size = result.meta.size;
         match result.payload {
             object_store::GetResultPayload::File(file, _) => Ok(ObjectReader::File { file, size }),
@@ -327,13 +331,7 @@ impl Objects {
             .store
             .get(&object_path(bucket, key))
             .await
-            .map_err(|e| match e {
-                object_store::Error::NotFound { .. } => Error::ObjectNotFound {
-                    bucket: bucket.to_string(),
-                    key: key.to_string(),
-                },
-                other => Error::store("reading the object", other),
-            })?;
+            .map_err(|e| not_found_or(e, bucket, key, "reading the object"))?;
         result
             .bytes()
             .await

@@ -119,6 +119,27 @@ struct Page {
     last: Option<String>,
 }
 
+impl Page {
+    fn common_prefixes(&self, url: bool) -> Vec<CommonPrefix> {
+        self.prefixes
+            .iter()
+            .map(|p| CommonPrefix {
+                prefix: Some(encode_key(p, url)),
+            })
+            .collect()
+    }
+}
+
+fn url_encoded(encoding: Option<&EncodingType>) -> bool {
+    encoding.is_some_and(|e| e.as_str() == EncodingType::URL)
+}
+
+fn max_keys(requested: Option<i32>) -> usize {
+    requested
+        .unwrap_or(MAX_KEYS as i32)
+        .clamp(0, MAX_KEYS as i32) as usize
+}
+
 impl SluiceS3 {
     /// The service over a platform.
     pub fn new(platform: Arc<Platform>) -> Self {
@@ -594,10 +615,7 @@ impl S3 for SluiceS3 {
         req: S3Request<ListObjectsV2Input>,
     ) -> S3Result<S3Response<ListObjectsV2Output>> {
         let input = req.input;
-        let url = input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let url = url_encoded(input.encoding_type.as_ref());
         let prefix = input.prefix.clone().unwrap_or_default();
         let token_key = match &input.continuation_token {
             Some(t) => Some(
@@ -613,10 +631,7 @@ impl S3 for SluiceS3 {
         let after = token_key
             .or_else(|| input.start_after.clone())
             .unwrap_or_default();
-        let max = input
-            .max_keys
-            .unwrap_or(MAX_KEYS as i32)
-            .clamp(0, MAX_KEYS as i32) as usize;
+        let max = max_keys(input.max_keys);
         let page = self.page(
             &input.bucket,
             &prefix,
@@ -645,14 +660,7 @@ impl S3 for SluiceS3 {
                     .map(|m| Self::object_entry(m, url))
                     .collect(),
             ),
-            common_prefixes: Some(
-                page.prefixes
-                    .iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(encode_key(p, url)),
-                    })
-                    .collect(),
-            ),
+            common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         }))
     }
@@ -662,15 +670,9 @@ impl S3 for SluiceS3 {
         req: S3Request<ListObjectsInput>,
     ) -> S3Result<S3Response<ListObjectsOutput>> {
         let input = req.input;
-        let url = input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let url = url_encoded(input.encoding_type.as_ref());
         let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input
-            .max_keys
-            .unwrap_or(MAX_KEYS as i32)
-            .clamp(0, MAX_KEYS as i32) as usize;
+        let max = max_keys(input.max_keys);
         let marker = input.marker.clone().unwrap_or_default();
         let page = self.page(
             &input.bucket,
@@ -696,14 +698,7 @@ impl S3 for SluiceS3 {
                     .map(|m| Self::object_entry(m, url))
                     .collect(),
             ),
-            common_prefixes: Some(
-                page.prefixes
-                    .iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(encode_key(p, url)),
-                    })
-                    .collect(),
-            ),
+            common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         }))
     }
@@ -714,15 +709,9 @@ impl S3 for SluiceS3 {
     ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
         // Buckets are not versioned: every object has one version, "null", the latest.
         let input = req.input;
-        let url = input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == EncodingType::URL);
+        let url = url_encoded(input.encoding_type.as_ref());
         let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input
-            .max_keys
-            .unwrap_or(MAX_KEYS as i32)
-            .clamp(0, MAX_KEYS as i32) as usize;
+        let max = max_keys(input.max_keys);
         let marker = input.key_marker.clone().unwrap_or_default();
         let page = self.page(
             &input.bucket,
@@ -754,14 +743,7 @@ impl S3 for SluiceS3 {
                     })
                     .collect(),
             ),
-            common_prefixes: Some(
-                page.prefixes
-                    .iter()
-                    .map(|p| CommonPrefix {
-                        prefix: Some(encode_key(p, url)),
-                    })
-                    .collect(),
-            ),
+            common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         }))
     }

@@ -9,11 +9,17 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
+/// This crate's directory, as cargo sets it when it runs the test (a binary in a shared
+/// target directory may have been built in another checkout).
+fn manifest_dir() -> PathBuf {
+    PathBuf::from(
+        std::env::var("CARGO_MANIFEST_DIR")
+            .unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string()),
+    )
+}
+
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .unwrap()
+    manifest_dir().join("../..").canonicalize().unwrap()
 }
 
 pub fn shared_data(rel: &str) -> PathBuf {
