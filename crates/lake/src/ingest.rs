@@ -516,3 +516,48 @@ impl Read for HashingShared {
         Ok(n)
     }
 }
+
+/// Removes every row a source object put into a silver table (and its quarantined rows), in
+/// one commit per table keyed like an ingest, so a replayed removal changes nothing.
+pub async fn remove(
+    paths: &LakePaths,
+    table: &str,
+    location: &str,
+    object: &ObjectRef,
+    event_seq: i64,
+) -> Result<u64, Error> {
+    let source_object = format!("{}/{}", object.bucket, object.key);
+    let mut removed_files = 0;
+    for (name, location, app) in [
+        (table, location.to_string(), source_object.clone()),
+        (
+            "quarantine",
+            LakePaths::QUARANTINE.to_string(),
+            format!("{table}:{source_object}"),
+        ),
+    ] {
+        let Some(mut delta_table) = delta::open(name, paths.url(&location)?).await? else {
+            continue;
+        };
+        let state = delta::source_state(name, &delta_table, &app).await?;
+        if state.applied_seq.is_some_and(|s| s >= event_seq) || state.removes.is_empty() {
+            continue;
+        }
+        removed_files += state.removes.len() as u64;
+        delta::commit(
+            name,
+            &mut delta_table,
+            Vec::new(),
+            state.removes,
+            Some((delta::app_id(&app), event_seq)),
+            DeltaOperation::Delete {
+                predicate: Some(format!(
+                    "_source_object = '{}'",
+                    source_object.replace('\'', "''")
+                )),
+            },
+        )
+        .await?;
+    }
+    Ok(removed_files)
+}

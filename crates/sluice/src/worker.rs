@@ -200,9 +200,7 @@ async fn run_steps(
             false,
         ));
     };
-    if leased.event.kind != EventKind::ObjectCreated {
-        return Ok(());
-    }
+    let removal = leased.event.kind == EventKind::ObjectRemoved;
     let mut steps = Vec::new();
     // Refresh steps run even when nothing new was ingested: an earlier attempt may have
     // committed the ingest and then failed before its refreshes.
@@ -210,6 +208,24 @@ async fn run_steps(
     let mut applied = false;
     for step in &pipeline.steps {
         match step {
+            Step::Ingest { table, .. } if removal => {
+                // The object is gone: so are its rows (bronze keeps its raw versions).
+                let removed = ingest::remove(
+                    &platform.paths,
+                    table,
+                    &platform.locations[table],
+                    &leased.event.object,
+                    leased.event_seq,
+                )
+                .await
+                .map_err(|e| {
+                    (
+                        format!("removing rows from {table}: {e}"),
+                        e.code().is_retryable(),
+                    )
+                })?;
+                steps.push(json!({"step": "remove", "table": table, "files_removed": removed}));
+            }
             Step::Ingest { table, bronze } => {
                 if let Some(bronze) = bronze {
                     let archived = platform

@@ -315,10 +315,23 @@ fn an_aws_cli_upload_to_the_landing_prefix_lands_in_silver_exactly_once() {
             .iter()
             .all(|e| e["kind"] == "object-created" && e["source"] == "sluice:s3")
     );
-    // A delete records object-removed.
+    // A delete records object-removed, and the object's rows leave silver, quarantine and gold.
     aws_ok(&server, &["s3", "rm", target]);
     let kinds = server.query("SELECT kind FROM sluice.events WHERE kind = 'object-removed'");
     assert_eq!(kinds.len(), 1);
+    server.wait_idle(Duration::from_secs(120));
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM silver.trips")),
+        0
+    );
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM sluice.quarantine")),
+        0
+    );
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM gold.daily_revenue")),
+        0
+    );
 }
 
 #[test]
