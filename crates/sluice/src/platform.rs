@@ -410,18 +410,7 @@ impl Platform {
 
     /// A SQL session over the lake with the system tables of the state store.
     pub async fn session(&self) -> Result<Session> {
-        let entries: Vec<TableEntry> = self
-            .project
-            .tables
-            .values()
-            .filter(|t| t.layer != Layer::Bronze)
-            .map(|t| TableEntry {
-                schema: t.layer.as_str().to_string(),
-                name: t.name.clone(),
-                location: self.locations[&t.name].clone(),
-            })
-            .collect();
-        let session = Session::open(&self.paths, &entries).await?;
+        let session = self.lake_session().await?;
         crate::system::register(&session, self).await?;
         for table in self
             .project
@@ -433,6 +422,23 @@ impl Platform {
             crate::system::register_bronze(&session, &table.name, &archived)?;
         }
         Ok(session)
+    }
+
+    /// A SQL session over the silver and gold tables only: what gold models read, without
+    /// copying the state store's history into memory for every refresh.
+    pub async fn lake_session(&self) -> Result<Session> {
+        let entries: Vec<TableEntry> = self
+            .project
+            .tables
+            .values()
+            .filter(|t| t.layer != Layer::Bronze)
+            .map(|t| TableEntry {
+                schema: t.layer.as_str().to_string(),
+                name: t.name.clone(),
+                location: self.locations[&t.name].clone(),
+            })
+            .collect();
+        Ok(Session::open(&self.paths, &entries).await?)
     }
 }
 

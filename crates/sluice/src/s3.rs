@@ -120,6 +120,13 @@ struct Page {
 }
 
 impl Page {
+    fn contents(&self, url: bool) -> Vec<Object> {
+        self.objects
+            .iter()
+            .map(|m| SluiceS3::object_entry(m, url))
+            .collect()
+    }
+
     fn common_prefixes(&self, url: bool) -> Vec<CommonPrefix> {
         self.prefixes
             .iter()
@@ -654,12 +661,7 @@ impl S3 for SluiceS3 {
                 .flatten(),
             start_after: input.start_after.map(|s| encode_key(&s, url)),
             encoding_type: input.encoding_type,
-            contents: Some(
-                page.objects
-                    .iter()
-                    .map(|m| Self::object_entry(m, url))
-                    .collect(),
-            ),
+            contents: Some(page.contents(url)),
             common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         }))
@@ -692,12 +694,7 @@ impl S3 for SluiceS3 {
                 .then(|| page.last.as_ref().map(|l| encode_key(l, url)))
                 .flatten(),
             encoding_type: input.encoding_type,
-            contents: Some(
-                page.objects
-                    .iter()
-                    .map(|m| Self::object_entry(m, url))
-                    .collect(),
-            ),
+            contents: Some(page.contents(url)),
             common_prefixes: Some(page.common_prefixes(url)),
             ..Default::default()
         }))

@@ -309,7 +309,7 @@ async fn run_steps(
                 let t = &platform.project.tables[table];
                 let sql = t.sql.as_deref().unwrap_or_default();
                 let session = platform
-                    .session()
+                    .lake_session()
                     .await
                     .map_err(|e| (format!("refresh {table}: {e:#}"), true))?;
                 let report = gold::refresh(

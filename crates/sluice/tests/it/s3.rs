@@ -540,7 +540,7 @@ except Exception as e:
 print(json.dumps(out))
 "#,
     );
-    assert_eq!(result["pages"], 3);
+    assert_eq!(result["pages"], 3, "{result}");
     let keys: Vec<&str> = result["keys"]
         .as_array()
         .unwrap()
@@ -571,20 +571,28 @@ print(json.dumps(out))
         result["versions"][0],
         serde_json::json!(["p/dir1/f1.txt", "null", true])
     );
-    assert_eq!(result["copied"], "body 0");
-    assert_eq!(result["not_modified"], true);
-    assert_eq!(result["if_match"], "PreconditionFailed");
+    assert_eq!(result["copied"], "body 0", "{result}");
+    assert_eq!(result["not_modified"], true, "{result}");
+    assert_eq!(result["if_match"], "PreconditionFailed", "{result}");
     assert_eq!(
         result["deleted"],
         serde_json::json!(["p/dir0/f0.txt", "p/dir1/f1.txt"])
     );
-    assert_eq!(result["missing"], "NoSuchKey");
-    assert_eq!(result["escape"], "InvalidArgument");
-    assert_eq!(result["too_long"], "KeyTooLongError");
-    assert_eq!(result["no_bucket"], "NoSuchBucket");
-    assert_eq!(result["parts"], serde_json::json!([[1, 5242880], [2, 4]]));
-    assert_eq!(result["uploads"], serde_json::json!(["mp/obj.bin"]));
-    assert_eq!(result["bad_order"], "InvalidPartOrder");
+    assert_eq!(result["missing"], "NoSuchKey", "{result}");
+    assert_eq!(result["escape"], "InvalidArgument", "{result}");
+    assert_eq!(result["too_long"], "KeyTooLongError", "{result}");
+    assert_eq!(result["no_bucket"], "NoSuchBucket", "{result}");
+    assert_eq!(
+        result["parts"],
+        serde_json::json!([[1, 5242880], [2, 4]]),
+        "{result}"
+    );
+    assert_eq!(
+        result["uploads"],
+        serde_json::json!(["mp/obj.bin"]),
+        "{result}"
+    );
+    assert_eq!(result["bad_order"], "InvalidPartOrder", "{result}");
     assert!(
         result["mp_etag"].as_str().unwrap().ends_with("-2\""),
         "{}",
@@ -594,8 +602,8 @@ print(json.dumps(out))
         result["mp"],
         serde_json::json!([5242884, "application/octet-stream", {"k": "v"}])
     );
-    assert_eq!(result["aborted"], "404");
-    assert_eq!(result["no_upload"], "NoSuchUpload");
+    assert_eq!(result["aborted"], "404", "{result}");
+    assert_eq!(result["no_upload"], "NoSuchUpload", "{result}");
     // Copies and batch deletes record their events like any other write.
     let copy_events = server.query("SELECT kind FROM sluice.events WHERE key = 'p/copy.txt'");
     assert_eq!(
