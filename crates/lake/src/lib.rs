@@ -60,6 +60,14 @@ pub enum Error {
     /// The client stopped sending before the upload completed; nothing was stored.
     #[error("upload interrupted: {0}")]
     UploadInterrupted(String),
+    /// The body does not have the digest the client declared; nothing was stored.
+    #[error("the body's MD5 is {actual}, not the {expected} the client declared")]
+    DigestMismatch {
+        /// Declared (hex).
+        expected: String,
+        /// Computed (hex).
+        actual: String,
+    },
     /// The source file cannot be read as its format (the whole file is refused).
     #[error("{object}: {source}")]
     BadFile {
@@ -140,6 +148,7 @@ impl Error {
             Error::ObjectNotFound { .. } => ErrorCode::NotFound,
             Error::BadKey(_)
             | Error::UploadInterrupted(_)
+            | Error::DigestMismatch { .. }
             | Error::BadFile { .. }
             | Error::ThresholdExceeded { .. }
             | Error::Contract { .. }

@@ -81,10 +81,20 @@ async fn large_chunks(
 
 /// Which digests a write computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hashes {
-    Both,
-    Md5,
-    Sha256,
+struct Hashes {
+    sha256: bool,
+    md5: bool,
+}
+
+/// What the transport already knows about a body, so a write neither repeats nor skips a check.
+#[derive(Debug, Clone, Default)]
+pub struct BodyChecks {
+    /// The body's SHA-256 (hex) as already verified by the transport (a SigV4 signed
+    /// payload is checked while it streams): the write takes it instead of hashing again.
+    pub verified_sha256: Option<String>,
+    /// The MD5 (hex) the client declared (Content-MD5): the write fails and stores
+    /// nothing unless the body has it.
+    pub expected_md5: Option<String>,
 }
 
 /// A stored object: its event payload and its MD5 (the S3 ETag of a single-part upload).
@@ -131,13 +141,19 @@ impl Objects {
         bucket: &BucketName,
         key: &ObjectKey,
         body: S,
+        checks: &BodyChecks,
     ) -> Result<Stored, Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
         let path = object_path(bucket, key);
-        let (size, sha256, md5) = self.write_stream(&path, body, Hashes::Both).await?;
+        let hashes = Hashes {
+            sha256: checks.verified_sha256.is_none(),
+            md5: true,
+        };
+        let (size, sha256, md5) = self.write_stream(&path, body, hashes, checks).await?;
+        let sha256 = checks.verified_sha256.clone().unwrap_or(sha256);
         Ok(Stored {
             object: object_ref(bucket, key, size, sha256),
             md5,
@@ -145,11 +161,13 @@ impl Objects {
     }
 
     /// Streams bytes to `path` atomically; returns size, SHA-256 and MD5 (hex; empty when not asked for).
+    /// Nothing is stored when the body does not have the MD5 `checks` expects.
     async fn write_stream<S, E>(
         &self,
         path: &Path,
         mut body: S,
         hashes: Hashes,
+        checks: &BodyChecks,
     ) -> Result<(u64, String, String), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -172,10 +190,10 @@ impl Objects {
                     return Err(Error::UploadInterrupted(e.to_string()));
                 }
             };
-            if hashes != Hashes::Md5 {
+            if hashes.sha256 {
                 hasher.update(&chunk);
             }
-            if hashes != Hashes::Sha256 {
+            if hashes.md5 || checks.expected_md5.is_some() {
                 md5.update(&chunk);
             }
             size += chunk.len() as u64;
@@ -185,17 +203,28 @@ impl Objects {
                 .map_err(|e| Error::store("writing the object", e))?;
             writer.put(chunk);
         }
+        let md5 = if hashes.md5 || checks.expected_md5.is_some() {
+            hex::encode(md5.finalize())
+        } else {
+            String::new()
+        };
+        if let Some(expected) = &checks.expected_md5
+            && !expected.eq_ignore_ascii_case(&md5)
+        {
+            let _ = writer.abort().await;
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                actual: md5,
+            });
+        }
         writer
             .finish()
             .await
             .map_err(|e| Error::store("finishing the object", e))?;
-        let sha256 = match hashes {
-            Hashes::Md5 => String::new(),
-            _ => hex::encode(hasher.finalize()),
-        };
-        let md5 = match hashes {
-            Hashes::Sha256 => String::new(),
-            _ => hex::encode(md5.finalize()),
+        let sha256 = if hashes.sha256 {
+            hex::encode(hasher.finalize())
+        } else {
+            String::new()
         };
         Ok((size, sha256, md5))
     }
@@ -206,13 +235,18 @@ impl Objects {
         upload_id: &str,
         part_number: u32,
         body: S,
+        checks: &BodyChecks,
     ) -> Result<(u64, String), Error>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        let hashes = Hashes {
+            sha256: false,
+            md5: true,
+        };
         let (size, _, md5) = self
-            .write_stream(&part_path(upload_id, part_number), body, Hashes::Md5)
+            .write_stream(&part_path(upload_id, part_number), body, hashes, checks)
             .await?;
         Ok((size, md5))
     }
@@ -240,8 +274,17 @@ impl Objects {
                 .try_flatten()
                 .boxed();
         // The multipart ETag comes from the parts' MD5s: only the SHA-256 is needed here.
+        let hashes = Hashes {
+            sha256: true,
+            md5: false,
+        };
         let (size, sha256, _) = self
-            .write_stream(&object_path(bucket, key), stream, Hashes::Sha256)
+            .write_stream(
+                &object_path(bucket, key),
+                stream,
+                hashes,
+                &BodyChecks::default(),
+            )
             .await?;
         Ok(Stored {
             object: object_ref(bucket, key, size, sha256),

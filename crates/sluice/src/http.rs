@@ -108,7 +108,7 @@ async fn put_object(
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .map(String::from),
-        metadata: Default::default(),
+        ..Default::default()
     };
     let (event, jobs, meta) = p
         .put_object(&bucket, &key, stream, "sluice:http", options)

@@ -296,7 +296,7 @@ impl Platform {
         let (bucket, key) = self.check_target(bucket, key)?;
         let stored = self
             .objects
-            .put_stream(&bucket, &key, body)
+            .put_stream(&bucket, &key, body, &options.body)
             .await
             .map_err(|e| PutError::Store(Box::new(e)))?;
         self.record_created(stored.object, stored.md5, source, options)
@@ -460,6 +460,8 @@ pub struct PutOptions {
     pub content_type: Option<String>,
     /// User metadata.
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// What the transport already verified or the client declared about the bytes.
+    pub body: sluice_lake::objects::BodyChecks,
 }
 
 fn describe_change(old: &serde_json::Value, new: &serde_json::Value) -> String {

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::platform::{Platform, PutError, PutOptions};
+use sluice_lake::objects::BodyChecks;
 
 /// The smallest part of a multipart upload but the last, as S3 enforces.
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -56,10 +57,44 @@ fn put_error(e: PutError) -> S3Error {
                 s3_error!(NoSuchKey, "{bucket}/{key} does not exist")
             }
             sluice_lake::Error::UploadInterrupted(m) => s3_error!(IncompleteBody, "{m}"),
+            e @ sluice_lake::Error::DigestMismatch { .. } => s3_error!(BadDigest, "{e}"),
             other => internal(other),
         },
         PutError::State(e) => internal(e),
     }
+}
+
+/// What a request's headers say about its body.
+///
+/// `x-amz-content-sha256` counts only under SigV4 (`sigv4`), where s3s checks the payload
+/// against it while it streams and fails the body on a mismatch: the write can take it
+/// instead of hashing again. Content-MD5 (base64) is checked by the write itself.
+fn body_checks(
+    headers: &axum::http::HeaderMap,
+    sigv4: bool,
+    content_md5: &Option<String>,
+) -> S3Result<BodyChecks> {
+    let verified_sha256 = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| sigv4 && v.len() == 64 && v.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_ascii_lowercase);
+    let expected_md5 = match content_md5 {
+        None => None,
+        Some(b64) => {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .filter(|raw| raw.len() == 16)
+                .ok_or_else(|| s3_error!(InvalidDigest, "Content-MD5 is not a base64 MD5"))?;
+            Some(hex::encode(raw))
+        }
+    };
+    Ok(BodyChecks {
+        verified_sha256,
+        expected_md5,
+    })
 }
 
 fn timestamp(t: DateTime<Utc>) -> Timestamp {
@@ -371,6 +406,7 @@ impl S3 for SluiceS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
+        let checks = body_checks(&req.headers, req.region.is_some(), &req.input.content_md5)?;
         let input = req.input;
         let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
         self.names(bucket, key)?;
@@ -391,6 +427,7 @@ impl S3 for SluiceS3 {
         let options = PutOptions {
             content_type: input.content_type,
             metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+            body: checks,
         };
         let (_, _, meta) = self
             .platform
@@ -594,11 +631,13 @@ impl S3 for SluiceS3 {
             PutOptions {
                 content_type: input.content_type,
                 metadata: input.metadata.unwrap_or_default().into_iter().collect(),
+                ..Default::default()
             }
         } else {
             PutOptions {
                 content_type: source.content_type.clone(),
                 metadata: source.metadata.clone(),
+                ..Default::default()
             }
         };
         let object =
@@ -775,6 +814,7 @@ impl S3 for SluiceS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
+        let checks = body_checks(&req.headers, req.region.is_some(), &req.input.content_md5)?;
         let input = req.input;
         let upload = self.upload(&input.upload_id, &input.bucket, &input.key)?;
         if !(1..=10_000).contains(&input.part_number) {
@@ -787,7 +827,7 @@ impl S3 for SluiceS3 {
         let (size, md5) = self
             .platform
             .objects
-            .put_part(&upload.upload_id, input.part_number as u32, body)
+            .put_part(&upload.upload_id, input.part_number as u32, body, &checks)
             .await
             .map_err(|e| put_error(PutError::Store(Box::new(e))))?;
         self.platform
@@ -868,6 +908,7 @@ impl S3 for SluiceS3 {
         let options = PutOptions {
             content_type: upload.content_type.clone(),
             metadata: upload.metadata.clone(),
+            ..Default::default()
         };
         self.platform
             .record_created(

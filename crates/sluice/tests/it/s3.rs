@@ -537,6 +537,16 @@ try:
     s3.list_parts(Bucket='raw', Key='mp/aborted.bin', UploadId=up2['UploadId'])
 except Exception as e:
     out['no_upload'] = e.response['Error']['Code']
+# Content-MD5 is checked (BadDigest stores nothing); the content hash is the bytes' SHA-256.
+import base64, hashlib
+b64md5 = lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()
+try:
+    s3.put_object(Bucket='raw', Key='digest/bad.txt', Body=b'hello', ContentMD5=b64md5(b'other'))
+except Exception as e:
+    out['bad_digest'] = e.response['Error']['Code']
+s3.put_object(Bucket='raw', Key='digest/good.txt', Body=b'hello', ContentMD5=b64md5(b'hello'))
+out['good_digest'] = s3.get_object(Bucket='raw', Key='digest/good.txt')['Body'].read().decode()
+out['sha'] = {'digest/good.txt': hashlib.sha256(b'hello').hexdigest(), 'mp/obj.bin': hashlib.sha256(part1 + b'tail').hexdigest()}
 print(json.dumps(out))
 "#,
     );
@@ -604,6 +614,16 @@ print(json.dumps(out))
     );
     assert_eq!(result["aborted"], "404", "{result}");
     assert_eq!(result["no_upload"], "NoSuchUpload", "{result}");
+    assert_eq!(result["bad_digest"], "BadDigest", "{result}");
+    assert_eq!(result["good_digest"], "hello", "{result}");
+    for (key, sha) in result["sha"].as_object().unwrap() {
+        let recorded = server.scalar(&format!(
+            "SELECT sha256 FROM sluice.events WHERE key = '{key}' AND kind = 'object-created'"
+        ));
+        assert_eq!(&recorded, sha, "the content hash recorded for {key}");
+    }
+    let refused = server.query("SELECT key FROM sluice.events WHERE key = 'digest/bad.txt'");
+    assert!(refused.is_empty(), "{refused:?}");
     // Copies and batch deletes record their events like any other write.
     let copy_events = server.query("SELECT kind FROM sluice.events WHERE key = 'p/copy.txt'");
     assert_eq!(
