@@ -211,3 +211,30 @@ def duckdb_query_sql(name: str) -> str:
     """DuckDB spells the approximate percentile differently; everything else is shared."""
     sql = QUERIES[name]
     return sql.replace("approx_percentile_cont(trip_duration_minutes, ", "approx_quantile(trip_duration_minutes, ")
+
+
+def duckdb_time_query(spec_json: str, name: str, runs: int) -> str:
+    """Times one of QUERIES `runs` times in DuckDB over the given Parquet files; JSON list of seconds.
+
+    spec_json: {"trips": [files], "zones": [files]}, the files the Delta logs say are active.
+    Partition values live in the paths (year=/month=/date=), as Delta writes them.
+    """
+    import json
+    import time
+
+    import duckdb
+
+    spec = json.loads(spec_json)
+    con = duckdb.connect()
+    con.execute("SET threads = 2")
+    for table, files in spec.items():
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT * FROM read_parquet({json.dumps(files)}, hive_partitioning = true)"
+        )
+    sql = duckdb_query_sql(name).format(trips="trips", zones="zones")
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        con.execute(sql).fetchall()
+        times.append(time.perf_counter() - t)
+    return json.dumps(times)
