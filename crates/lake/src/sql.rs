@@ -7,11 +7,16 @@ use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session as ScanSession;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
-use datafusion::datasource::MemTable;
+use datafusion::datasource::{MemTable, TableProvider, TableType};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use futures::future::BoxFuture;
 
 use crate::{Error, LakePaths, delta};
 
@@ -115,6 +120,21 @@ impl Session {
         Ok(())
     }
 
+    /// Registers a table whose rows are produced when a query scans it (system tables):
+    /// queries that do not touch it pay nothing for it.
+    pub fn register_lazy(
+        &self,
+        schema_name: &str,
+        name: &str,
+        schema: SchemaRef,
+        produce: Producer,
+    ) -> Result<(), Error> {
+        self.schema(schema_name)?
+            .register_table(name.to_string(), Arc::new(LazyTable { schema, produce }))
+            .map_err(sql_error)?;
+        Ok(())
+    }
+
     /// Whether a table is registered.
     pub fn has_table(&self, schema_name: &str, name: &str) -> bool {
         self.schema(schema_name)
@@ -138,5 +158,47 @@ impl Session {
     /// The DataFusion context (for registering more tables).
     pub fn context(&self) -> &SessionContext {
         &self.ctx
+    }
+}
+
+/// Produces a lazy table's rows (its error becomes the query's error).
+pub type Producer =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Vec<RecordBatch>, String>> + Send + Sync>;
+
+/// A table computed at scan time.
+struct LazyTable {
+    schema: SchemaRef,
+    produce: Producer,
+}
+
+impl std::fmt::Debug for LazyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LazyTable")
+            .field("schema", &self.schema)
+            .finish()
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for LazyTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn ScanSession,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let batches = (self.produce)().await.map_err(DataFusionError::Execution)?;
+        MemTable::try_new(self.schema.clone(), vec![batches])?
+            .scan(state, projection, filters, limit)
+            .await
     }
 }

@@ -411,15 +411,14 @@ impl Platform {
     /// A SQL session over the lake with the system tables of the state store.
     pub async fn session(&self) -> Result<Session> {
         let session = self.lake_session().await?;
-        crate::system::register(&session, self).await?;
+        crate::system::register(&session, self.state.clone())?;
         for table in self
             .project
             .tables
             .values()
             .filter(|t| t.layer == Layer::Bronze)
         {
-            let archived = self.objects.list_archive(&table.name).await?;
-            crate::system::register_bronze(&session, &table.name, &archived)?;
+            crate::system::register_bronze(&session, &table.name, self.objects.clone())?;
         }
         Ok(session)
     }

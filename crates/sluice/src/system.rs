@@ -1,14 +1,16 @@
-//! System tables (`sluice.runs`, `sluice.jobs`, `sluice.events`, `sluice.dlq`) built from the state store for one query.
+//! System tables (`sluice.runs`, `sluice.jobs`, `sluice.events`, `sluice.dlq`, and one
+//! `bronze.<table>` per bronze table), read from the state store or the archive only when a
+//! query scans them.
 
 use std::sync::Arc;
 
 use anyhow::Result;
 use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
 use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
-use sluice_lake::sql::Session;
-use sluice_state::Job;
-
-use crate::platform::Platform;
+use futures::FutureExt;
+use sluice_lake::objects::{Archived, Objects};
+use sluice_lake::sql::{Producer, Session};
+use sluice_state::{Job, Run, StateStore, StoredEvent};
 
 /// How many rows of each system table a query sees (newest first).
 const LIMIT: usize = 100_000;
@@ -29,9 +31,55 @@ fn ints(v: impl Iterator<Item = i64>) -> ArrayRef {
     Arc::new(Int64Array::from_iter_values(v))
 }
 
-/// Registers the system tables in `session`.
-pub async fn register(session: &Session, platform: &Platform) -> Result<()> {
-    let runs = platform.state.list_runs(LIMIT)?;
+/// Registers the system tables in `session`; each reads its rows when a query scans it.
+pub fn register(session: &Session, state: Arc<dyn StateStore>) -> Result<()> {
+    let from_state = |f: fn(&dyn StateStore) -> Result<(Arc<Schema>, RecordBatch)>| -> Producer {
+        let state = state.clone();
+        Arc::new(move || {
+            let state = state.clone();
+            async move {
+                f(state.as_ref())
+                    .map(|(_, b)| vec![b])
+                    .map_err(|e| format!("{e:#}"))
+            }
+            .boxed()
+        })
+    };
+    session.register_lazy(
+        "sluice",
+        "runs",
+        runs_batch(&[])?.0,
+        from_state(|s| runs_batch(&s.list_runs(LIMIT)?)),
+    )?;
+    session.register_lazy(
+        "sluice",
+        "jobs",
+        jobs_batch(&[])?.0,
+        from_state(|s| jobs_batch(&s.list_jobs(LIMIT)?)),
+    )?;
+    session.register_lazy(
+        "sluice",
+        "dlq",
+        jobs_batch(&[])?.0,
+        from_state(|s| {
+            let dead: Vec<Job> = s
+                .list_jobs(LIMIT)?
+                .into_iter()
+                .filter(|j| j.status == sluice_state::JobStatus::Dead)
+                .collect();
+            jobs_batch(&dead)
+        }),
+    )?;
+    session.register_lazy(
+        "sluice",
+        "events",
+        events_batch(&[])?.0,
+        from_state(|s| events_batch(&s.list_events(LIMIT)?)),
+    )?;
+    Ok(())
+}
+
+fn runs_batch(runs: &[Run]) -> Result<(Arc<Schema>, RecordBatch)> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("job_id", DataType::Utf8, false),
@@ -76,20 +124,10 @@ pub async fn register(session: &Session, platform: &Platform) -> Result<()> {
             strings(details.iter().map(|s| Some(s.as_str()))),
         ],
     )?;
-    session.register_batches("sluice", "runs", schema, vec![batch])?;
+    Ok((schema, batch))
+}
 
-    let jobs = platform.state.list_jobs(LIMIT)?;
-    let (schema, batch) = jobs_batch(&jobs)?;
-    session.register_batches("sluice", "jobs", schema, vec![batch])?;
-    let dead: Vec<Job> = jobs
-        .iter()
-        .filter(|j| j.status == sluice_state::JobStatus::Dead)
-        .cloned()
-        .collect();
-    let (schema, batch) = jobs_batch(&dead)?;
-    session.register_batches("sluice", "dlq", schema, vec![batch])?;
-
-    let events = platform.state.list_events(LIMIT)?;
+fn events_batch(events: &[StoredEvent]) -> Result<(Arc<Schema>, RecordBatch)> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("seq", DataType::Int64, false),
         Field::new("event_id", DataType::Utf8, false),
@@ -118,8 +156,7 @@ pub async fn register(session: &Session, platform: &Platform) -> Result<()> {
             strings(events.iter().map(|e| Some(e.event.object.version.as_str()))),
         ],
     )?;
-    session.register_batches("sluice", "events", schema, vec![batch])?;
-    Ok(())
+    Ok((schema, batch))
 }
 
 fn jobs_batch(jobs: &[Job]) -> Result<(Arc<Schema>, RecordBatch)> {
@@ -156,11 +193,26 @@ fn jobs_batch(jobs: &[Job]) -> Result<(Arc<Schema>, RecordBatch)> {
 }
 
 /// Registers a bronze table: the raw objects it keeps, one row per archived content version.
-pub fn register_bronze(
-    session: &Session,
-    table: &str,
-    archived: &[sluice_lake::objects::Archived],
-) -> Result<()> {
+pub fn register_bronze(session: &Session, table: &str, objects: Objects) -> Result<()> {
+    let name = table.to_string();
+    let produce: Producer = Arc::new(move || {
+        let (objects, name) = (objects.clone(), name.clone());
+        async move {
+            let archived = objects
+                .list_archive(&name)
+                .await
+                .map_err(|e| e.to_string())?;
+            bronze_batch(&archived)
+                .map(|(_, b)| vec![b])
+                .map_err(|e| format!("{e:#}"))
+        }
+        .boxed()
+    });
+    session.register_lazy("bronze", table, bronze_batch(&[])?.0, produce)?;
+    Ok(())
+}
+
+fn bronze_batch(archived: &[Archived]) -> Result<(Arc<Schema>, RecordBatch)> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("source_object", DataType::Utf8, false),
         Field::new("sha256", DataType::Utf8, false),
@@ -182,6 +234,5 @@ pub fn register_bronze(
             ),
         ],
     )?;
-    session.register_batches("bronze", table, schema, vec![batch])?;
-    Ok(())
+    Ok((schema, batch))
 }
