@@ -7,12 +7,15 @@
 //! - every data file is tagged with the object it came from
 //!   (`sluice.source`, `sluice.sha256`), so a changed object replaces its own
 //!   files in the same commit that adds the new ones: readers never see both,
-//!   or neither.
+//!   or neither. A file compaction merged holds rows of several objects and says
+//!   which (`sluice.sources`); replacing one of them rewrites that file without
+//!   its rows, in the same commit.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, StringArray, new_null_array};
+use arrow::datatypes::{Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
@@ -30,6 +33,58 @@ use crate::Error;
 pub const TAG_SOURCE: &str = "sluice.source";
 /// Tag holding the SHA-256 of the source object's content.
 pub const TAG_SHA256: &str = "sluice.sha256";
+/// Tag of a file holding rows of several source objects (compaction writes it): a JSON
+/// object mapping each `bucket/key` to the SHA-256 of its content.
+pub const TAG_SOURCES: &str = "sluice.sources";
+/// The column every silver row carries: the `bucket/key` it came from.
+pub const SOURCE_COLUMN: &str = "_source_object";
+
+/// The source objects whose rows a data file holds, with their content hashes.
+pub fn file_sources(tags: Option<&HashMap<String, Option<String>>>) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(tags) = tags else {
+        return out;
+    };
+    if let Some(Some(source)) = tags.get(TAG_SOURCE) {
+        let sha = tags.get(TAG_SHA256).cloned().flatten().unwrap_or_default();
+        out.insert(source.clone(), sha);
+    }
+    if let Some(Some(json)) = tags.get(TAG_SOURCES)
+        && let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(json)
+    {
+        out.extend(map);
+    }
+    out
+}
+
+/// The tags of a file holding rows of `sources`.
+pub fn source_tags(sources: &BTreeMap<String, String>) -> HashMap<String, Option<String>> {
+    let mut tags = HashMap::new();
+    if sources.len() == 1 {
+        let (source, sha) = sources.iter().next().expect("one source");
+        tags.insert(TAG_SOURCE.to_string(), Some(source.clone()));
+        tags.insert(TAG_SHA256.to_string(), Some(sha.clone()));
+    } else if !sources.is_empty() {
+        let json = serde_json::to_string(sources).expect("a map of strings serializes");
+        tags.insert(TAG_SOURCES.to_string(), Some(json));
+    }
+    tags
+}
+
+/// `year=2024/month=1/date=2024-01-05`: where an added file sits, in partition order.
+pub fn partition_key(add: &Add, partition_by: &[String]) -> String {
+    partition_by
+        .iter()
+        .map(|p| {
+            let v = add.partition_values.get(p).cloned().flatten();
+            format!(
+                "{p}={}",
+                v.unwrap_or_else(|| "__HIVE_DEFAULT_PARTITION__".into())
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
 
 /// Most rows in one row group. Small enough that one open file per partition (a month
 /// of daily partitions is 31 files) stays within a few hundred MiB.
@@ -85,8 +140,18 @@ pub struct SourceState {
     pub applied_seq: Option<i64>,
     /// SHA-256 of the content currently in the table for this object.
     pub sha256: Option<String>,
-    /// Remove actions for the object's current files.
+    /// Remove actions for the files holding only this object's rows.
     pub removes: Vec<Remove>,
+    /// Files holding this object's rows and other objects' (compacted): replacing or
+    /// removing the object rewrites them without its rows.
+    pub shared: Vec<Add>,
+}
+
+impl SourceState {
+    /// Whether the table holds rows of the object.
+    pub fn has_rows(&self) -> bool {
+        !self.removes.is_empty() || !self.shared.is_empty()
+    }
 }
 
 /// The app id of a source object's commits.
@@ -110,22 +175,139 @@ pub async fn source_state(
         applied_seq,
         ..Default::default()
     };
+    for add in active_files(name, table).await? {
+        let sources = file_sources(add.tags.as_ref());
+        let Some(sha) = sources.get(source_object) else {
+            continue;
+        };
+        state.sha256 = Some(sha.clone());
+        if sources.len() == 1 {
+            state.removes.push(remove_of(&add, true));
+        } else {
+            state.shared.push(add);
+        }
+    }
+    Ok(state)
+}
+
+/// The Remove action that retires an added file (`data_change` false for compaction).
+pub fn remove_of(add: &Add, data_change: bool) -> Remove {
+    Remove {
+        path: add.path.clone(),
+        data_change,
+        deletion_timestamp: Some(chrono::Utc::now().timestamp_millis()),
+        extended_file_metadata: Some(true),
+        partition_values: Some(add.partition_values.clone()),
+        size: Some(add.size),
+        tags: add.tags.clone(),
+        deletion_vector: add.deletion_vector.clone(),
+        base_row_id: add.base_row_id,
+        default_row_commit_version: add.default_row_commit_version,
+    }
+}
+
+/// The table's active data files.
+pub async fn active_files(name: &str, table: &DeltaTable) -> Result<Vec<Add>, Error> {
+    let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
+    let log_store = table.log_store();
     let files: Vec<_> = snapshot
         .snapshot()
         .file_views(log_store.as_ref(), None)
         .try_collect()
         .await
         .map_err(|e| Error::delta(name, e))?;
-    for file in files {
-        #[allow(deprecated)] // the only public way to read a file's tags in deltalake 1.1
-        let add = file.add_action();
-        let tags = add.tags.unwrap_or_default();
-        if tags.get(TAG_SOURCE).and_then(|v| v.as_deref()) == Some(source_object) {
-            state.sha256 = tags.get(TAG_SHA256).cloned().flatten();
-            state.removes.push(file.remove_action(true));
+    #[allow(deprecated)] // the only public way to read a file's tags in deltalake 1.1
+    Ok(files.into_iter().map(|f| f.add_action()).collect())
+}
+
+/// Reads a data file's rows in `schema` (the table's columns in order), its partition
+/// columns restored from the file's partition values.
+pub async fn read_file(
+    name: &str,
+    table: &DeltaTable,
+    add: &Add,
+    schema: &SchemaRef,
+) -> Result<Vec<RecordBatch>, Error> {
+    let store = table.log_store().object_store(None);
+    let bytes = store
+        .get(&deltalake::Path::from(add.path.as_str()))
+        .await
+        .map_err(|e| Error::delta(name, DeltaTableError::ObjectStore { source: e }))?
+        .bytes()
+        .await
+        .map_err(|e| Error::delta(name, DeltaTableError::ObjectStore { source: e }))?;
+    let parquet_error = |e: parquet::errors::ParquetError| {
+        Error::Internal(format!("reading {name} data file {}: {e}", add.path))
+    };
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+        .map_err(parquet_error)?
+        .with_batch_size(65_536)
+        .build()
+        .map_err(parquet_error)?;
+    let mut out = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| Error::Internal(format!("reading {}: {e}", add.path)))?;
+        let n = batch.num_rows();
+        let mut columns: Vec<ArrayRef> = Vec::with_capacity(schema.fields().len());
+        for field in schema.fields() {
+            let column = match batch.column_by_name(field.name()) {
+                Some(c) => c.clone(),
+                None => match add.partition_values.get(field.name()).cloned().flatten() {
+                    Some(value) => {
+                        let text: ArrayRef = Arc::new(StringArray::from(vec![value; n]));
+                        arrow::compute::cast(&text, field.data_type()).map_err(|e| {
+                            Error::Internal(format!("partition value of {}: {e}", field.name()))
+                        })?
+                    }
+                    None => new_null_array(field.data_type(), n),
+                },
+            };
+            let column = if column.data_type() == field.data_type() {
+                column
+            } else {
+                arrow::compute::cast(&column, field.data_type())
+                    .map_err(|e| Error::Internal(format!("column {}: {e}", field.name())))?
+            };
+            columns.push(column);
         }
+        out.push(
+            RecordBatch::try_new(schema.clone(), columns)
+                .map_err(|e| Error::Internal(format!("rebuilding rows of {}: {e}", add.path)))?,
+        );
     }
-    Ok(state)
+    Ok(out)
+}
+
+/// Rewrites files shared with other objects without `source_object`'s rows: the files'
+/// removes and the rewritten files' adds, for the caller's commit.
+pub async fn rewrite_without(
+    name: &str,
+    table: &DeltaTable,
+    shared: &[Add],
+    source_object: &str,
+) -> Result<(Vec<Add>, Vec<Remove>), Error> {
+    let mut adds = Vec::new();
+    let mut removes = Vec::new();
+    let not_this = Scalar::new(StringArray::from(vec![source_object]));
+    for file in shared {
+        let mut sources = file_sources(file.tags.as_ref());
+        sources.remove(source_object);
+        let mut writer = FileWriter::new(name, table)?;
+        let schema = writer.schema();
+        for batch in read_file(name, table, file, &schema).await? {
+            let column = batch
+                .column_by_name(SOURCE_COLUMN)
+                .ok_or_else(|| Error::Internal(format!("{name} has no {SOURCE_COLUMN} column")))?;
+            let keep = arrow::compute::kernels::cmp::neq(column, &not_this)
+                .map_err(|e| Error::Internal(format!("filtering {}: {e}", file.path)))?;
+            let kept = arrow::compute::filter_record_batch(&batch, &keep)
+                .map_err(|e| Error::Internal(format!("filtering {}: {e}", file.path)))?;
+            writer.write(kept).await?;
+        }
+        adds.extend(writer.finish_with_sources(&sources).await?);
+        removes.push(remove_of(file, true));
+    }
+    Ok((adds, removes))
 }
 
 /// Streams batches into Parquet files (zstd) of a table; nothing is visible until [`commit`].
@@ -146,6 +328,11 @@ pub const WINDOW_ROWS: usize = 100_000;
 impl FileWriter {
     /// A writer for the table's schema and partitions.
     pub fn new(name: &str, table: &DeltaTable) -> Result<Self, Error> {
+        Self::with_target_size(name, table, TARGET_FILE_SIZE)
+    }
+
+    /// A writer whose files end near `target` bytes.
+    pub fn with_target_size(name: &str, table: &DeltaTable, target: u64) -> Result<Self, Error> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
@@ -158,7 +345,7 @@ impl FileWriter {
         let inner = RecordBatchWriter::for_table(table)
             .map_err(|e| Error::delta(name, e))?
             .with_writer_properties(props)
-            .with_target_file_size(TARGET_FILE_SIZE);
+            .with_target_file_size(target);
         Ok(Self {
             inner,
             table: name.to_string(),
@@ -196,8 +383,32 @@ impl FileWriter {
         self.rows
     }
 
+    /// The table's columns, partition columns included, as batches must have them.
+    pub fn schema(&self) -> SchemaRef {
+        self.inner.arrow_schema()
+    }
+
     /// Finishes the files; returns their Add actions, tagged with their source.
-    pub async fn finish(mut self, tags: &[(&str, &str)]) -> Result<Vec<Add>, Error> {
+    pub async fn finish(self, tags: &[(&str, &str)]) -> Result<Vec<Add>, Error> {
+        let tags = tags
+            .iter()
+            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+            .collect();
+        self.finish_tagged(tags).await
+    }
+
+    /// Finishes the files, tagged as holding rows of `sources` (bucket/key → SHA-256).
+    pub async fn finish_with_sources(
+        self,
+        sources: &BTreeMap<String, String>,
+    ) -> Result<Vec<Add>, Error> {
+        self.finish_tagged(source_tags(sources)).await
+    }
+
+    async fn finish_tagged(
+        mut self,
+        tags: HashMap<String, Option<String>>,
+    ) -> Result<Vec<Add>, Error> {
         let mut adds = std::mem::take(&mut self.finished);
         adds.extend(
             self.inner
@@ -206,10 +417,9 @@ impl FileWriter {
                 .map_err(|e| Error::delta(&self.table, e))?,
         );
         for add in &mut adds {
-            let map = add.tags.get_or_insert_with(HashMap::new);
-            for (k, v) in tags {
-                map.insert(k.to_string(), Some(v.to_string()));
-            }
+            add.tags
+                .get_or_insert_with(HashMap::new)
+                .extend(tags.clone());
         }
         Ok(adds)
     }

@@ -429,23 +429,12 @@ pub async fn ingest(
         .chain(&quarantine_adds)
         .map(|a| a.size.max(0) as u64)
         .sum();
-    for add in &silver_adds {
-        let mut parts: Vec<String> = req
-            .partition_by
-            .iter()
-            .map(|p| {
-                let v = add.partition_values.get(p).cloned().flatten();
-                format!(
-                    "{p}={}",
-                    v.unwrap_or_else(|| "__HIVE_DEFAULT_PARTITION__".into())
-                )
-            })
-            .collect();
-        if !parts.is_empty() {
-            report
-                .partitions
-                .insert(std::mem::take(&mut parts).join("/"));
-        }
+    if !req.partition_by.is_empty() {
+        report.partitions.extend(
+            silver_adds
+                .iter()
+                .map(|add| delta::partition_key(add, req.partition_by)),
+        );
     }
 
     if !quarantine_done {
@@ -478,12 +467,21 @@ pub async fn ingest(
             threshold: req.max_invalid_pct,
         });
     }
-    let replacing = !silver_state.removes.is_empty();
+    let replacing = silver_state.has_rows();
+    let mut silver_adds = silver_adds;
+    let mut silver_removes = silver_state.removes;
+    if !silver_state.shared.is_empty() {
+        let (adds, removes) =
+            delta::rewrite_without(req.table, &silver, &silver_state.shared, &source_object)
+                .await?;
+        silver_adds.extend(adds);
+        silver_removes.extend(removes);
+    }
     let version = delta::commit(
         req.table,
         &mut silver,
         silver_adds,
-        silver_state.removes,
+        silver_removes,
         Some((delta::app_id(&source_object), req.event_seq)),
         DeltaOperation::Write {
             mode: if replacing {
@@ -540,15 +538,18 @@ pub async fn remove(
             continue;
         };
         let state = delta::source_state(name, &delta_table, &app).await?;
-        if state.applied_seq.is_some_and(|s| s >= event_seq) || state.removes.is_empty() {
+        if state.applied_seq.is_some_and(|s| s >= event_seq) || !state.has_rows() {
             continue;
         }
-        removed_files += state.removes.len() as u64;
+        removed_files += (state.removes.len() + state.shared.len()) as u64;
+        let (adds, mut removes) =
+            delta::rewrite_without(name, &delta_table, &state.shared, &source_object).await?;
+        removes.extend(state.removes);
         delta::commit(
             name,
             &mut delta_table,
-            Vec::new(),
-            state.removes,
+            adds,
+            removes,
             Some((delta::app_id(&app), event_seq)),
             DeltaOperation::Delete {
                 predicate: Some(format!(

@@ -5,6 +5,7 @@
 //! - [`cast`] and [`validate`]: the contract applied to each batch.
 //! - [`delta`]: Delta Lake tables, commits that carry their own idempotency key.
 //! - [`ingest`]: one object → one atomic commit to silver (+ quarantine).
+//! - [`compact`]: small files merged, per partition, keeping which object wrote which rows.
 //! - [`gold`]: SQL models recomputed as CREATE TABLE AS.
 //! - [`sql`]: the DataFusion catalog (`bronze`, `silver`, `gold`, `sluice`).
 //!
@@ -13,6 +14,7 @@
 //! transaction identifier per source object), atomically with the data.
 
 pub mod cast;
+pub mod compact;
 pub mod delta;
 pub mod gold;
 pub mod ingest;

@@ -4,8 +4,10 @@
 //! |---|---|
 //! | `PUT /v1/objects/{bucket}/{*key}` | store an object (streamed); its event is recorded before the 201 |
 //! | `GET /v1/objects/{bucket}/{*key}` | read an object |
+//! | `DELETE /v1/objects/{bucket}/{*key}` | delete an object; its object-removed event is recorded before the 204 |
 //! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
+//! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
 //! | `GET /v1/status` | job counts: pending, running, done, dead |
 //! | `GET /v1/health` | liveness |
 
@@ -81,11 +83,12 @@ pub fn router(platform: Arc<Platform>) -> axum::Router {
         .route("/v1/status", get(status))
         .route(
             "/v1/objects/{bucket}/{*key}",
-            get(get_object).put(put_object),
+            get(get_object).put(put_object).delete(delete_object),
         )
         .route("/v1/query", post(query))
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
+        .route("/v1/tables/{table}/compact", post(compact))
         .with_state(platform)
 }
 
@@ -142,6 +145,14 @@ async fn get_object(
         sluice_lake::objects::ObjectReader::Stream { stream, .. } => Body::from_stream(stream),
     };
     Ok(([(header::CONTENT_LENGTH, size.to_string())], body).into_response())
+}
+
+async fn delete_object(
+    State(p): State<Arc<Platform>>,
+    Path((bucket, key)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    p.delete_object(&bucket, &key, "sluice:http").await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]
@@ -203,4 +214,36 @@ async fn run(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(run_json(&p.state.get_run(&id)?)))
+}
+
+async fn compact(
+    State(p): State<Arc<Platform>>,
+    Path(table): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match p.project.tables.get(&table) {
+        None => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no table {table:?}"),
+            ));
+        }
+        Some(t) if t.layer != sluice_model::config::Layer::Silver => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{table} is a {} table; only silver tables are compacted",
+                    t.layer.as_str()
+                ),
+            ));
+        }
+        Some(_) => {}
+    }
+    let r = p
+        .compact(&table, sluice_lake::compact::Scope::All)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    Ok(Json(json!({
+        "table": table, "partitions": r.partitions, "files_removed": r.files_removed,
+        "files_added": r.files_added, "bytes_removed": r.bytes_removed, "version": r.version,
+    })))
 }

@@ -136,6 +136,15 @@ enum Command {
         /// Table name.
         table: String,
     },
+    /// Merge a silver table's small files into large ones (sluice up also does this by itself
+    /// as partitions fill with small files). While `sluice up` serves the project, ask it
+    /// instead: curl -X POST http://127.0.0.1:8080/v1/tables/TABLE/compact
+    ///
+    /// Example: sluice compact trips
+    Compact {
+        /// Silver table name.
+        table: String,
+    },
     /// List recent runs: status, duration, rows in / valid / quarantined, bytes.
     ///
     /// Example: sluice runs --limit 20
@@ -321,6 +330,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Tables => rt.block_on(tables(&cli)),
         Command::Describe { table } => rt.block_on(describe(&cli, table)),
         Command::Runs { limit } => rt.block_on(runs(&cli, *limit)),
+        Command::Compact { table } => rt.block_on(async {
+            let platform = open(&cli).await?;
+            let _lock = platform.lock_data_dir().with_context(|| {
+                format!(
+                    "sluice up is serving this project and compacts by itself; to compact now, ask it: curl -X POST http://127.0.0.1:{}/v1/tables/{table}/compact",
+                    platform.project.server.http_port
+                )
+            })?;
+            let started = std::time::Instant::now();
+            let r = platform.compact(table, sluice_lake::compact::Scope::All).await?;
+            match r.version {
+                None => println!("{table}: no partition has two small files; nothing to do"),
+                Some(v) => println!(
+                    "{table}: {} small files ({:.1} MiB) in {} partitions became {} files in {:.2} s (table version {v})",
+                    r.files_removed,
+                    r.bytes_removed as f64 / 1048576.0,
+                    r.partitions,
+                    r.files_added,
+                    started.elapsed().as_secs_f64()
+                ),
+            }
+            Ok(())
+        }),
         Command::Run { command: RunCommand::Show { id } } => rt.block_on(run_show(&cli, id)),
         Command::Quarantine { command: QuarantineCommand::Show { table, limit } } => rt.block_on(async {
             let platform = open(&cli).await?;

@@ -46,6 +46,8 @@ pub struct Platform {
     pub wake: Arc<Notify>,
     /// Access keys of the S3 endpoint (with their grants; secrets are resolved by `up`).
     pub s3_keys: Vec<sluice_model::config::S3Key>,
+    /// One lock per table: ingests and removals share it, compaction takes it alone.
+    table_locks: HashMap<String, Arc<tokio::sync::RwLock<()>>>,
 }
 
 /// Loads and validates a project file, reporting every problem at once.
@@ -165,7 +167,13 @@ impl Platform {
             })
             .collect();
         let s3_keys = project.s3.keys.clone();
+        let table_locks = project
+            .tables
+            .keys()
+            .map(|t| (t.clone(), Arc::default()))
+            .collect();
         let platform = Self {
+            table_locks,
             s3_keys,
             project,
             project_dir,
@@ -253,6 +261,19 @@ impl Platform {
     /// Takes the data directory for this process (one `sluice up` or demo at a time on an
     /// embedded data directory) and makes the jobs a crashed predecessor left running due again.
     pub fn own_data_dir(&self) -> Result<std::fs::File> {
+        let file = self.lock_data_dir()?;
+        let recovered = self.state.recover_orphaned_jobs(Utc::now())?;
+        if recovered > 0 {
+            tracing::warn!(
+                jobs = recovered,
+                "recovered jobs left running by a process that stopped abruptly"
+            );
+        }
+        Ok(file)
+    }
+
+    /// Takes the data directory's lock (held until the returned file is dropped).
+    pub fn lock_data_dir(&self) -> Result<std::fs::File> {
         let path = self.data_dir.join("LOCK");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -269,13 +290,6 @@ impl Platform {
             Err(std::fs::TryLockError::Error(e)) => {
                 return Err(e).with_context(|| format!("locking {}", path.display()));
             }
-        }
-        let recovered = self.state.recover_orphaned_jobs(Utc::now())?;
-        if recovered > 0 {
-            tracing::warn!(
-                jobs = recovered,
-                "recovered jobs left running by a process that stopped abruptly"
-            );
         }
         Ok(file)
     }
@@ -421,6 +435,36 @@ impl Platform {
             crate::system::register_bronze(&session, &table.name, self.objects.clone())?;
         }
         Ok(session)
+    }
+
+    /// The lock of a table: ingests share it, compaction takes it alone.
+    pub fn table_lock(&self, table: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.table_locks.get(table).cloned().unwrap_or_default()
+    }
+
+    /// Compacts a silver table's small files (alone: ingests of the table wait).
+    pub async fn compact(
+        &self,
+        table: &str,
+        scope: sluice_lake::compact::Scope<'_>,
+    ) -> Result<sluice_lake::compact::CompactReport> {
+        let t = self
+            .project
+            .tables
+            .get(table)
+            .with_context(|| format!("no table {table:?} in sluice.toml"))?;
+        if t.layer != Layer::Silver {
+            bail!(
+                "{table} is a {} table; only silver tables are compacted (gold tables are rewritten by each refresh)",
+                t.layer.as_str()
+            );
+        }
+        let lock = self.table_lock(table);
+        let _alone = lock.write().await;
+        Ok(
+            sluice_lake::compact::compact(&self.paths, table, &self.locations[table], scope)
+                .await?,
+        )
     }
 
     /// A SQL session over the silver and gold tables only: what gold models read, without

@@ -13,7 +13,7 @@ use chrono::Utc;
 use rand::Rng;
 use serde_json::json;
 use sluice_lake::ingest::{IngestRequest, Outcome};
-use sluice_lake::{gold, ingest};
+use sluice_lake::{compact, gold, ingest};
 use sluice_model::config::Step;
 use sluice_model::event::EventKind;
 use sluice_state::{LeasedJob, Run, RunStatus};
@@ -185,6 +185,27 @@ pub async fn execute(platform: &Platform, worker: &str, leased: LeasedJob) {
     .await
 }
 
+/// Compacts the partitions an ingest wrote to once they hold many small files. The rows are
+/// already committed, so a failure here is reported in the run's detail, not retried.
+async fn auto_compact(
+    platform: &Platform,
+    table: &str,
+    partitions: &std::collections::BTreeSet<String>,
+) -> Option<serde_json::Value> {
+    let scope = compact::Scope::Partitions(partitions, compact::AUTO_COMPACT_FILES);
+    match platform.compact(table, scope).await {
+        Ok(r) if r.files_removed == 0 => None,
+        Ok(r) => Some(json!({
+            "step": "compact", "table": table, "partitions": r.partitions,
+            "files_removed": r.files_removed, "files_added": r.files_added, "version": r.version,
+        })),
+        Err(e) => {
+            warn!(table, error = %format!("{e:#}"), "automatic compaction failed");
+            Some(json!({"step": "compact", "table": table, "error": format!("{e:#}")}))
+        }
+    }
+}
+
 /// Runs every step; Err carries the message and whether another attempt may help.
 async fn run_steps(
     platform: &Platform,
@@ -210,6 +231,8 @@ async fn run_steps(
         match step {
             Step::Ingest { table, .. } if removal => {
                 // The object is gone: so are its rows (bronze keeps its raw versions).
+                let lock = platform.table_lock(table);
+                let _shared = lock.read().await;
                 let removed = ingest::remove(
                     &platform.paths,
                     table,
@@ -246,6 +269,8 @@ async fn run_steps(
                     .get(table)
                     .ok_or_else(|| (format!("table {table} has no contract"), false))?;
                 ingests += 1;
+                let lock = platform.table_lock(table);
+                let shared = lock.read().await;
                 let report = ingest::ingest(
                     &platform.paths,
                     &platform.objects,
@@ -263,6 +288,7 @@ async fn run_steps(
                     },
                 )
                 .await;
+                drop(shared);
                 let report = match report {
                     Ok(r) => r,
                     Err(e) => {
@@ -304,6 +330,9 @@ async fn run_steps(
                     "quarantine_reasons": reasons,
                     "partitions": report.partitions,
                 }));
+                if matches!(report.outcome, Outcome::Applied { .. }) {
+                    steps.extend(auto_compact(platform, table, &report.partitions).await);
+                }
             }
             Step::Refresh { table } => {
                 let t = &platform.project.tables[table];

@@ -2,6 +2,7 @@
 //! and the CLI, with DuckDB (Python, from PyPI) as the independent oracle.
 
 mod cli;
+mod compaction;
 mod s3;
 mod spine;
 mod support;

@@ -122,6 +122,25 @@ impl Server {
         resp.body_mut().read_json().unwrap()
     }
 
+    pub fn delete(&self, bucket: &str, key: &str) {
+        let resp = ureq::delete(&format!("{}/v1/objects/{bucket}/{key}", self.base))
+            .call()
+            .unwrap_or_else(|e| panic!("DELETE {bucket}/{key}: {e}"));
+        assert_eq!(resp.status(), 204);
+    }
+
+    /// POSTs to an API path without a body; returns the status and the JSON answer.
+    pub fn post(&self, path: &str) -> (u16, Value) {
+        let mut resp = ureq::post(&format!("{}{path}", self.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .send_empty()
+            .unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.body_mut().read_json().unwrap())
+    }
+
     pub fn put_file(&self, bucket: &str, key: &str, file: &Path) -> Value {
         self.put_bytes(bucket, key, &std::fs::read(file).unwrap())
     }
@@ -260,4 +279,27 @@ pub fn duckdb_oracle(table_dir: &Path, sql: &str) -> Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Data files a Delta table's log says are active (replayed here, not by sluice's code).
+pub fn active_files(table_dir: &Path) -> usize {
+    let mut active = std::collections::BTreeSet::new();
+    let log = table_dir.join("_delta_log");
+    let mut names: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    for name in names {
+        for line in std::fs::read_to_string(log.join(name)).unwrap().lines() {
+            let action: Value = serde_json::from_str(line).unwrap();
+            if let Some(path) = action["add"]["path"].as_str() {
+                active.insert(path.to_string());
+            } else if let Some(path) = action["remove"]["path"].as_str() {
+                active.remove(path);
+            }
+        }
+    }
+    active.len()
 }

@@ -1,0 +1,128 @@
+//! Compaction: a partition's many small files become a few large ones.
+//!
+//! Small objects make small files (a 100-row object spread over a month of daily
+//! partitions writes 31 files of 3 rows), and every query and every ingest pays per file.
+//! Compaction rewrites a partition's small files into files of up to
+//! [`COMPACTED_FILE_BYTES`], in one commit that changes no data (`dataChange: false`).
+//! Each merged file records which source objects it holds (`sluice.sources`), so replacing
+//! or removing one of them later rewrites that file without its rows: exactly-once per
+//! source object survives compaction.
+//!
+//! **Invariant:** compaction and ingests of the same table never run at the same time
+//! (the caller holds the table's write lock): Delta does not treat a compaction's removes
+//! as conflicting with a concurrent delete of the same file.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use deltalake::kernel::Add;
+use deltalake::protocol::DeltaOperation;
+
+use crate::delta::{self, FileWriter};
+use crate::{Error, LakePaths};
+
+/// Files below this size are compacted.
+pub const SMALL_FILE_BYTES: i64 = 16 << 20;
+
+/// Largest file compaction writes: small enough that rewriting one to replace an
+/// object's rows stays cheap.
+pub const COMPACTED_FILE_BYTES: u64 = 64 << 20;
+
+/// Small files in one partition that make an ingest compact that partition.
+pub const AUTO_COMPACT_FILES: usize = 16;
+
+/// What a compaction did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CompactReport {
+    /// Partitions rewritten.
+    pub partitions: usize,
+    /// Small files replaced.
+    pub files_removed: usize,
+    /// Files written.
+    pub files_added: usize,
+    /// Bytes of the files replaced.
+    pub bytes_removed: u64,
+    /// The commit's table version, when something was compacted.
+    pub version: Option<i64>,
+}
+
+/// Which partitions to look at.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    /// Every partition with at least two small files.
+    All,
+    /// These partitions (`year=2024/month=1/...`), when they hold at least this many small files.
+    Partitions(&'a BTreeSet<String>, usize),
+}
+
+/// Compacts a table's small files, one partition at a time, in one commit.
+pub async fn compact(
+    paths: &LakePaths,
+    name: &str,
+    location: &str,
+    scope: Scope<'_>,
+) -> Result<CompactReport, Error> {
+    let mut report = CompactReport::default();
+    let Some(mut table) = delta::open(name, paths.url(location)?).await? else {
+        return Ok(report);
+    };
+    let partition_by = table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .metadata()
+        .partition_columns()
+        .to_vec();
+    let mut groups: BTreeMap<String, Vec<Add>> = BTreeMap::new();
+    for add in delta::active_files(name, &table).await? {
+        if add.size < SMALL_FILE_BYTES {
+            groups
+                .entry(delta::partition_key(&add, &partition_by))
+                .or_default()
+                .push(add);
+        }
+    }
+    groups.retain(|key, files| match scope {
+        Scope::All => files.len() >= 2,
+        Scope::Partitions(keys, min) => keys.contains(key) && files.len() >= min.max(2),
+    });
+    if groups.is_empty() {
+        return Ok(report);
+    }
+    let mut adds = Vec::new();
+    let mut removes = Vec::new();
+    for files in groups.values_mut() {
+        files.sort_by(|a, b| (a.modification_time, &a.path).cmp(&(b.modification_time, &b.path)));
+        let mut writer = FileWriter::with_target_size(name, &table, COMPACTED_FILE_BYTES)?;
+        let schema = writer.schema();
+        let mut sources = BTreeMap::new();
+        for file in files.iter() {
+            sources.extend(delta::file_sources(file.tags.as_ref()));
+            for batch in delta::read_file(name, &table, file, &schema).await? {
+                writer.write(batch).await?;
+            }
+            removes.push(delta::remove_of(file, false));
+            report.files_removed += 1;
+            report.bytes_removed += file.size.max(0) as u64;
+        }
+        let mut written = writer.finish_with_sources(&sources).await?;
+        for add in &mut written {
+            add.data_change = false;
+        }
+        report.files_added += written.len();
+        report.partitions += 1;
+        adds.extend(written);
+    }
+    let version = delta::commit(
+        name,
+        &mut table,
+        adds,
+        removes,
+        None,
+        DeltaOperation::Optimize {
+            predicate: None,
+            target_size: COMPACTED_FILE_BYTES as i64,
+        },
+    )
+    .await?;
+    report.version = Some(version);
+    Ok(report)
+}
