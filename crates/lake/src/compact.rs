@@ -4,9 +4,9 @@
 //! partitions writes 31 files of 3 rows), and every query and every ingest pays per file.
 //! Compaction rewrites a partition's small files into files of up to
 //! [`COMPACTED_FILE_BYTES`], in one commit that changes no data (`dataChange: false`).
-//! Each merged file records which source objects it holds (`sluice.sources`), so replacing
-//! or removing one of them later rewrites that file without its rows: exactly-once per
-//! source object survives compaction.
+//! Merged files are marked `sluice.compacted`; replacing or removing one of the objects
+//! they hold later finds them by their `_source_object` column and rewrites them without
+//! its rows: exactly-once per source object survives compaction.
 //!
 //! **Invariant:** compaction and ingests of the same table never run at the same time
 //! (the caller holds the table's write lock): Delta does not treat a compaction's removes
@@ -93,9 +93,7 @@ pub async fn compact(
         files.sort_by(|a, b| (a.modification_time, &a.path).cmp(&(b.modification_time, &b.path)));
         let mut writer = FileWriter::with_target_size(name, &table, COMPACTED_FILE_BYTES)?;
         let schema = writer.schema();
-        let mut sources = BTreeMap::new();
         for file in files.iter() {
-            sources.extend(delta::file_sources(file.tags.as_ref()));
             for batch in delta::read_file(name, &table, file, &schema).await? {
                 writer.write(batch).await?;
             }
@@ -103,7 +101,7 @@ pub async fn compact(
             report.files_removed += 1;
             report.bytes_removed += file.size.max(0) as u64;
         }
-        let mut written = writer.finish_with_sources(&sources).await?;
+        let mut written = writer.finish(&[(delta::TAG_COMPACTED, "true")]).await?;
         for add in &mut written {
             add.data_change = false;
         }
@@ -116,7 +114,7 @@ pub async fn compact(
         &mut table,
         adds,
         removes,
-        None,
+        Vec::new(),
         DeltaOperation::Optimize {
             predicate: None,
             target_size: COMPACTED_FILE_BYTES as i64,

@@ -7,11 +7,14 @@
 //! - every data file is tagged with the object it came from
 //!   (`sluice.source`, `sluice.sha256`), so a changed object replaces its own
 //!   files in the same commit that adds the new ones: readers never see both,
-//!   or neither. A file compaction merged holds rows of several objects and says
-//!   which (`sluice.sources`); replacing one of them rewrites that file without
-//!   its rows, in the same commit.
+//!   or neither. A file compaction merged holds rows of several objects and is
+//!   marked `sluice.compacted`; replacing or removing one of them finds it by its
+//!   `_source_object` column and rewrites it without those rows, in the same commit;
+//! - the content hash of what the table holds for an object is a second `txn`
+//!   (app id `sluice-sha256:<bucket>/<key>`, version = the hash's first 63 bits), so
+//!   "this exact content is already here" needs no file tags and survives compaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, StringArray, new_null_array};
@@ -33,42 +36,37 @@ use crate::Error;
 pub const TAG_SOURCE: &str = "sluice.source";
 /// Tag holding the SHA-256 of the source object's content.
 pub const TAG_SHA256: &str = "sluice.sha256";
-/// Tag of a file holding rows of several source objects (compaction writes it): a JSON
-/// object mapping each `bucket/key` to the SHA-256 of its content.
-pub const TAG_SOURCES: &str = "sluice.sources";
+/// Tag of a file compaction wrote: it holds rows of several source objects.
+pub const TAG_COMPACTED: &str = "sluice.compacted";
 /// The column every silver row carries: the `bucket/key` it came from.
 pub const SOURCE_COLUMN: &str = "_source_object";
 
-/// The source objects whose rows a data file holds, with their content hashes.
-pub fn file_sources(tags: Option<&HashMap<String, Option<String>>>) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let Some(tags) = tags else {
-        return out;
-    };
-    if let Some(Some(source)) = tags.get(TAG_SOURCE) {
-        let sha = tags.get(TAG_SHA256).cloned().flatten().unwrap_or_default();
-        out.insert(source.clone(), sha);
-    }
-    if let Some(Some(json)) = tags.get(TAG_SOURCES)
-        && let Ok(map) = serde_json::from_str::<BTreeMap<String, String>>(json)
-    {
-        out.extend(map);
-    }
-    out
+/// The source object (and its content hash) of a file holding one object's rows.
+fn file_source(tags: Option<&HashMap<String, Option<String>>>) -> Option<(&str, Option<&str>)> {
+    let tags = tags?;
+    let source = tags.get(TAG_SOURCE)?.as_deref()?;
+    Some((source, tags.get(TAG_SHA256).and_then(|v| v.as_deref())))
 }
 
-/// The tags of a file holding rows of `sources`.
-pub fn source_tags(sources: &BTreeMap<String, String>) -> HashMap<String, Option<String>> {
-    let mut tags = HashMap::new();
-    if sources.len() == 1 {
-        let (source, sha) = sources.iter().next().expect("one source");
-        tags.insert(TAG_SOURCE.to_string(), Some(source.clone()));
-        tags.insert(TAG_SHA256.to_string(), Some(sha.clone()));
-    } else if !sources.is_empty() {
-        let json = serde_json::to_string(sources).expect("a map of strings serializes");
-        tags.insert(TAG_SOURCES.to_string(), Some(json));
+/// Whether compaction wrote this file.
+pub fn is_compacted(add: &Add) -> bool {
+    add.tags
+        .as_ref()
+        .is_some_and(|t| t.contains_key(TAG_COMPACTED))
+}
+
+/// The app id whose txn version holds the content hash of an object's rows.
+pub fn content_app_id(source_object: &str) -> String {
+    format!("sluice-sha256:{source_object}")
+}
+
+/// A content hash as a txn version: its first 63 bits (0 means "no rows").
+pub fn content_version(sha256: &str) -> i64 {
+    let mut bytes = [0u8; 8];
+    if let Ok(raw) = hex::decode(sha256.get(..16).unwrap_or_default()) {
+        bytes.copy_from_slice(&raw);
     }
-    tags
+    (i64::from_be_bytes(bytes) & i64::MAX).max(1)
 }
 
 /// `year=2024/month=1/date=2024-01-05`: where an added file sits, in partition order.
@@ -138,19 +136,23 @@ pub async fn open(name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error
 pub struct SourceState {
     /// Highest event sequence applied for this object, if any.
     pub applied_seq: Option<i64>,
-    /// SHA-256 of the content currently in the table for this object.
+    /// The content hash of the object's rows in the table ([`content_version`]), if any.
+    pub content: Option<i64>,
+    /// SHA-256 of the object's content, from its files' tags (tables written before the
+    /// content txn existed).
     pub sha256: Option<String>,
     /// Remove actions for the files holding only this object's rows.
     pub removes: Vec<Remove>,
-    /// Files holding this object's rows and other objects' (compacted): replacing or
-    /// removing the object rewrites them without its rows.
-    pub shared: Vec<Add>,
+    /// Compacted files: they may hold this object's rows among others' ([`shared_files`]).
+    pub compacted: Vec<Add>,
 }
 
 impl SourceState {
-    /// Whether the table holds rows of the object.
-    pub fn has_rows(&self) -> bool {
-        !self.removes.is_empty() || !self.shared.is_empty()
+    /// Whether the table holds exactly this content for the object.
+    pub fn holds(&self, sha256: &str) -> bool {
+        self.applied_seq.is_some()
+            && (self.content == Some(content_version(sha256))
+                || (self.content.is_none() && self.sha256.as_deref() == Some(sha256)))
     }
 }
 
@@ -175,19 +177,114 @@ pub async fn source_state(
         applied_seq,
         ..Default::default()
     };
+    state.content = snapshot
+        .transaction_version(log_store.as_ref(), content_app_id(source_object))
+        .await
+        .map_err(|e| Error::delta(name, e))?;
     for add in active_files(name, table).await? {
-        let sources = file_sources(add.tags.as_ref());
-        let Some(sha) = sources.get(source_object) else {
-            continue;
-        };
-        state.sha256 = Some(sha.clone());
-        if sources.len() == 1 {
-            state.removes.push(remove_of(&add, true));
-        } else {
-            state.shared.push(add);
+        if let Some((source, sha)) = file_source(add.tags.as_ref()) {
+            if source == source_object {
+                state.sha256 = sha.map(String::from);
+                state.removes.push(remove_of(&add, true));
+            }
+        } else if is_compacted(&add) {
+            state.compacted.push(add);
         }
     }
     Ok(state)
+}
+
+/// The compacted files holding rows of `source_object`: each file's `_source_object`
+/// column is checked, row groups whose statistics exclude the object skipped.
+pub async fn shared_files(
+    name: &str,
+    table: &DeltaTable,
+    compacted: &[Add],
+    source_object: &str,
+) -> Result<Vec<Add>, Error> {
+    let root = table_dir(name, table)?;
+    let (files, source) = (compacted.to_vec(), source_object.to_string());
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Vec::new();
+        for add in files {
+            if file_holds(&root, &add, &source).map_err(|e| {
+                Error::Internal(format!("reading {name} data file {}: {e}", add.path))
+            })? {
+                out.push(add);
+            }
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("the file scan died: {e}")))?
+}
+
+fn table_dir(name: &str, table: &DeltaTable) -> Result<std::path::PathBuf, Error> {
+    table
+        .table_url()
+        .to_file_path()
+        .map_err(|_| Error::Internal(format!("{name} is not on local disk")))
+}
+
+fn file_path(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
+    let decoded = percent_encoding::percent_decode_str(&add.path).decode_utf8_lossy();
+    root.join(decoded.as_ref())
+}
+
+fn file_holds(
+    root: &std::path::Path,
+    add: &Add,
+    source: &str,
+) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
+    use parquet::arrow::ProjectionMask;
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use parquet::file::statistics::Statistics;
+    let file = std::fs::File::open(file_path(root, add))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let parquet_schema = builder.parquet_schema();
+    let Some(column) = parquet_schema
+        .columns()
+        .iter()
+        .position(|c| c.name() == SOURCE_COLUMN)
+    else {
+        return Ok(false);
+    };
+    let needle = source.as_bytes();
+    let row_groups: Vec<usize> = builder
+        .metadata()
+        .row_groups()
+        .iter()
+        .enumerate()
+        .filter(|(_, rg)| match rg.column(column).statistics() {
+            Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
+                (Some(min), Some(max)) => min.data() <= needle && needle <= max.data(),
+                _ => true,
+            },
+            _ => true,
+        })
+        .map(|(i, _)| i)
+        .collect();
+    if row_groups.is_empty() {
+        return Ok(false);
+    }
+    let mask = ProjectionMask::leaves(parquet_schema, [column]);
+    let reader = builder
+        .with_projection(mask)
+        .with_row_groups(row_groups)
+        .build()?;
+    for batch in reader {
+        let batch = batch?;
+        let values = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let values = values
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .ok_or("the source column is not text")?;
+        if values.iter().any(|v| v == Some(source)) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The Remove action that retires an added file (`data_change` false for compaction).
@@ -228,18 +325,15 @@ pub async fn read_file(
     add: &Add,
     schema: &SchemaRef,
 ) -> Result<Vec<RecordBatch>, Error> {
-    let store = table.log_store().object_store(None);
-    let bytes = store
-        .get(&deltalake::Path::from(add.path.as_str()))
-        .await
-        .map_err(|e| Error::delta(name, DeltaTableError::ObjectStore { source: e }))?
-        .bytes()
-        .await
-        .map_err(|e| Error::delta(name, DeltaTableError::ObjectStore { source: e }))?;
+    let path = file_path(&table_dir(name, table)?, add);
     let parquet_error = |e: parquet::errors::ParquetError| {
         Error::Internal(format!("reading {name} data file {}: {e}", add.path))
     };
-    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)
+    let file = std::fs::File::open(&path).map_err(|e| Error::Io {
+        what: format!("opening {}", path.display()),
+        source: e,
+    })?;
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(parquet_error)?
         .with_batch_size(65_536)
         .build()
@@ -290,8 +384,6 @@ pub async fn rewrite_without(
     let mut removes = Vec::new();
     let not_this = Scalar::new(StringArray::from(vec![source_object]));
     for file in shared {
-        let mut sources = file_sources(file.tags.as_ref());
-        sources.remove(source_object);
         let mut writer = FileWriter::new(name, table)?;
         let schema = writer.schema();
         for batch in read_file(name, table, file, &schema).await? {
@@ -304,7 +396,7 @@ pub async fn rewrite_without(
                 .map_err(|e| Error::Internal(format!("filtering {}: {e}", file.path)))?;
             writer.write(kept).await?;
         }
-        adds.extend(writer.finish_with_sources(&sources).await?);
+        adds.extend(writer.finish(&[(TAG_COMPACTED, "true")]).await?);
         removes.push(remove_of(file, true));
     }
     Ok((adds, removes))
@@ -397,14 +489,6 @@ impl FileWriter {
         self.finish_tagged(tags).await
     }
 
-    /// Finishes the files, tagged as holding rows of `sources` (bucket/key → SHA-256).
-    pub async fn finish_with_sources(
-        self,
-        sources: &BTreeMap<String, String>,
-    ) -> Result<Vec<Add>, Error> {
-        self.finish_tagged(source_tags(sources)).await
-    }
-
     async fn finish_tagged(
         mut self,
         tags: HashMap<String, Option<String>>,
@@ -425,19 +509,20 @@ impl FileWriter {
     }
 }
 
-/// Commits adds and removes atomically, recording `txn(app_id, version)` when given.
+/// Commits adds and removes atomically, recording each `txn(app_id, version)` given.
 pub async fn commit(
     name: &str,
     table: &mut DeltaTable,
     adds: Vec<Add>,
     removes: Vec<Remove>,
-    txn: Option<(String, i64)>,
+    txns: Vec<(String, i64)>,
     operation: DeltaOperation,
 ) -> Result<i64, Error> {
-    let mut properties = CommitProperties::default();
-    if let Some((app, version)) = txn {
-        properties = properties.with_application_transaction(Transaction::new(app, version));
-    }
+    let properties = CommitProperties::default().with_application_transactions(
+        txns.into_iter()
+            .map(|(app, version)| Transaction::new(app, version))
+            .collect(),
+    );
     let actions: Vec<Action> = removes
         .into_iter()
         .map(Action::Remove)

@@ -122,7 +122,7 @@ pub async fn refresh(
         &mut target,
         adds,
         removes,
-        None,
+        Vec::new(),
         DeltaOperation::Write {
             mode: SaveMode::Overwrite,
             partition_by: None,

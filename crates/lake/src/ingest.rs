@@ -200,8 +200,7 @@ pub async fn ingest(
     .await?;
     let silver_state = delta::source_state(req.table, &silver, &source_object).await?;
     let already = silver_state.applied_seq.is_some_and(|s| s >= req.event_seq)
-        || (silver_state.applied_seq.is_some()
-            && silver_state.sha256.as_deref() == Some(object.sha256.as_str()));
+        || silver_state.holds(&object.sha256);
     if already {
         return Ok(IngestReport::empty(Outcome::AlreadyApplied));
     }
@@ -443,7 +442,7 @@ pub async fn ingest(
             &mut quarantine,
             quarantine_adds,
             quarantine_state.removes,
-            Some((delta::app_id(&quarantine_app), req.event_seq)),
+            vec![(delta::app_id(&quarantine_app), req.event_seq)],
             DeltaOperation::Write {
                 mode: SaveMode::Append,
                 partition_by: Some(vec!["table_name".into()]),
@@ -467,22 +466,30 @@ pub async fn ingest(
             threshold: req.max_invalid_pct,
         });
     }
-    let replacing = silver_state.has_rows();
     let mut silver_adds = silver_adds;
     let mut silver_removes = silver_state.removes;
-    if !silver_state.shared.is_empty() {
-        let (adds, removes) =
-            delta::rewrite_without(req.table, &silver, &silver_state.shared, &source_object)
+    if silver_state.applied_seq.is_some() && !silver_state.compacted.is_empty() {
+        let shared =
+            delta::shared_files(req.table, &silver, &silver_state.compacted, &source_object)
                 .await?;
+        let (adds, removes) =
+            delta::rewrite_without(req.table, &silver, &shared, &source_object).await?;
         silver_adds.extend(adds);
         silver_removes.extend(removes);
     }
+    let replacing = !silver_removes.is_empty();
     let version = delta::commit(
         req.table,
         &mut silver,
         silver_adds,
         silver_removes,
-        Some((delta::app_id(&source_object), req.event_seq)),
+        vec![
+            (delta::app_id(&source_object), req.event_seq),
+            (
+                delta::content_app_id(&source_object),
+                delta::content_version(&object.sha256),
+            ),
+        ],
         DeltaOperation::Write {
             mode: if replacing {
                 SaveMode::Overwrite
@@ -538,19 +545,29 @@ pub async fn remove(
             continue;
         };
         let state = delta::source_state(name, &delta_table, &app).await?;
-        if state.applied_seq.is_some_and(|s| s >= event_seq) || !state.has_rows() {
+        if state.applied_seq.is_none_or(|s| s >= event_seq) {
             continue;
         }
-        removed_files += (state.removes.len() + state.shared.len()) as u64;
+        let shared = if state.compacted.is_empty() {
+            Vec::new()
+        } else {
+            delta::shared_files(name, &delta_table, &state.compacted, &source_object).await?
+        };
+        removed_files += (state.removes.len() + shared.len()) as u64;
         let (adds, mut removes) =
-            delta::rewrite_without(name, &delta_table, &state.shared, &source_object).await?;
+            delta::rewrite_without(name, &delta_table, &shared, &source_object).await?;
         removes.extend(state.removes);
+        // The removal is recorded even when no rows were left (all quarantined, say), so
+        // the same content sent again is ingested again.
         delta::commit(
             name,
             &mut delta_table,
             adds,
             removes,
-            Some((delta::app_id(&app), event_seq)),
+            vec![
+                (delta::app_id(&app), event_seq),
+                (delta::content_app_id(&app), 0),
+            ],
             DeltaOperation::Delete {
                 predicate: Some(format!(
                     "_source_object = '{}'",
