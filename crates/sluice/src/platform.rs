@@ -48,6 +48,8 @@ pub struct Platform {
     pub s3_keys: Vec<sluice_model::config::S3Key>,
     /// One lock per table: ingests and removals share it, compaction takes it alone.
     table_locks: HashMap<String, Arc<tokio::sync::RwLock<()>>>,
+    /// Delta tables kept open for queries.
+    tables: sluice_lake::sql::TableCache,
 }
 
 /// Loads and validates a project file, reporting every problem at once.
@@ -174,6 +176,7 @@ impl Platform {
             .collect();
         let platform = Self {
             table_locks,
+            tables: Default::default(),
             s3_keys,
             project,
             project_dir,
@@ -481,7 +484,7 @@ impl Platform {
                 location: self.locations[&t.name].clone(),
             })
             .collect();
-        Ok(Session::open(&self.paths, &entries).await?)
+        Ok(Session::open(&self.paths, &entries, &self.tables).await?)
     }
 }
 

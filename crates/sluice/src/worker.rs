@@ -57,6 +57,10 @@ async fn worker(platform: Arc<Platform>, name: String, shutdown: CancellationTok
         if shutdown.is_cancelled() {
             return;
         }
+        // Listen before looking: a job queued between the look and the wait still wakes us.
+        let notified = platform.wake.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
         let leased = match platform.state.lease_job(&name, Utc::now(), LEASE) {
             Ok(l) => l,
             Err(e) => {
@@ -65,7 +69,6 @@ async fn worker(platform: Arc<Platform>, name: String, shutdown: CancellationTok
             }
         };
         let Some(leased) = leased else {
-            let notified = platform.wake.notified();
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = notified => {}
