@@ -60,9 +60,11 @@ pub async fn compact(
     name: &str,
     location: &str,
     scope: Scope<'_>,
+    tables: &delta::TableCache,
 ) -> Result<CompactReport, Error> {
     let mut report = CompactReport::default();
-    let Some(mut table) = delta::open(name, paths.url(location)?).await? else {
+    let url = paths.url(location)?;
+    let Some(mut table) = tables.latest(name, url.clone()).await? else {
         return Ok(report);
     };
     let partition_by = table
@@ -121,6 +123,7 @@ pub async fn compact(
         },
     )
     .await?;
+    tables.keep(&url, &table);
     report.version = Some(version);
     Ok(report)
 }

@@ -123,6 +123,71 @@ pub async fn open_or_create(
     create.await.map_err(|e| Error::delta(name, e))
 }
 
+/// The lake's Delta tables, kept open: each use brings its copy up to date by reading
+/// only the commits made since the last one, not the whole log (a table with thousands
+/// of commits would otherwise parse megabytes of log per ingest and per query).
+#[derive(Default)]
+pub struct TableCache {
+    tables: std::sync::Mutex<HashMap<url::Url, DeltaTable>>,
+}
+
+impl TableCache {
+    fn cached(&self, url: &url::Url) -> Option<DeltaTable> {
+        self.tables
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .cloned()
+    }
+
+    /// Keeps `table` for the next use, unless a newer version of it is already kept.
+    pub fn keep(&self, url: &url::Url, table: &DeltaTable) {
+        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
+        if tables
+            .get(url)
+            .is_none_or(|t| t.version() < table.version())
+        {
+            tables.insert(url.clone(), table.clone());
+        }
+    }
+
+    /// The table at `url` at its latest version (None when nothing was ever committed there).
+    pub async fn latest(&self, name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
+        let table = match self.cached(&url) {
+            Some(mut table) => {
+                table
+                    .update_state()
+                    .await
+                    .map_err(|e| Error::delta(name, e))?;
+                table
+            }
+            None => match open(name, url.clone()).await? {
+                Some(table) => table,
+                None => return Ok(None),
+            },
+        };
+        self.keep(&url, &table);
+        Ok(Some(table))
+    }
+
+    /// The table at `url` at its latest version, created first when it does not exist.
+    pub async fn latest_or_create(
+        &self,
+        name: &str,
+        url: url::Url,
+        schema: &Schema,
+        partition_by: &[String],
+        description: Option<&str>,
+    ) -> Result<DeltaTable, Error> {
+        if let Some(table) = self.latest(name, url.clone()).await? {
+            return Ok(table);
+        }
+        let table = open_or_create(name, url.clone(), schema, partition_by, description).await?;
+        self.keep(&url, &table);
+        Ok(table)
+    }
+}
+
 /// Opens an existing table (None when nothing was ever committed there).
 pub async fn open(name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
     let table = DeltaTable::try_from_url(url)

@@ -47,6 +47,8 @@ pub struct IngestRequest<'a> {
     pub max_invalid_pct: f64,
     /// Rows per batch.
     pub batch_rows: usize,
+    /// Open tables, brought up to date incrementally.
+    pub tables: &'a delta::TableCache,
 }
 
 /// How an ingest ended.
@@ -190,28 +192,34 @@ pub async fn ingest(
 ) -> Result<IngestReport, Error> {
     let object = req.object;
     let source_object = format!("{}/{}", object.bucket, object.key);
-    let mut silver = delta::open_or_create(
-        req.table,
-        paths.url(req.location)?,
-        &req.compiled.output_schema(),
-        req.partition_by,
-        req.description,
-    )
-    .await?;
+    let silver_url = paths.url(req.location)?;
+    let mut silver = req
+        .tables
+        .latest_or_create(
+            req.table,
+            silver_url.clone(),
+            &req.compiled.output_schema(),
+            req.partition_by,
+            req.description,
+        )
+        .await?;
     let silver_state = delta::source_state(req.table, &silver, &source_object).await?;
     let already = silver_state.applied_seq.is_some_and(|s| s >= req.event_seq)
         || silver_state.holds(&object.sha256);
     if already {
         return Ok(IngestReport::empty(Outcome::AlreadyApplied));
     }
-    let mut quarantine = delta::open_or_create(
-        "quarantine",
-        paths.url(LakePaths::QUARANTINE)?,
-        &quarantine_schema(),
-        &["table_name".to_string()],
-        Some("rows rejected by a contract, with reason, source object and line"),
-    )
-    .await?;
+    let quarantine_url = paths.url(LakePaths::QUARANTINE)?;
+    let mut quarantine = req
+        .tables
+        .latest_or_create(
+            "quarantine",
+            quarantine_url.clone(),
+            &quarantine_schema(),
+            &["table_name".to_string()],
+            Some("rows rejected by a contract, with reason, source object and line"),
+        )
+        .await?;
     let quarantine_app = format!("{}:{source_object}", req.table);
     let quarantine_state = delta::source_state("quarantine", &quarantine, &quarantine_app).await?;
     let quarantine_done = quarantine_state
@@ -450,6 +458,7 @@ pub async fn ingest(
             },
         )
         .await?;
+        req.tables.keep(&quarantine_url, &quarantine);
     }
     let invalid_pct = if report.rows_in == 0 {
         0.0
@@ -502,6 +511,7 @@ pub async fn ingest(
         },
     )
     .await?;
+    req.tables.keep(&silver_url, &silver);
     report.outcome = Outcome::Applied { version };
     Ok(report)
 }
@@ -530,6 +540,7 @@ pub async fn remove(
     location: &str,
     object: &ObjectRef,
     event_seq: i64,
+    tables: &delta::TableCache,
 ) -> Result<u64, Error> {
     let source_object = format!("{}/{}", object.bucket, object.key);
     let mut removed_files = 0;
@@ -541,7 +552,8 @@ pub async fn remove(
             format!("{table}:{source_object}"),
         ),
     ] {
-        let Some(mut delta_table) = delta::open(name, paths.url(&location)?).await? else {
+        let url = paths.url(&location)?;
+        let Some(mut delta_table) = tables.latest(name, url.clone()).await? else {
             continue;
         };
         let state = delta::source_state(name, &delta_table, &app).await?;
@@ -576,6 +588,7 @@ pub async fn remove(
             },
         )
         .await?;
+        tables.keep(&url, &delta_table);
     }
     Ok(removed_files)
 }

@@ -61,56 +61,12 @@ fn sql_error(e: datafusion::error::DataFusionError) -> Error {
     Error::Sql(text)
 }
 
-/// The lake's Delta tables, kept open between queries: each query brings its copy up to
-/// date by reading only the commits made since the last one, not the whole log.
-#[derive(Default)]
-pub struct TableCache {
-    tables: std::sync::Mutex<std::collections::HashMap<url::Url, deltalake::DeltaTable>>,
-}
-
-impl TableCache {
-    /// The table at `url` at its latest version (None when nothing was ever committed there).
-    pub async fn latest(
-        &self,
-        name: &str,
-        url: url::Url,
-    ) -> Result<Option<deltalake::DeltaTable>, Error> {
-        let cached = self
-            .tables
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&url)
-            .cloned();
-        let table = match cached {
-            Some(mut table) => {
-                table
-                    .update_state()
-                    .await
-                    .map_err(|e| Error::delta(name, e))?;
-                table
-            }
-            None => match delta::open(name, url.clone()).await? {
-                Some(table) => table,
-                None => return Ok(None),
-            },
-        };
-        let mut tables = self.tables.lock().unwrap_or_else(|p| p.into_inner());
-        let newer = tables
-            .get(&url)
-            .is_none_or(|t| t.version() < table.version());
-        if newer {
-            tables.insert(url, table.clone());
-        }
-        Ok(Some(table))
-    }
-}
-
 impl Session {
     /// A session with the lake's Delta tables registered (tables never written to are skipped).
     pub async fn open(
         paths: &LakePaths,
         tables: &[TableEntry],
-        cache: &TableCache,
+        cache: &delta::TableCache,
     ) -> Result<Self, Error> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "silver")

@@ -48,8 +48,8 @@ pub struct Platform {
     pub s3_keys: Vec<sluice_model::config::S3Key>,
     /// One lock per table: ingests and removals share it, compaction takes it alone.
     table_locks: HashMap<String, Arc<tokio::sync::RwLock<()>>>,
-    /// Delta tables kept open for queries.
-    tables: sluice_lake::sql::TableCache,
+    /// Delta tables kept open for queries, ingests and compaction.
+    pub tables: sluice_lake::delta::TableCache,
 }
 
 /// Loads and validates a project file, reporting every problem at once.
@@ -464,10 +464,14 @@ impl Platform {
         }
         let lock = self.table_lock(table);
         let _alone = lock.write().await;
-        Ok(
-            sluice_lake::compact::compact(&self.paths, table, &self.locations[table], scope)
-                .await?,
+        Ok(sluice_lake::compact::compact(
+            &self.paths,
+            table,
+            &self.locations[table],
+            scope,
+            &self.tables,
         )
+        .await?)
     }
 
     /// A SQL session over the silver and gold tables only: what gold models read, without

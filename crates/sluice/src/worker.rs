@@ -242,6 +242,7 @@ async fn run_steps(
                     &platform.locations[table],
                     &leased.event.object,
                     leased.event_seq,
+                    &platform.tables,
                 )
                 .await
                 .map_err(|e| {
@@ -288,6 +289,7 @@ async fn run_steps(
                         run_id: run.id,
                         max_invalid_pct: pipeline.max_invalid_pct,
                         batch_rows: BATCH_ROWS,
+                        tables: &platform.tables,
                     },
                 )
                 .await;
