@@ -50,8 +50,10 @@ pub struct CompactReport {
 pub enum Scope<'a> {
     /// Every partition with at least two small files.
     All,
-    /// These partitions (`year=2024/month=1/...`), when they hold at least this many small files.
-    Partitions(&'a BTreeSet<String>, usize),
+    /// Once any of these partitions (`year=2024/month=1/...`) holds this many small files,
+    /// every partition with at least two: partitions filled by the same objects are then
+    /// compacted together, not one commit each as each reaches the threshold.
+    WhenAnyOf(&'a BTreeSet<String>, usize),
 }
 
 /// Compacts a table's small files, one partition at a time, in one commit.
@@ -82,10 +84,14 @@ pub async fn compact(
                 .push(add);
         }
     }
-    groups.retain(|key, files| match scope {
-        Scope::All => files.len() >= 2,
-        Scope::Partitions(keys, min) => keys.contains(key) && files.len() >= min.max(2),
-    });
+    if let Scope::WhenAnyOf(keys, min) = scope
+        && !groups
+            .iter()
+            .any(|(key, files)| keys.contains(key) && files.len() >= min)
+    {
+        return Ok(report);
+    }
+    groups.retain(|_, files| files.len() >= 2);
     if groups.is_empty() {
         return Ok(report);
     }

@@ -195,7 +195,7 @@ async fn auto_compact(
     table: &str,
     partitions: &std::collections::BTreeSet<String>,
 ) -> Option<serde_json::Value> {
-    let scope = compact::Scope::Partitions(partitions, compact::AUTO_COMPACT_FILES);
+    let scope = compact::Scope::WhenAnyOf(partitions, compact::AUTO_COMPACT_FILES);
     match platform.compact(table, scope).await {
         Ok(r) if r.files_removed == 0 => None,
         Ok(r) => Some(json!({
