@@ -473,6 +473,7 @@ pub struct FileWriter {
     table: String,
     rows: u64,
     rows_in_window: usize,
+    window_rows: usize,
     finished: Vec<Add>,
 }
 
@@ -508,6 +509,7 @@ impl FileWriter {
             table: name.to_string(),
             rows: 0,
             rows_in_window: 0,
+            window_rows: WINDOW_ROWS,
             finished: Vec::new(),
         })
     }
@@ -523,7 +525,7 @@ impl FileWriter {
             .write(batch)
             .await
             .map_err(|e| Error::delta(&self.table, e))?;
-        if self.rows_in_window >= WINDOW_ROWS {
+        if self.rows_in_window >= self.window_rows {
             let adds = self
                 .inner
                 .flush()
@@ -533,6 +535,13 @@ impl FileWriter {
             self.rows_in_window = 0;
         }
         Ok(())
+    }
+
+    /// Never finishes files early to bound memory: for writers that fill one partition at a
+    /// time (compaction), where files end at the target size instead.
+    pub fn without_window(mut self) -> Self {
+        self.window_rows = usize::MAX;
+        self
     }
 
     /// Rows written so far.

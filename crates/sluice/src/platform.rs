@@ -50,6 +50,8 @@ pub struct Platform {
     table_locks: HashMap<String, Arc<tokio::sync::RwLock<()>>>,
     /// Delta tables kept open for queries, ingests and compaction.
     pub tables: sluice_lake::delta::TableCache,
+    /// Tables with a background compaction under way.
+    compacting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Loads and validates a project file, reporting every problem at once.
@@ -177,6 +179,7 @@ impl Platform {
         let platform = Self {
             table_locks,
             tables: Default::default(),
+            compacting: Default::default(),
             s3_keys,
             project,
             project_dir,
@@ -443,6 +446,22 @@ impl Platform {
     /// The lock of a table: ingests share it, compaction takes it alone.
     pub fn table_lock(&self, table: &str) -> Arc<tokio::sync::RwLock<()>> {
         self.table_locks.get(table).cloned().unwrap_or_default()
+    }
+
+    /// Marks a background compaction of `table` as started; false when one already runs.
+    pub fn begin_compaction(&self, table: &str) -> bool {
+        self.compacting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(table.to_string())
+    }
+
+    /// Marks the background compaction of `table` as finished.
+    pub fn end_compaction(&self, table: &str) {
+        self.compacting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(table);
     }
 
     /// Compacts a silver table's small files (alone: ingests of the table wait).

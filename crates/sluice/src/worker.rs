@@ -113,7 +113,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs one leased job to completion and records the run.
-pub async fn execute(platform: &Platform, worker: &str, leased: LeasedJob) {
+pub async fn execute(platform: &Arc<Platform>, worker: &str, leased: LeasedJob) {
     let run_id = Uuid::now_v7();
     let span = info_span!("run", run_id = %run_id, event_id = %leased.event.id, job_id = %leased.job.id, pipeline = %leased.job.pipeline);
     async move {
@@ -188,30 +188,40 @@ pub async fn execute(platform: &Platform, worker: &str, leased: LeasedJob) {
     .await
 }
 
-/// Compacts the partitions an ingest wrote to once they hold many small files. The rows are
-/// already committed, so a failure here is reported in the run's detail, not retried.
-async fn auto_compact(
-    platform: &Platform,
+/// Compacts `table` in the background once one of the partitions an ingest wrote holds
+/// many small files (then every partition with small files is merged). At most one per
+/// table at a time; the run does not wait for it, and since its rows are already
+/// committed, a failure is logged for the next ingest to try again, not retried.
+fn compact_later(
+    platform: &Arc<Platform>,
     table: &str,
-    partitions: &std::collections::BTreeSet<String>,
-) -> Option<serde_json::Value> {
-    let scope = compact::Scope::WhenAnyOf(partitions, compact::AUTO_COMPACT_FILES);
-    match platform.compact(table, scope).await {
-        Ok(r) if r.files_removed == 0 => None,
-        Ok(r) => Some(json!({
-            "step": "compact", "table": table, "partitions": r.partitions,
-            "files_removed": r.files_removed, "files_added": r.files_added, "version": r.version,
-        })),
-        Err(e) => {
-            warn!(table, error = %format!("{e:#}"), "automatic compaction failed");
-            Some(json!({"step": "compact", "table": table, "error": format!("{e:#}")}))
-        }
+    partitions: std::collections::BTreeSet<String>,
+) {
+    if !platform.begin_compaction(table) {
+        return;
     }
+    let (platform, table) = (platform.clone(), table.to_string());
+    tokio::spawn(async move {
+        let scope = compact::Scope::WhenAnyOf(&partitions, compact::AUTO_COMPACT_FILES);
+        match platform.compact(&table, scope).await {
+            Ok(r) if r.files_removed > 0 => info!(
+                table,
+                partitions = r.partitions,
+                files_removed = r.files_removed,
+                files_added = r.files_added,
+                version = r.version,
+                "compacted small files"
+            ),
+            Ok(_) => {}
+            Err(e) => warn!(table, error = %format!("{e:#}"), "automatic compaction failed"),
+        }
+        platform.end_compaction(&table);
+    });
 }
 
 /// Runs every step; Err carries the message and whether another attempt may help.
 async fn run_steps(
-    platform: &Platform,
+    platform: &Arc<Platform>,
     leased: &LeasedJob,
     run: &mut Run,
 ) -> Result<(), (String, bool)> {
@@ -336,7 +346,7 @@ async fn run_steps(
                     "partitions": report.partitions,
                 }));
                 if matches!(report.outcome, Outcome::Applied { .. }) {
-                    steps.extend(auto_compact(platform, table, &report.partitions).await);
+                    compact_later(platform, table, report.partitions.clone());
                 }
             }
             Step::Refresh { table } => {
