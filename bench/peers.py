@@ -213,10 +213,10 @@ def duckdb_query_sql(name: str) -> str:
     return sql.replace("approx_percentile_cont(trip_duration_minutes, ", "approx_quantile(trip_duration_minutes, ")
 
 
-def duckdb_time_query(spec_json: str, name: str, runs: int) -> str:
+def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
     """Times one of QUERIES `runs` times in DuckDB over the given Parquet files; JSON list of seconds.
 
-    spec_json: {"trips": [files], "zones": [files]}, the files the Delta logs say are active.
+    spec_path: a JSON file {"trips": [files], "zones": [files]}, the files the Delta logs say are active.
     Partition values live in the paths (year=/month=/date=), as Delta writes them.
     """
     import json
@@ -224,7 +224,8 @@ def duckdb_time_query(spec_json: str, name: str, runs: int) -> str:
 
     import duckdb
 
-    spec = json.loads(spec_json)
+    with open(spec_path) as f:
+        spec = json.load(f)
     con = duckdb.connect()
     con.execute("SET threads = 2")
     for table, files in spec.items():
