@@ -228,6 +228,7 @@ def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
         spec = json.load(f)
     con = duckdb.connect()
     con.execute("SET threads = 2")
+    con.execute("SET enable_progress_bar = false")
     for table, files in spec.items():
         con.execute(
             f"CREATE VIEW {table} AS SELECT * FROM read_parquet({json.dumps(files)}, hive_partitioning = true)"
