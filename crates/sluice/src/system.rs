@@ -12,6 +12,9 @@ use sluice_lake::objects::{Archived, Objects};
 use sluice_lake::sql::{Producer, Session};
 use sluice_state::{Job, Run, StateStore, StoredEvent};
 
+/// A system table's schema and rows.
+type Table = (Arc<Schema>, RecordBatch);
+
 /// How many rows of each system table a query sees (newest first).
 const LIMIT: usize = 100_000;
 
@@ -33,7 +36,7 @@ fn ints(v: impl Iterator<Item = i64>) -> ArrayRef {
 
 /// Registers the system tables in `session`; each reads its rows when a query scans it.
 pub fn register(session: &Session, state: Arc<dyn StateStore>) -> Result<()> {
-    let from_state = |f: fn(&dyn StateStore) -> Result<(Arc<Schema>, RecordBatch)>| -> Producer {
+    let from_state = |f: fn(&dyn StateStore) -> Result<Table>| -> Producer {
         let state = state.clone();
         Arc::new(move || {
             let state = state.clone();
@@ -79,7 +82,7 @@ pub fn register(session: &Session, state: Arc<dyn StateStore>) -> Result<()> {
     Ok(())
 }
 
-fn runs_batch(runs: &[Run]) -> Result<(Arc<Schema>, RecordBatch)> {
+fn runs_batch(runs: &[Run]) -> Result<Table> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("run_id", DataType::Utf8, false),
         Field::new("job_id", DataType::Utf8, false),
@@ -127,7 +130,7 @@ fn runs_batch(runs: &[Run]) -> Result<(Arc<Schema>, RecordBatch)> {
     Ok((schema, batch))
 }
 
-fn events_batch(events: &[StoredEvent]) -> Result<(Arc<Schema>, RecordBatch)> {
+fn events_batch(events: &[StoredEvent]) -> Result<Table> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("seq", DataType::Int64, false),
         Field::new("event_id", DataType::Utf8, false),
@@ -159,7 +162,7 @@ fn events_batch(events: &[StoredEvent]) -> Result<(Arc<Schema>, RecordBatch)> {
     Ok((schema, batch))
 }
 
-fn jobs_batch(jobs: &[Job]) -> Result<(Arc<Schema>, RecordBatch)> {
+fn jobs_batch(jobs: &[Job]) -> Result<Table> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("job_id", DataType::Utf8, false),
         Field::new("event_id", DataType::Utf8, false),
@@ -212,7 +215,7 @@ pub fn register_bronze(session: &Session, table: &str, objects: Objects) -> Resu
     Ok(())
 }
 
-fn bronze_batch(archived: &[Archived]) -> Result<(Arc<Schema>, RecordBatch)> {
+fn bronze_batch(archived: &[Archived]) -> Result<Table> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("source_object", DataType::Utf8, false),
         Field::new("sha256", DataType::Utf8, false),
