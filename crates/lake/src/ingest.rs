@@ -178,10 +178,8 @@ enum Chunk {
         rejected: Vec<Rejection>,
         rows_in: u64,
     },
-    Done {
-        sha256: String,
-        bytes: u64,
-    },
+    /// The source is read: its SHA-256 (None when its store version vouched for it) and size.
+    Done { sha256: Option<String>, bytes: u64 },
 }
 
 /// Ingests one object into a silver table, exactly once.
@@ -239,6 +237,11 @@ pub async fn ingest(
         Err(e) => return Err(e),
     };
 
+    // The store's version says whether these are the bytes the event announced; only when it
+    // does not (a store without versions, a data directory copied elsewhere) is the content
+    // hashed and compared, and a mismatch means a newer write replaced it.
+    let vouched = opened.e_tag() == Some(object.version.as_str());
+    let object_size = opened.size();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, Error>>(2);
     let compiled = req.compiled.clone();
     let batch_rows = req.batch_rows.max(1);
@@ -278,7 +281,8 @@ pub async fn ingest(
                 )
             }
         };
-        let hashing = Arc::new(std::sync::Mutex::new((Sha256::new(), 0u64)));
+        let hasher = (!vouched).then(Sha256::new);
+        let hashing = Arc::new(std::sync::Mutex::new((hasher, 0u64)));
         let counting = HashingShared {
             inner: boxed,
             state: hashing.clone(),
@@ -324,6 +328,7 @@ pub async fn ingest(
         }
         drop(source);
         let (sha256, bytes) = match hashing_file {
+            Some(_) if vouched => (None, object_size),
             // Parquet is read by seeking; hash the file in one sequential pass.
             Some(mut file) => {
                 // The clone given to the Parquet reader shares this handle's offset.
@@ -346,11 +351,12 @@ pub async fn ingest(
                     }));
                     return;
                 }
-                (hex::encode(h.hasher.finalize()), h.bytes)
+                (Some(hex::encode(h.hasher.finalize())), h.bytes)
             }
             None => {
                 let state = hashing.lock().unwrap_or_else(|p| p.into_inner());
-                (hex::encode(state.0.clone().finalize()), state.1)
+                let sha = state.0.clone().map(|h| hex::encode(h.finalize()));
+                (sha, state.1)
             }
         };
         send(Ok(Chunk::Done { sha256, bytes }));
@@ -359,7 +365,7 @@ pub async fn ingest(
     let mut silver_writer = FileWriter::new(req.table, &silver)?;
     let mut quarantine_writer = FileWriter::new("quarantine", &quarantine)?;
     let mut report = IngestReport::empty(Outcome::AlreadyApplied);
-    let mut finished: Option<(String, u64)> = None;
+    let mut finished: Option<(Option<String>, u64)> = None;
     let mut failure: Option<Error> = None;
     while let Some(item) = rx.recv().await {
         match item {
@@ -427,7 +433,7 @@ pub async fn ingest(
         ));
     };
     report.bytes_read = bytes;
-    if sha256 != object.sha256 {
+    if sha256.is_some_and(|sha| sha != object.sha256) {
         discard_all(&silver, &quarantine).await?;
         return Ok(IngestReport::empty(Outcome::Superseded));
     }
@@ -519,14 +525,17 @@ pub async fn ingest(
 /// Like [`Hashing`], but its state is shared so the reader thread can read it after the source is done.
 struct HashingShared {
     inner: Box<dyn Read + Send>,
-    state: Arc<std::sync::Mutex<(Sha256, u64)>>,
+    /// The hasher (None: count only) and the bytes read.
+    state: Arc<std::sync::Mutex<(Option<Sha256>, u64)>>,
 }
 
 impl Read for HashingShared {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0.update(&buf[..n]);
+        if let Some(hasher) = &mut state.0 {
+            hasher.update(&buf[..n]);
+        }
         state.1 += n as u64;
         Ok(n)
     }

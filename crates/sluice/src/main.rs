@@ -29,7 +29,7 @@ use crate::render::Format;
 #[derive(Parser)]
 #[command(version, about, long_about = None, propagate_version = true)]
 struct Cli {
-    /// Project file.
+    /// Project file, or the directory holding its sluice.toml.
     #[arg(
         long,
         short = 'p',
@@ -798,6 +798,10 @@ async fn run_show(cli: &Cli, id: &str) -> Result<()> {
                     "step      refresh {}: {} rows",
                     step["table"].as_str().unwrap_or(""),
                     step["rows"]
+                ),
+                Some("archive") if step["superseded"] == true => println!(
+                    "step      archive to bronze {}: skipped, the object changed after this event",
+                    step["table"].as_str().unwrap_or("")
                 ),
                 Some("archive") => println!(
                     "step      archive to {}",

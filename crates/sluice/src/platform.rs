@@ -54,8 +54,16 @@ pub struct Platform {
     compacting: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// Loads and validates a project file, reporting every problem at once.
+/// Loads and validates a project file (or the `sluice.toml` of a project directory),
+/// reporting every problem at once.
 pub fn load_project(path: &Path) -> Result<(Project, PathBuf)> {
+    let in_dir;
+    let path = if path.is_dir() {
+        in_dir = path.join("sluice.toml");
+        in_dir.as_path()
+    } else {
+        path
+    };
     let text = std::fs::read_to_string(path).with_context(|| {
         format!(
             "reading {} (run `sluice init` to create a project)",

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::platform::{Platform, PutError, PutOptions};
-use sluice_lake::objects::BodyChecks;
+use sluice_lake::objects::{BodyChecks, PartRef};
 
 /// The smallest part of a multipart upload but the last, as S3 enforces.
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -622,7 +622,8 @@ impl S3 for SluiceS3 {
         }
         let from = self.names(src_bucket, src_key)?;
         let to = self.names(&input.bucket, &input.key)?;
-        self.platform
+        let version = self
+            .platform
             .objects
             .copy((&from.0, &from.1), (&to.0, &to.1))
             .await
@@ -640,8 +641,13 @@ impl S3 for SluiceS3 {
                 ..Default::default()
             }
         };
-        let object =
-            sluice_lake::objects::object_ref(&to.0, &to.1, source.size, source.sha256.clone());
+        let object = sluice_lake::objects::object_ref(
+            &to.0,
+            &to.1,
+            source.size,
+            source.sha256.clone(),
+            version,
+        );
         let (_, _, meta) = self
             .platform
             .record_created(object, source.etag.clone(), "sluice:s3", options)
@@ -824,7 +830,7 @@ impl S3 for SluiceS3 {
             ));
         }
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
-        let (size, md5) = self
+        let part = self
             .platform
             .objects
             .put_part(&upload.upload_id, input.part_number as u32, body, &checks)
@@ -836,14 +842,15 @@ impl S3 for SluiceS3 {
                 &upload.upload_id,
                 &UploadPart {
                     part_number: input.part_number as u32,
-                    size,
-                    etag: md5.clone(),
+                    size: part.size,
+                    etag: part.md5.clone(),
+                    sha256: part.sha256,
                     last_modified: Utc::now(),
                 },
             )
             .map_err(internal)?;
         Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(etag(&md5)),
+            e_tag: Some(etag(&part.md5)),
             ..Default::default()
         }))
     }
@@ -880,6 +887,7 @@ impl S3 for SluiceS3 {
             ));
         }
         let mut md5_of_md5s = Md5::new();
+        let mut parts = Vec::with_capacity(numbers.len());
         for (i, (part, n)) in requested.iter().zip(&numbers).enumerate() {
             let Some(found) = stored.get(n) else {
                 return Err(s3_error!(InvalidPart, "part {n} was not uploaded"));
@@ -896,12 +904,16 @@ impl S3 for SluiceS3 {
                 ));
             }
             md5_of_md5s.update(hex::decode(&found.etag).map_err(internal)?);
+            parts.push(PartRef {
+                number: *n,
+                sha256: found.sha256.clone(),
+            });
         }
         let (bucket, key) = self.names(&upload.bucket, &upload.key)?;
         let assembled = self
             .platform
             .objects
-            .assemble(&bucket, &key, &upload.upload_id, &numbers)
+            .assemble(&bucket, &key, &upload.upload_id, &parts)
             .await
             .map_err(|e| put_error(PutError::Store(Box::new(e))))?;
         let multipart_etag = format!("{}-{}", hex::encode(md5_of_md5s.finalize()), numbers.len());

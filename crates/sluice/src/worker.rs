@@ -275,7 +275,10 @@ async fn run_steps(
                                 e.code().is_retryable(),
                             )
                         })?;
-                    steps.push(json!({"step": "archive", "table": bronze, "path": archived}));
+                    steps.push(match archived {
+                        Some(path) => json!({"step": "archive", "table": bronze, "path": path}),
+                        None => json!({"step": "archive", "table": bronze, "superseded": true}),
+                    });
                 }
                 let t = &platform.project.tables[table];
                 let compiled = platform

@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS upload_parts (
     size INTEGER NOT NULL,
     etag TEXT NOT NULL,
     last_modified INTEGER NOT NULL,
+    sha256 TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS catalog_tables (
@@ -157,6 +158,7 @@ impl SqliteStore {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -167,6 +169,24 @@ impl SqliteStore {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
+}
+
+/// Brings a store made by an earlier sluice up to [`SCHEMA`] (columns added since).
+fn migrate(conn: &Connection) -> Result<()> {
+    let has_column = |table: &str, column: &str| -> Result<bool> {
+        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
+        for name in names {
+            if name? == column {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    };
+    if !has_column("upload_parts", "sha256")? {
+        conn.execute_batch("ALTER TABLE upload_parts ADD COLUMN sha256 TEXT NOT NULL DEFAULT ''")?;
+    }
+    Ok(())
 }
 
 const JOB_COLUMNS: &str = "id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, last_error, created_at, updated_at, replay_of";
@@ -500,10 +520,10 @@ impl StateStore for SqliteStore {
     fn put_upload_part(&self, upload_id: &str, part: &UploadPart) -> Result<()> {
         self.with(|conn| {
             conn.execute(
-                "INSERT INTO upload_parts (upload_id, part_number, size, etag, last_modified) VALUES (?1, ?2, ?3, ?4, ?5)
+                "INSERT INTO upload_parts (upload_id, part_number, size, etag, last_modified, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
                  ON CONFLICT(upload_id, part_number) DO UPDATE SET size = excluded.size, etag = excluded.etag,
-                     last_modified = excluded.last_modified",
-                params![upload_id, part.part_number, part.size as i64, part.etag, micros(part.last_modified)],
+                     last_modified = excluded.last_modified, sha256 = excluded.sha256",
+                params![upload_id, part.part_number, part.size as i64, part.etag, micros(part.last_modified), part.sha256],
             )?;
             Ok(())
         })
@@ -512,7 +532,7 @@ impl StateStore for SqliteStore {
     fn list_upload_parts(&self, upload_id: &str) -> Result<Vec<UploadPart>> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT part_number, size, etag, last_modified FROM upload_parts WHERE upload_id = ?1 ORDER BY part_number",
+                "SELECT part_number, size, etag, last_modified, sha256 FROM upload_parts WHERE upload_id = ?1 ORDER BY part_number",
             )?;
             let rows = stmt.query_map([upload_id], |r| {
                 Ok(UploadPart {
@@ -520,6 +540,7 @@ impl StateStore for SqliteStore {
                     size: r.get::<_, i64>(1)?.max(0) as u64,
                     etag: r.get(2)?,
                     last_modified: from_micros(r.get(3)?),
+                    sha256: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

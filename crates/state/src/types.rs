@@ -275,6 +275,8 @@ pub struct UploadPart {
     pub size: u64,
     /// Hex MD5 of the part.
     pub etag: String,
+    /// Hex SHA-256 of the part; empty for parts stored before sluice recorded it.
+    pub sha256: String,
     /// When it was uploaded.
     pub last_modified: DateTime<Utc>,
 }

@@ -537,7 +537,8 @@ try:
     s3.list_parts(Bucket='raw', Key='mp/aborted.bin', UploadId=up2['UploadId'])
 except Exception as e:
     out['no_upload'] = e.response['Error']['Code']
-# Content-MD5 is checked (BadDigest stores nothing); the content hash is the bytes' SHA-256.
+# Content-MD5 is checked (BadDigest stores nothing); the content hash is the bytes' SHA-256,
+# and for a multipart object the SHA-256 of its parts' SHA-256 digests, then -<parts>.
 import base64, hashlib
 b64md5 = lambda b: base64.b64encode(hashlib.md5(b).digest()).decode()
 try:
@@ -546,7 +547,9 @@ except Exception as e:
     out['bad_digest'] = e.response['Error']['Code']
 s3.put_object(Bucket='raw', Key='digest/good.txt', Body=b'hello', ContentMD5=b64md5(b'hello'))
 out['good_digest'] = s3.get_object(Bucket='raw', Key='digest/good.txt')['Body'].read().decode()
-out['sha'] = {'digest/good.txt': hashlib.sha256(b'hello').hexdigest(), 'mp/obj.bin': hashlib.sha256(part1 + b'tail').hexdigest()}
+composite = hashlib.sha256(hashlib.sha256(part1).digest() + hashlib.sha256(b'tail').digest()).hexdigest() + '-2'
+out['sha'] = {'digest/good.txt': hashlib.sha256(b'hello').hexdigest(), 'mp/obj.bin': composite}
+out['mp_bytes'] = s3.get_object(Bucket='raw', Key='mp/obj.bin')['Body'].read() == part1 + b'tail'
 print(json.dumps(out))
 "#,
     );
@@ -612,6 +615,7 @@ print(json.dumps(out))
         result["mp"],
         serde_json::json!([5242884, "application/octet-stream", {"k": "v"}])
     );
+    assert_eq!(result["mp_bytes"], true, "the assembled object's bytes");
     assert_eq!(result["aborted"], "404", "{result}");
     assert_eq!(result["no_upload"], "NoSuchUpload", "{result}");
     assert_eq!(result["bad_digest"], "BadDigest", "{result}");

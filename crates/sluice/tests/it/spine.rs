@@ -79,6 +79,53 @@ fn the_same_object_twice_adds_nothing_and_a_changed_object_replaces_its_rows() {
 }
 
 #[test]
+fn an_object_replaced_before_its_run_is_ingested_once_as_its_newest_content() {
+    let project = taxi_project(|t| t);
+    let first = generate(project.path(), "a.csv", 900, 4);
+    let second = generate(project.path(), "b.csv", 700, 5);
+    let toml = project.path().join("sluice.toml");
+    let key = "landing/2024/01/replaced.csv";
+    let object = format!("raw/{key}");
+    // Both writes land while no worker runs: the first event's run finds the second's bytes.
+    for file in [&first, &second] {
+        let (ok, out, err) = cli(&toml, &["put", file.to_str().unwrap(), &object]);
+        assert!(ok, "{out}{err}");
+    }
+    let server = Server::start(project.path());
+    server.wait_idle(Duration::from_secs(120));
+    let (valid, quarantined) = count_for(&server, &object);
+    assert_eq!(valid + quarantined, 700, "only the newest content's rows");
+    assert!(valid > 600, "{valid}");
+    let newest = server.scalar(&format!(
+        "SELECT version FROM sluice.events WHERE key = '{key}' ORDER BY seq DESC LIMIT 1"
+    ));
+    let versions = server.query(&format!(
+        "SELECT DISTINCT _source_version AS v FROM silver.trips WHERE _source_object = '{object}'"
+    ));
+    assert_eq!(versions, vec![serde_json::json!({ "v": newest })]);
+    // Bronze keeps each content under its own hash: the newest bytes, never under the old hash.
+    let archived = server.query(&format!(
+        "SELECT sha256, size FROM bronze.trips_raw WHERE source_object = '{object}'"
+    ));
+    let newest_sha = server.scalar(&format!(
+        "SELECT sha256 FROM sluice.events WHERE key = '{key}' ORDER BY seq DESC LIMIT 1"
+    ));
+    assert_eq!(archived.len(), 1, "{archived:?}");
+    assert_eq!(archived[0]["sha256"], newest_sha);
+    assert_eq!(
+        as_i64(&archived[0]["size"]),
+        std::fs::metadata(&second).unwrap().len() as i64
+    );
+    // The older event's run applied nothing: it saw newer bytes (superseded) or a newer commit.
+    let applied = server
+        .runs()
+        .into_iter()
+        .filter(|r| r["status"] == "succeeded")
+        .count();
+    assert_eq!(applied, 1, "{:#?}", server.runs());
+}
+
+#[test]
 fn too_many_invalid_rows_fail_the_run_keep_the_quarantine_and_publish_nothing() {
     let project = taxi_project(|t| t);
     let good = generate(project.path(), "good.csv", 100, 3);

@@ -191,3 +191,42 @@ fn orphaned_running_jobs_are_recovered_and_leases_extend() {
     let again = store.lease_job("w", t0, LEASE).unwrap().unwrap();
     assert_eq!(again.job.attempts, 2, "the crashed attempt counts");
 }
+
+#[test]
+fn a_store_made_before_part_hashes_gains_the_column_and_keeps_its_parts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        // The upload_parts table as sluice created it before parts carried a SHA-256.
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE upload_parts (
+                upload_id TEXT NOT NULL, part_number INTEGER NOT NULL, size INTEGER NOT NULL,
+                etag TEXT NOT NULL, last_modified INTEGER NOT NULL,
+                PRIMARY KEY (upload_id, part_number));
+             INSERT INTO upload_parts VALUES ('u1', 1, 5, 'md5-old', 0);",
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let old = store.list_upload_parts("u1").unwrap();
+    assert_eq!(old.len(), 1);
+    assert_eq!(
+        (old[0].etag.as_str(), old[0].sha256.as_str()),
+        ("md5-old", "")
+    );
+    let part = UploadPart {
+        part_number: 2,
+        size: 7,
+        etag: "md5-new".into(),
+        sha256: "sha-new".into(),
+        last_modified: Utc::now().trunc_subsecs(6),
+    };
+    store.put_upload_part("u1", &part).unwrap();
+    drop(store);
+    // Opening again must not try to add the column twice.
+    let store = SqliteStore::open(&path).unwrap();
+    let parts = store.list_upload_parts("u1").unwrap();
+    assert_eq!(parts.len(), 2);
+    assert_eq!(parts[1], part);
+}
