@@ -450,7 +450,10 @@ pub async fn ingest(
         );
     }
 
-    if !quarantine_done {
+    // A clean object with no earlier quarantined rows leaves quarantine as it is: no commit
+    // (a retry finds nothing to add either).
+    let quarantine_changes = !quarantine_adds.is_empty() || !quarantine_state.removes.is_empty();
+    if !quarantine_done && quarantine_changes {
         delta::commit(
             "quarantine",
             &mut quarantine,
