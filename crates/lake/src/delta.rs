@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, StringArray, new_null_array};
-use arrow::datatypes::{Schema, SchemaRef};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
@@ -117,10 +117,55 @@ pub async fn open_or_create(
         .with_columns(columns.fields().cloned())
         .with_partition_columns(partition_by.to_vec())
         .with_save_mode(SaveMode::Ignore);
+    let stats = stats_columns(schema, partition_by);
+    if !stats.is_empty() {
+        create = create.with_configuration_property(
+            deltalake::TableProperty::DataSkippingStatsColumns,
+            Some(stats.join(",")),
+        );
+    }
     if let Some(d) = description {
         create = create.with_comment(d);
     }
     create.await.map_err(|e| Error::delta(name, e))
+}
+
+/// The columns whose statistics a table of landed rows keeps in its Delta log: the source
+/// object (exactly-once lookups, lineage queries) and the time columns, not every column.
+/// deltalake re-parses every active file's statistics after each commit, so per-column
+/// statistics nobody prunes by made each small ingest slower (measured: a 1,000-row object's
+/// run 316 -> 217 ms, and its lookup query 36 -> 19 ms, docs/benchmarks.md). Parquet
+/// footers keep statistics of every column for row-group pruning inside files. Empty (the
+/// Delta default: the first 32 columns) for tables without a source column, such as gold.
+pub fn stats_columns(schema: &Schema, partition_by: &[String]) -> Vec<String> {
+    if !schema
+        .fields()
+        .iter()
+        .any(|f| f.name() == SOURCE_COLUMN || f.name() == "source_object")
+    {
+        return Vec::new();
+    }
+    schema
+        .fields()
+        .iter()
+        .filter(|f| !partition_by.contains(f.name()))
+        .filter(|f| {
+            f.name() == SOURCE_COLUMN
+                || f.name() == "source_object"
+                || matches!(
+                    f.data_type(),
+                    DataType::Timestamp(..) | DataType::Date32 | DataType::Date64
+                )
+        })
+        .map(|f| {
+            let name = f.name();
+            if name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                name.clone()
+            } else {
+                format!("`{}`", name.replace('`', "``"))
+            }
+        })
+        .collect()
 }
 
 /// The lake's Delta tables, kept open: each use brings its copy up to date by reading
@@ -340,7 +385,7 @@ fn file_holds(
         .build()?;
     for batch in reader {
         let batch = batch?;
-        let values = arrow::compute::cast(batch.column(0), &arrow::datatypes::DataType::Utf8)?;
+        let values = arrow::compute::cast(batch.column(0), &DataType::Utf8)?;
         let values = values
             .as_any()
             .downcast_ref::<StringArray>()

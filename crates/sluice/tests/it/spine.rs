@@ -125,6 +125,76 @@ fn an_object_replaced_before_its_run_is_ingested_once_as_its_newest_content() {
     assert_eq!(applied, 1, "{:#?}", server.runs());
 }
 
+/// Every action of a Delta table's JSON log, in commit order (read here, not by sluice).
+fn log_actions(table_dir: &Path) -> Vec<serde_json::Value> {
+    let log = table_dir.join("_delta_log");
+    let mut names: Vec<_> = std::fs::read_dir(&log)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(log.join(n))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[test]
+fn landed_tables_keep_log_statistics_for_the_source_and_time_columns() {
+    let project = taxi_project(|t| t);
+    let file = generate(project.path(), "a.csv", 600, 7);
+    let server = Server::start(project.path());
+    let object = "raw/landing/2024/01/stats.csv";
+    server.put_file("raw", "landing/2024/01/stats.csv", &file);
+    server.wait_idle(Duration::from_secs(120));
+    for (table, expected) in [
+        (
+            "silver/trips",
+            vec![
+                "_source_object",
+                "dropoff_at",
+                "dropoff_at_local",
+                "pickup_at",
+                "pickup_at_local",
+            ],
+        ),
+        ("sluice/quarantine", vec!["quarantined_at", "source_object"]),
+    ] {
+        let actions = log_actions(&project.path().join(".sluice/lake").join(table));
+        let declared = actions
+            .iter()
+            .find_map(|a| a["metaData"]["configuration"]["delta.dataSkippingStatsColumns"].as_str())
+            .unwrap_or_else(|| panic!("{table} declares no statistics columns"));
+        let mut declared: Vec<&str> = declared.split(',').collect();
+        declared.sort();
+        assert_eq!(declared, expected, "{table}");
+        let mut adds = 0;
+        for stats in actions.iter().filter_map(|a| a["add"]["stats"].as_str()) {
+            let stats: serde_json::Value = serde_json::from_str(stats).unwrap();
+            let mut columns: Vec<&str> = stats["minValues"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            columns.sort();
+            assert_eq!(columns, expected, "{table}: {stats}");
+            adds += 1;
+        }
+        assert!(adds > 0, "{table} has no files");
+    }
+    // The lookups that need those statistics still answer exactly.
+    let (valid, quarantined) = count_for(&server, object);
+    assert_eq!(valid + quarantined, 600);
+}
+
 #[test]
 fn too_many_invalid_rows_fail_the_run_keep_the_quarantine_and_publish_nothing() {
     let project = taxi_project(|t| t);
