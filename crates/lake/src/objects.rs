@@ -331,7 +331,7 @@ impl Objects {
         let mut part_shas = Vec::with_capacity(parts.len());
         for part in parts {
             if part.sha256.is_empty() {
-                part_shas.push(self.hash_part(upload_id, part.number).await?);
+                part_shas.push(self.sha256_of(&part_path(upload_id, part.number)).await?);
             } else {
                 part_shas.push(part.sha256.clone());
             }
@@ -382,11 +382,6 @@ impl Objects {
             })
             .try_flatten()
             .boxed()
-    }
-
-    /// The SHA-256 of a stored part, read back (parts stored before sluice recorded it).
-    async fn hash_part(&self, upload_id: &str, number: u32) -> Result<String, Error> {
-        self.sha256_of(&part_path(upload_id, number)).await
     }
 
     /// Deletes the stored parts of an upload.

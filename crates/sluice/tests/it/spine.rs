@@ -125,27 +125,6 @@ fn an_object_replaced_before_its_run_is_ingested_once_as_its_newest_content() {
     assert_eq!(applied, 1, "{:#?}", server.runs());
 }
 
-/// Every action of a Delta table's JSON log, in commit order (read here, not by sluice).
-fn log_actions(table_dir: &Path) -> Vec<serde_json::Value> {
-    let log = table_dir.join("_delta_log");
-    let mut names: Vec<_> = std::fs::read_dir(&log)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .filter(|n| n.ends_with(".json"))
-        .collect();
-    names.sort();
-    names
-        .iter()
-        .flat_map(|n| {
-            std::fs::read_to_string(log.join(n))
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[test]
 fn landed_tables_keep_log_statistics_for_the_source_and_time_columns() {
     let project = taxi_project(|t| t);

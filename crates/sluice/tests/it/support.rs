@@ -281,9 +281,8 @@ pub fn duckdb_oracle(table_dir: &Path, sql: &str) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// Data files a Delta table's log says are active (replayed here, not by sluice's code).
-pub fn active_files(table_dir: &Path) -> usize {
-    let mut active = std::collections::BTreeSet::new();
+/// Every action of a Delta table's JSON log, in commit order (read here, not by sluice).
+pub fn log_actions(table_dir: &Path) -> Vec<Value> {
     let log = table_dir.join("_delta_log");
     let mut names: Vec<_> = std::fs::read_dir(&log)
         .unwrap()
@@ -291,14 +290,26 @@ pub fn active_files(table_dir: &Path) -> usize {
         .filter(|n| n.ends_with(".json"))
         .collect();
     names.sort();
-    for name in names {
-        for line in std::fs::read_to_string(log.join(name)).unwrap().lines() {
-            let action: Value = serde_json::from_str(line).unwrap();
-            if let Some(path) = action["add"]["path"].as_str() {
-                active.insert(path.to_string());
-            } else if let Some(path) = action["remove"]["path"].as_str() {
-                active.remove(path);
-            }
+    names
+        .iter()
+        .flat_map(|n| {
+            std::fs::read_to_string(log.join(n))
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str(l).unwrap())
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// Data files a Delta table's log says are active (replayed here, not by sluice's code).
+pub fn active_files(table_dir: &Path) -> usize {
+    let mut active = std::collections::BTreeSet::new();
+    for action in log_actions(table_dir) {
+        if let Some(path) = action["add"]["path"].as_str() {
+            active.insert(path.to_string());
+        } else if let Some(path) = action["remove"]["path"].as_str() {
+            active.remove(path);
         }
     }
     active.len()
