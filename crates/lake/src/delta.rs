@@ -7,17 +7,20 @@
 //! - every data file is tagged with the object it came from
 //!   (`sluice.source`, `sluice.sha256`), so a changed object replaces its own
 //!   files in the same commit that adds the new ones: readers never see both,
-//!   or neither. A file compaction merged holds rows of several objects and is
-//!   marked `sluice.compacted`; replacing or removing one of them finds it by its
-//!   `_source_object` column and rewrites it without those rows, in the same commit;
+//!   or neither. A file holding rows of several objects (compaction merged it, or a
+//!   batch of small objects was written into it) is marked `sluice.compacted`;
+//!   replacing or removing one of them finds it by its `_source_object` column and
+//!   rewrites it without those rows, in the same commit;
 //! - the content hash of what the table holds for an object is a second `txn`
 //!   (app id `sluice-sha256:<bucket>/<key>`, version = the hash's first 63 bits), so
 //!   "this exact content is already here" needs no file tags and survives compaction.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, RecordBatch, Scalar, StringArray, new_null_array};
+use arrow::array::{
+    Array, ArrayRef, AsArray as _, BooleanArray, RecordBatch, StringArray, new_null_array,
+};
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
@@ -271,10 +274,48 @@ pub fn app_id(source_object: &str) -> String {
     format!("sluice:{source_object}")
 }
 
+/// A table's active files by the source object they hold: one pass over the file list
+/// answers every object of a batch.
+#[derive(Debug, Default)]
+pub struct FileIndex {
+    /// Files holding one object's rows, by its `bucket/key`: the content hash tag and the files.
+    by_source: HashMap<String, (Option<String>, Vec<Add>)>,
+    /// Compacted (or batch-written) files: they may hold rows of any object.
+    pub compacted: Vec<Add>,
+}
+
+impl FileIndex {
+    /// Indexes the table's active files.
+    pub async fn load(name: &str, table: &DeltaTable) -> Result<Self, Error> {
+        let mut index = FileIndex::default();
+        for add in active_files(name, table).await? {
+            if let Some((source, sha)) = file_source(add.tags.as_ref()) {
+                let entry = index.by_source.entry(source.to_string()).or_default();
+                entry.0 = sha.map(String::from);
+                entry.1.push(add);
+            } else if is_compacted(&add) {
+                index.compacted.push(add);
+            }
+        }
+        Ok(index)
+    }
+}
+
 /// Reads what the table holds for a source object.
 pub async fn source_state(
     name: &str,
     table: &DeltaTable,
+    source_object: &str,
+) -> Result<SourceState, Error> {
+    let index = FileIndex::load(name, table).await?;
+    source_state_in(name, table, &index, source_object).await
+}
+
+/// Reads what the table holds for a source object, its files found in `index`.
+pub async fn source_state_in(
+    name: &str,
+    table: &DeltaTable,
+    index: &FileIndex,
     source_object: &str,
 ) -> Result<SourceState, Error> {
     let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
@@ -283,42 +324,44 @@ pub async fn source_state(
         .transaction_version(log_store.as_ref(), app_id(source_object))
         .await
         .map_err(|e| Error::delta(name, e))?;
-    let mut state = SourceState {
-        applied_seq,
-        ..Default::default()
+    // Each lookup replays the log back to the id's last txn (all of it for an id never
+    // seen): the content hash is only looked up for an object the table has seen.
+    let content = match applied_seq {
+        Some(_) => snapshot
+            .transaction_version(log_store.as_ref(), content_app_id(source_object))
+            .await
+            .map_err(|e| Error::delta(name, e))?,
+        None => None,
     };
-    state.content = snapshot
-        .transaction_version(log_store.as_ref(), content_app_id(source_object))
-        .await
-        .map_err(|e| Error::delta(name, e))?;
-    for add in active_files(name, table).await? {
-        if let Some((source, sha)) = file_source(add.tags.as_ref()) {
-            if source == source_object {
-                state.sha256 = sha.map(String::from);
-                state.removes.push(remove_of(&add, true));
-            }
-        } else if is_compacted(&add) {
-            state.compacted.push(add);
-        }
-    }
-    Ok(state)
+    let (sha256, files) = index
+        .by_source
+        .get(source_object)
+        .map(|(sha, files)| (sha.clone(), files.as_slice()))
+        .unwrap_or_default();
+    Ok(SourceState {
+        applied_seq,
+        content,
+        sha256,
+        removes: files.iter().map(|add| remove_of(add, true)).collect(),
+        compacted: index.compacted.clone(),
+    })
 }
 
-/// The compacted files holding rows of `source_object`: each file's `_source_object`
-/// column is checked, row groups whose statistics exclude the object skipped.
+/// The compacted files holding rows of any of `sources`: each file's `_source_object`
+/// column is checked, row groups whose statistics exclude them all skipped.
 pub async fn shared_files(
     name: &str,
     table: &DeltaTable,
     compacted: &[Add],
-    source_object: &str,
+    sources: &BTreeSet<String>,
 ) -> Result<Vec<Add>, Error> {
     let root = table_dir(name, table)?;
-    let (files, source) = (compacted.to_vec(), source_object.to_string());
+    let (files, sources) = (compacted.to_vec(), sources.clone());
     let name = name.to_string();
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for add in files {
-            if file_holds(&root, &add, &source).map_err(|e| {
+            if file_holds(&root, &add, &sources).map_err(|e| {
                 Error::Internal(format!("reading {name} data file {}: {e}", add.path))
             })? {
                 out.push(add);
@@ -345,7 +388,7 @@ fn file_path(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
 fn file_holds(
     root: &std::path::Path,
     add: &Add,
-    source: &str,
+    sources: &BTreeSet<String>,
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
     use parquet::arrow::ProjectionMask;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -360,7 +403,6 @@ fn file_holds(
     else {
         return Ok(false);
     };
-    let needle = source.as_bytes();
     let row_groups: Vec<usize> = builder
         .metadata()
         .row_groups()
@@ -368,7 +410,9 @@ fn file_holds(
         .enumerate()
         .filter(|(_, rg)| match rg.column(column).statistics() {
             Some(Statistics::ByteArray(s)) => match (s.min_opt(), s.max_opt()) {
-                (Some(min), Some(max)) => min.data() <= needle && needle <= max.data(),
+                (Some(min), Some(max)) => sources
+                    .iter()
+                    .any(|s| min.data() <= s.as_bytes() && s.as_bytes() <= max.data()),
                 _ => true,
             },
             _ => true,
@@ -390,7 +434,7 @@ fn file_holds(
             .as_any()
             .downcast_ref::<StringArray>()
             .ok_or("the source column is not text")?;
-        if values.iter().any(|v| v == Some(source)) {
+        if values.iter().flatten().any(|v| sources.contains(v)) {
             return Ok(true);
         }
     }
@@ -482,17 +526,16 @@ pub async fn read_file(
     Ok(out)
 }
 
-/// Rewrites files shared with other objects without `source_object`'s rows: the files'
+/// Rewrites files shared with other objects without the rows of `sources`: the files'
 /// removes and the rewritten files' adds, for the caller's commit.
 pub async fn rewrite_without(
     name: &str,
     table: &DeltaTable,
     shared: &[Add],
-    source_object: &str,
+    sources: &BTreeSet<String>,
 ) -> Result<(Vec<Add>, Vec<Remove>), Error> {
     let mut adds = Vec::new();
     let mut removes = Vec::new();
-    let not_this = Scalar::new(StringArray::from(vec![source_object]));
     for file in shared {
         let mut writer = FileWriter::new(name, table)?;
         let schema = writer.schema();
@@ -500,8 +543,13 @@ pub async fn rewrite_without(
             let column = batch
                 .column_by_name(SOURCE_COLUMN)
                 .ok_or_else(|| Error::Internal(format!("{name} has no {SOURCE_COLUMN} column")))?;
-            let keep = arrow::compute::kernels::cmp::neq(column, &not_this)
-                .map_err(|e| Error::Internal(format!("filtering {}: {e}", file.path)))?;
+            let column = arrow::compute::cast(column, &DataType::Utf8)
+                .map_err(|e| Error::Internal(format!("reading {}: {e}", file.path)))?;
+            let keep: BooleanArray = column
+                .as_string::<i32>()
+                .iter()
+                .map(|v| Some(v.is_none_or(|v| !sources.contains(v))))
+                .collect();
             let kept = arrow::compute::filter_record_batch(&batch, &keep)
                 .map_err(|e| Error::Internal(format!("filtering {}: {e}", file.path)))?;
             writer.write(kept).await?;

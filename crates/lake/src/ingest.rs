@@ -1,32 +1,41 @@
-//! One source object → one atomic commit to a silver table, plus its quarantine.
+//! Source objects → one atomic commit to a silver table, plus their quarantine.
 //!
-//! The object is streamed (bounded memory: a few batches in flight) from a
-//! blocking reader thread that parses and validates, to an async writer that
-//! streams Parquet files. Nothing is visible until the commit at the end,
-//! which also records the object's idempotency key, so any crash before it
-//! leaves the table unchanged and a retry starts over cleanly.
+//! Each object is streamed (bounded memory: a few batches in flight) from a blocking
+//! reader thread that parses and validates, to an async writer that streams Parquet
+//! files. A batch of several small objects ([`ingest_batch`]) is read one object after
+//! another, their valid rows kept until each object is known good, then written
+//! together into shared files (tagged `sluice.compacted`, like compaction's, so
+//! replacing one object later rewrites them without its rows). Nothing is visible until
+//! the commit at the end, which records every object's idempotency keys, so any crash
+//! before it leaves the table unchanged and a retry starts over cleanly. An object that
+//! fails (a bad file, too many invalid rows, replaced since its event) drops out of its
+//! batch alone.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, Int64Array, RecordBatch, StringArray, TimestampMicrosecondArray};
+use arrow::array::{
+    Array as _, ArrayRef, AsArray as _, Int64Array, RecordBatch, StringArray,
+    TimestampMicrosecondArray,
+};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use chrono::Utc;
+use deltalake::kernel::{Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use sha2::{Digest, Sha256};
 use sluice_model::event::ObjectRef;
 use sluice_model::key::{BucketName, ObjectKey};
 use uuid::Uuid;
 
-use crate::delta::{self, FileWriter, TAG_SHA256, TAG_SOURCE};
+use crate::delta::{self, FileWriter, TAG_COMPACTED, TAG_SHA256, TAG_SOURCE};
 use crate::objects::{ObjectReader, Objects};
 use crate::read::{self, SourceFormat};
 use crate::validate::{CompiledContract, Rejection, count_reasons};
 use crate::{Error, LakePaths};
 
-/// What to ingest where.
-pub struct IngestRequest<'a> {
+/// The silver table a batch of objects goes into.
+pub struct Target<'a> {
     /// Silver table name.
     pub table: &'a str,
     /// Its location in the lake.
@@ -37,18 +46,23 @@ pub struct IngestRequest<'a> {
     pub description: Option<&'a str>,
     /// Its compiled contract.
     pub compiled: &'a Arc<CompiledContract>,
-    /// The source object.
-    pub object: &'a ObjectRef,
-    /// The event's sequence number: the commit's idempotency version.
-    pub event_seq: i64,
-    /// The run, recorded with quarantined rows.
-    pub run_id: Uuid,
     /// Largest invalid share (percent) that still publishes.
     pub max_invalid_pct: f64,
     /// Rows per batch.
     pub batch_rows: usize,
     /// Open tables, brought up to date incrementally.
     pub tables: &'a delta::TableCache,
+}
+
+/// One object of a batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Source<'a> {
+    /// The source object.
+    pub object: &'a ObjectRef,
+    /// The event's sequence number: the commit's idempotency version.
+    pub event_seq: i64,
+    /// The run, recorded with quarantined rows.
+    pub run_id: Uuid,
 }
 
 /// How an ingest ended.
@@ -172,6 +186,7 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// What the reader thread sends: validated rows, then the end of the source.
 enum Chunk {
     Rows {
         valid: RecordBatch,
@@ -186,29 +201,37 @@ enum Chunk {
 pub async fn ingest(
     paths: &LakePaths,
     objects: &Objects,
-    req: IngestRequest<'_>,
+    target: &Target<'_>,
+    source: Source<'_>,
 ) -> Result<IngestReport, Error> {
-    let object = req.object;
-    let source_object = format!("{}/{}", object.bucket, object.key);
-    let silver_url = paths.url(req.location)?;
-    let mut silver = req
+    ingest_batch(paths, objects, target, &[source])
+        .await?
+        .pop()
+        .unwrap_or_else(|| Err(Error::Internal("a batch of one returned nothing".into())))
+}
+
+/// Ingests a batch of objects (of distinct keys) into a silver table in one commit, each
+/// exactly once. The outer error fails the whole batch (nothing of it was published to
+/// silver); otherwise each object has its own outcome, in order.
+pub async fn ingest_batch(
+    paths: &LakePaths,
+    objects: &Objects,
+    target: &Target<'_>,
+    sources: &[Source<'_>],
+) -> Result<Vec<Result<IngestReport, Error>>, Error> {
+    let silver_url = paths.url(target.location)?;
+    let silver = target
         .tables
         .latest_or_create(
-            req.table,
+            target.table,
             silver_url.clone(),
-            &req.compiled.output_schema(),
-            req.partition_by,
-            req.description,
+            &target.compiled.output_schema(),
+            target.partition_by,
+            target.description,
         )
         .await?;
-    let silver_state = delta::source_state(req.table, &silver, &source_object).await?;
-    let already = silver_state.applied_seq.is_some_and(|s| s >= req.event_seq)
-        || silver_state.holds(&object.sha256);
-    if already {
-        return Ok(IngestReport::empty(Outcome::AlreadyApplied));
-    }
     let quarantine_url = paths.url(LakePaths::QUARANTINE)?;
-    let mut quarantine = req
+    let quarantine = target
         .tables
         .latest_or_create(
             "quarantine",
@@ -218,12 +241,456 @@ pub async fn ingest(
             Some("rows rejected by a contract, with reason, source object and line"),
         )
         .await?;
-    let quarantine_app = format!("{}:{source_object}", req.table);
-    let quarantine_state = delta::source_state("quarantine", &quarantine, &quarantine_app).await?;
-    let quarantine_done = quarantine_state
-        .applied_seq
-        .is_some_and(|s| s >= req.event_seq);
+    let mut batch = Batch {
+        target,
+        silver,
+        quarantine,
+        written_silver: Vec::new(),
+        written_quarantine: Vec::new(),
+    };
+    let results = batch.run(objects, sources).await;
+    if results.is_err() {
+        // Files written but never committed are invisible; delete them (best effort: a
+        // failed delete leaves an orphan file, never a visible row).
+        let _ = delta::discard(target.table, &batch.silver, &batch.written_silver).await;
+        let _ = delta::discard("quarantine", &batch.quarantine, &batch.written_quarantine).await;
+    }
+    target.tables.keep(&silver_url, &batch.silver);
+    target.tables.keep(&quarantine_url, &batch.quarantine);
+    results
+}
 
+/// A batch in progress: the tables and every file written so far (to delete on failure).
+struct Batch<'a> {
+    target: &'a Target<'a>,
+    silver: deltalake::DeltaTable,
+    quarantine: deltalake::DeltaTable,
+    written_silver: Vec<Add>,
+    written_quarantine: Vec<Add>,
+}
+
+/// An object read to the end, its valid rows not yet published.
+struct ReadObject {
+    report: IngestReport,
+    silver: SilverRows,
+    quarantine_adds: Vec<Add>,
+    /// The SHA-256 of what was read, when it had to be hashed.
+    sha256: Option<String>,
+}
+
+/// Where an object's valid rows are until the commit.
+enum SilverRows {
+    /// Streamed into files of its own (an object alone: any size, bounded memory).
+    Files(Vec<Add>),
+    /// Kept in memory, to be written into the batch's shared files (small objects).
+    Buffered(Vec<RecordBatch>),
+}
+
+/// An object accepted into the batch's commit.
+struct Accepted {
+    index: usize,
+    source_object: String,
+    sha256: String,
+    event_seq: i64,
+    replacing: bool,
+    removes: Vec<Remove>,
+    report: IngestReport,
+}
+
+impl Batch<'_> {
+    async fn run(
+        &mut self,
+        objects: &Objects,
+        sources: &[Source<'_>],
+    ) -> Result<Vec<Result<IngestReport, Error>>, Error> {
+        let target = self.target;
+        let table = target.table;
+        let shared = sources.len() > 1;
+        let silver_index = delta::FileIndex::load(table, &self.silver).await?;
+        let quarantine_index = delta::FileIndex::load("quarantine", &self.quarantine).await?;
+        let mut results: Vec<Option<Result<IngestReport, Error>>> =
+            sources.iter().map(|_| None).collect();
+        let mut accepted: Vec<Accepted> = Vec::new();
+        let mut buffered: Vec<RecordBatch> = Vec::new();
+        let mut own_files: Vec<Add> = Vec::new();
+        let (mut q_adds, mut q_removes, mut q_txns) = (Vec::new(), Vec::new(), Vec::new());
+
+        for (index, src) in sources.iter().enumerate() {
+            let object = src.object;
+            let source_object = format!("{}/{}", object.bucket, object.key);
+            let state =
+                delta::source_state_in(table, &self.silver, &silver_index, &source_object).await?;
+            if state.applied_seq.is_some_and(|s| s >= src.event_seq) || state.holds(&object.sha256)
+            {
+                results[index] = Some(Ok(IngestReport::empty(Outcome::AlreadyApplied)));
+                continue;
+            }
+            let quarantine_app = format!("{table}:{source_object}");
+            let q_state = delta::source_state_in(
+                "quarantine",
+                &self.quarantine,
+                &quarantine_index,
+                &quarantine_app,
+            )
+            .await?;
+            let quarantine_done = q_state.applied_seq.is_some_and(|s| s >= src.event_seq);
+            let read = match self
+                .read_object(objects, src, &source_object, quarantine_done, !shared)
+                .await
+            {
+                Ok(Some(read)) => read,
+                Ok(None) => {
+                    results[index] = Some(Ok(IngestReport::empty(Outcome::Superseded)));
+                    continue;
+                }
+                Err(e) => {
+                    results[index] = Some(Err(e));
+                    continue;
+                }
+            };
+            let ReadObject {
+                mut report,
+                silver,
+                quarantine_adds,
+                sha256,
+            } = read;
+            if sha256.is_some_and(|sha| sha != object.sha256) {
+                self.drop_object(silver, quarantine_adds).await?;
+                results[index] = Some(Ok(IngestReport::empty(Outcome::Superseded)));
+                continue;
+            }
+            // Quarantined rows are published even when the object's valid rows are not:
+            // they say why.
+            if !quarantine_done && (!quarantine_adds.is_empty() || !q_state.removes.is_empty()) {
+                q_adds.extend(quarantine_adds);
+                q_removes.extend(q_state.removes);
+                q_txns.push((delta::app_id(&quarantine_app), src.event_seq));
+            }
+            let invalid_pct = if report.rows_in == 0 {
+                0.0
+            } else {
+                report.rows_quarantined as f64 * 100.0 / report.rows_in as f64
+            };
+            if invalid_pct > target.max_invalid_pct {
+                self.drop_object(silver, Vec::new()).await?;
+                results[index] = Some(Err(Error::ThresholdExceeded {
+                    table: table.to_string(),
+                    invalid: report.rows_quarantined,
+                    total: report.rows_in,
+                    pct: invalid_pct,
+                    threshold: target.max_invalid_pct,
+                }));
+                continue;
+            }
+            match silver {
+                SilverRows::Files(adds) => {
+                    report.bytes_written += adds.iter().map(|a| a.size.max(0) as u64).sum::<u64>();
+                    if !target.partition_by.is_empty() {
+                        report.partitions.extend(
+                            adds.iter()
+                                .map(|add| delta::partition_key(add, target.partition_by)),
+                        );
+                    }
+                    own_files.extend(adds);
+                }
+                SilverRows::Buffered(batches) => {
+                    for batch in &batches {
+                        report
+                            .partitions
+                            .extend(partition_keys(batch, target.partition_by)?);
+                    }
+                    buffered.extend(batches);
+                }
+            }
+            accepted.push(Accepted {
+                index,
+                source_object,
+                sha256: object.sha256.clone(),
+                event_seq: src.event_seq,
+                replacing: state.applied_seq.is_some(),
+                removes: state.removes,
+                report,
+            });
+        }
+
+        if !q_txns.is_empty() {
+            delta::commit(
+                "quarantine",
+                &mut self.quarantine,
+                q_adds,
+                q_removes,
+                q_txns,
+                DeltaOperation::Write {
+                    mode: SaveMode::Append,
+                    partition_by: Some(vec!["table_name".into()]),
+                    predicate: None,
+                },
+            )
+            .await?;
+            self.written_quarantine.clear();
+        }
+
+        if !accepted.is_empty() {
+            let mut adds = own_files;
+            if !buffered.is_empty() {
+                let mut writer = FileWriter::new(table, &self.silver)?;
+                for batch in buffered {
+                    writer.write(batch).await?;
+                }
+                let shared_adds = writer.finish(&[(TAG_COMPACTED, "true")]).await?;
+                self.written_silver.extend(shared_adds.iter().cloned());
+                let bytes: u64 = shared_adds.iter().map(|a| a.size.max(0) as u64).sum();
+                let rows: u64 = accepted.iter().map(|a| a.report.rows_valid).sum();
+                // Shared files' bytes are attributed to their objects by share of rows.
+                for a in &mut accepted {
+                    if rows > 0 {
+                        a.report.bytes_written +=
+                            (bytes as u128 * a.report.rows_valid as u128 / rows as u128) as u64;
+                    }
+                }
+                adds.extend(shared_adds);
+            }
+            let mut removes: Vec<Remove> =
+                accepted.iter().flat_map(|a| a.removes.clone()).collect();
+            let replaced: BTreeSet<String> = accepted
+                .iter()
+                .filter(|a| a.replacing)
+                .map(|a| a.source_object.clone())
+                .collect();
+            if !replaced.is_empty() && !silver_index.compacted.is_empty() {
+                let shared_files =
+                    delta::shared_files(table, &self.silver, &silver_index.compacted, &replaced)
+                        .await?;
+                let (rewritten, retired) =
+                    delta::rewrite_without(table, &self.silver, &shared_files, &replaced).await?;
+                self.written_silver.extend(rewritten.iter().cloned());
+                adds.extend(rewritten);
+                removes.extend(retired);
+            }
+            let txns = accepted
+                .iter()
+                .flat_map(|a| {
+                    [
+                        (delta::app_id(&a.source_object), a.event_seq),
+                        (
+                            delta::content_app_id(&a.source_object),
+                            delta::content_version(&a.sha256),
+                        ),
+                    ]
+                })
+                .collect();
+            let predicate = (!removes.is_empty()).then(|| {
+                let quoted: Vec<String> = accepted
+                    .iter()
+                    .map(|a| format!("'{}'", a.source_object.replace('\'', "''")))
+                    .collect();
+                format!("{} IN ({})", delta::SOURCE_COLUMN, quoted.join(", "))
+            });
+            let version = delta::commit(
+                table,
+                &mut self.silver,
+                adds,
+                removes,
+                txns,
+                DeltaOperation::Write {
+                    mode: if predicate.is_some() {
+                        SaveMode::Overwrite
+                    } else {
+                        SaveMode::Append
+                    },
+                    partition_by: Some(target.partition_by.to_vec()),
+                    predicate,
+                },
+            )
+            .await?;
+            self.written_silver.clear();
+            for a in accepted {
+                let mut report = a.report;
+                report.outcome = Outcome::Applied { version };
+                results[a.index] = Some(Ok(report));
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(Error::Internal("an object was left out".into()))))
+            .collect())
+    }
+
+    /// Deletes what an object wrote that will not be committed.
+    async fn drop_object(&mut self, silver: SilverRows, quarantine: Vec<Add>) -> Result<(), Error> {
+        if let SilverRows::Files(adds) = silver {
+            delta::discard(self.target.table, &self.silver, &adds).await?;
+            self.written_silver
+                .retain(|w| !adds.iter().any(|a| a.path == w.path));
+        }
+        delta::discard("quarantine", &self.quarantine, &quarantine).await?;
+        self.written_quarantine
+            .retain(|w| !quarantine.iter().any(|a| a.path == w.path));
+        Ok(())
+    }
+
+    /// Reads and validates one object: its quarantined rows into files of its own, its
+    /// valid rows into files of its own (`stream`) or into memory. None when the object
+    /// is gone since its event. On error, nothing it wrote is left behind.
+    async fn read_object(
+        &mut self,
+        objects: &Objects,
+        src: &Source<'_>,
+        source_object: &str,
+        quarantine_done: bool,
+        stream: bool,
+    ) -> Result<Option<ReadObject>, Error> {
+        let target = self.target;
+        let object = src.object;
+        let Some((mut rx, reader_thread)) = spawn_reader(objects, target, object).await? else {
+            return Ok(None);
+        };
+        let mut silver_writer = if stream {
+            Some(FileWriter::new(target.table, &self.silver)?)
+        } else {
+            None
+        };
+        let mut buffered = Vec::new();
+        let mut quarantine_writer = FileWriter::new("quarantine", &self.quarantine)?;
+        let mut report = IngestReport::empty(Outcome::AlreadyApplied);
+        let mut finished: Option<(Option<String>, u64)> = None;
+        let mut failure: Option<Error> = None;
+        while let Some(item) = rx.recv().await {
+            match item {
+                Ok(Chunk::Rows {
+                    valid,
+                    rejected,
+                    rows_in,
+                }) => {
+                    report.rows_in += rows_in;
+                    report.rows_valid += valid.num_rows() as u64;
+                    report.rows_quarantined += rejected.len() as u64;
+                    count_reasons(&rejected, &mut report.reasons);
+                    let written = async {
+                        match &mut silver_writer {
+                            Some(w) => w.write(valid).await?,
+                            None if valid.num_rows() > 0 => buffered.push(valid),
+                            None => {}
+                        }
+                        if !quarantine_done && !rejected.is_empty() {
+                            quarantine_writer
+                                .write(quarantine_batch(
+                                    target.table,
+                                    object,
+                                    src.run_id,
+                                    &rejected,
+                                )?)
+                                .await?;
+                        }
+                        Ok::<_, Error>(())
+                    }
+                    .await;
+                    if let Err(e) = written {
+                        failure = Some(e);
+                        break;
+                    }
+                }
+                Ok(Chunk::Done { sha256, bytes }) => finished = Some((sha256, bytes)),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        drop(rx);
+        reader_thread
+            .await
+            .map_err(|e| Error::Internal(format!("the reader thread died: {e}")))?;
+        let quarantine_app = format!("{}:{source_object}", target.table);
+        let silver = match silver_writer {
+            Some(w) => {
+                let tags = [
+                    (TAG_SOURCE, source_object),
+                    (TAG_SHA256, object.sha256.as_str()),
+                ];
+                let adds = w.finish(&tags).await?;
+                self.written_silver.extend(adds.iter().cloned());
+                SilverRows::Files(adds)
+            }
+            None => SilverRows::Buffered(buffered),
+        };
+        let quarantine_tags = [
+            (TAG_SOURCE, quarantine_app.as_str()),
+            (TAG_SHA256, object.sha256.as_str()),
+        ];
+        let quarantine_adds = quarantine_writer.finish(&quarantine_tags).await?;
+        self.written_quarantine
+            .extend(quarantine_adds.iter().cloned());
+        let failure = failure.or_else(|| {
+            finished
+                .is_none()
+                .then(|| Error::Internal("the reader stopped without finishing".into()))
+        });
+        if let Some(e) = failure {
+            self.drop_object(silver, quarantine_adds).await?;
+            return Err(e);
+        }
+        let (sha256, bytes) = finished.unwrap_or_default();
+        report.bytes_read = bytes;
+        report.bytes_written = quarantine_adds.iter().map(|a| a.size.max(0) as u64).sum();
+        Ok(Some(ReadObject {
+            report,
+            silver,
+            quarantine_adds,
+            sha256,
+        }))
+    }
+}
+
+/// `year=2024/month=1/...` of every row of a batch, as [`delta::partition_key`] spells them.
+fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<BTreeSet<String>, Error> {
+    if partition_by.is_empty() || batch.num_rows() == 0 {
+        return Ok(BTreeSet::new());
+    }
+    let mut columns = Vec::with_capacity(partition_by.len());
+    for name in partition_by {
+        let column = batch
+            .column_by_name(name)
+            .ok_or_else(|| Error::Internal(format!("partition column {name} is missing")))?;
+        let text = arrow::compute::cast(column, &DataType::Utf8)
+            .map_err(|e| Error::Internal(format!("partition column {name}: {e}")))?;
+        columns.push(text);
+    }
+    let mut keys = BTreeSet::new();
+    for row in 0..batch.num_rows() {
+        let key = partition_by
+            .iter()
+            .zip(&columns)
+            .map(|(name, column)| {
+                let column = column.as_string::<i32>();
+                let value = if column.is_null(row) {
+                    "__HIVE_DEFAULT_PARTITION__"
+                } else {
+                    column.value(row)
+                };
+                format!("{name}={value}")
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        keys.insert(key);
+    }
+    Ok(keys)
+}
+
+/// Opens the object and starts the thread that parses and validates it. None when the
+/// object is gone since its event (a later event decides).
+async fn spawn_reader(
+    objects: &Objects,
+    target: &Target<'_>,
+    object: &ObjectRef,
+) -> Result<
+    Option<(
+        tokio::sync::mpsc::Receiver<Result<Chunk, Error>>,
+        tokio::task::JoinHandle<()>,
+    )>,
+    Error,
+> {
+    let source_object = format!("{}/{}", object.bucket, object.key);
     let format = SourceFormat::from_key(&object.key).ok_or_else(|| Error::BadFile {
         object: source_object.clone(),
         source: read::ReadError::UnknownFormat(object.key.clone()),
@@ -232,8 +699,7 @@ pub async fn ingest(
     let key = ObjectKey::parse(&object.key).map_err(|e| Error::BadKey(e.to_string()))?;
     let opened = match objects.open_read(&bucket, &key).await {
         Ok(o) => o,
-        // Deleted since the event: a later event (object-removed or a new write) decides.
-        Err(Error::ObjectNotFound { .. }) => return Ok(IngestReport::empty(Outcome::Superseded)),
+        Err(Error::ObjectNotFound { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
 
@@ -242,10 +708,10 @@ pub async fn ingest(
     // hashed and compared, and a mismatch means a newer write replaced it.
     let vouched = opened.e_tag() == Some(object.version.as_str());
     let object_size = opened.size();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Chunk, Error>>(2);
-    let compiled = req.compiled.clone();
-    let batch_rows = req.batch_rows.max(1);
-    let source_for_thread = source_object.clone();
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Chunk, Error>>(2);
+    let compiled = target.compiled.clone();
+    let batch_rows = target.batch_rows.max(1);
+    let source_for_thread = source_object;
     let version = object.version.clone();
     let key_text = object.key.clone();
     let reader_thread = tokio::task::spawn_blocking(move || {
@@ -362,167 +828,7 @@ pub async fn ingest(
         send(Ok(Chunk::Done { sha256, bytes }));
     });
 
-    let mut silver_writer = FileWriter::new(req.table, &silver)?;
-    let mut quarantine_writer = FileWriter::new("quarantine", &quarantine)?;
-    let mut report = IngestReport::empty(Outcome::AlreadyApplied);
-    let mut finished: Option<(Option<String>, u64)> = None;
-    let mut failure: Option<Error> = None;
-    while let Some(item) = rx.recv().await {
-        match item {
-            Ok(Chunk::Rows {
-                valid,
-                rejected,
-                rows_in,
-            }) => {
-                report.rows_in += rows_in;
-                report.rows_valid += valid.num_rows() as u64;
-                report.rows_quarantined += rejected.len() as u64;
-                count_reasons(&rejected, &mut report.reasons);
-                let written = async {
-                    silver_writer.write(valid).await?;
-                    if !quarantine_done && !rejected.is_empty() {
-                        quarantine_writer
-                            .write(quarantine_batch(req.table, object, req.run_id, &rejected)?)
-                            .await?;
-                    }
-                    Ok::<_, Error>(())
-                }
-                .await;
-                if let Err(e) = written {
-                    failure = Some(e);
-                    break;
-                }
-            }
-            Ok(Chunk::Done { sha256, bytes }) => finished = Some((sha256, bytes)),
-            Err(e) => {
-                failure = Some(e);
-                break;
-            }
-        }
-    }
-    drop(rx);
-    reader_thread
-        .await
-        .map_err(|e| Error::Internal(format!("the reader thread died: {e}")))?;
-    let silver_tags = [
-        (TAG_SOURCE, source_object.as_str()),
-        (TAG_SHA256, object.sha256.as_str()),
-    ];
-    let quarantine_tags = [
-        (TAG_SOURCE, quarantine_app.as_str()),
-        (TAG_SHA256, object.sha256.as_str()),
-    ];
-    let silver_adds = silver_writer.finish(&silver_tags).await?;
-    let quarantine_adds = quarantine_writer.finish(&quarantine_tags).await?;
-    let discard_all = |silver: &deltalake::DeltaTable, quarantine: &deltalake::DeltaTable| {
-        let (s, q) = (silver.clone(), quarantine.clone());
-        let (sa, qa) = (silver_adds.clone(), quarantine_adds.clone());
-        async move {
-            delta::discard(req.table, &s, &sa).await?;
-            delta::discard("quarantine", &q, &qa).await
-        }
-    };
-    if let Some(e) = failure {
-        discard_all(&silver, &quarantine).await?;
-        return Err(e);
-    }
-    let Some((sha256, bytes)) = finished else {
-        discard_all(&silver, &quarantine).await?;
-        return Err(Error::Internal(
-            "the reader stopped without finishing".into(),
-        ));
-    };
-    report.bytes_read = bytes;
-    if sha256.is_some_and(|sha| sha != object.sha256) {
-        discard_all(&silver, &quarantine).await?;
-        return Ok(IngestReport::empty(Outcome::Superseded));
-    }
-    report.bytes_written = silver_adds
-        .iter()
-        .chain(&quarantine_adds)
-        .map(|a| a.size.max(0) as u64)
-        .sum();
-    if !req.partition_by.is_empty() {
-        report.partitions.extend(
-            silver_adds
-                .iter()
-                .map(|add| delta::partition_key(add, req.partition_by)),
-        );
-    }
-
-    // A clean object with no earlier quarantined rows leaves quarantine as it is: no commit
-    // (a retry finds nothing to add either).
-    let quarantine_changes = !quarantine_adds.is_empty() || !quarantine_state.removes.is_empty();
-    if !quarantine_done && quarantine_changes {
-        delta::commit(
-            "quarantine",
-            &mut quarantine,
-            quarantine_adds,
-            quarantine_state.removes,
-            vec![(delta::app_id(&quarantine_app), req.event_seq)],
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: Some(vec!["table_name".into()]),
-                predicate: None,
-            },
-        )
-        .await?;
-        req.tables.keep(&quarantine_url, &quarantine);
-    }
-    let invalid_pct = if report.rows_in == 0 {
-        0.0
-    } else {
-        report.rows_quarantined as f64 * 100.0 / report.rows_in as f64
-    };
-    if invalid_pct > req.max_invalid_pct {
-        delta::discard(req.table, &silver, &silver_adds).await?;
-        return Err(Error::ThresholdExceeded {
-            table: req.table.to_string(),
-            invalid: report.rows_quarantined,
-            total: report.rows_in,
-            pct: invalid_pct,
-            threshold: req.max_invalid_pct,
-        });
-    }
-    let mut silver_adds = silver_adds;
-    let mut silver_removes = silver_state.removes;
-    if silver_state.applied_seq.is_some() && !silver_state.compacted.is_empty() {
-        let shared =
-            delta::shared_files(req.table, &silver, &silver_state.compacted, &source_object)
-                .await?;
-        let (adds, removes) =
-            delta::rewrite_without(req.table, &silver, &shared, &source_object).await?;
-        silver_adds.extend(adds);
-        silver_removes.extend(removes);
-    }
-    let replacing = !silver_removes.is_empty();
-    let version = delta::commit(
-        req.table,
-        &mut silver,
-        silver_adds,
-        silver_removes,
-        vec![
-            (delta::app_id(&source_object), req.event_seq),
-            (
-                delta::content_app_id(&source_object),
-                delta::content_version(&object.sha256),
-            ),
-        ],
-        DeltaOperation::Write {
-            mode: if replacing {
-                SaveMode::Overwrite
-            } else {
-                SaveMode::Append
-            },
-            partition_by: Some(req.partition_by.to_vec()),
-            predicate: replacing
-                .then(|| format!("_source_object = '{}'", source_object.replace('\'', "''"))),
-        },
-    )
-    .await?;
-    req.tables.keep(&silver_url, &silver);
-    report.outcome = Outcome::Applied { version };
-    Ok(report)
+    Ok(Some((rx, reader_thread)))
 }
 
 /// Like [`Hashing`], but its state is shared so the reader thread can read it after the source is done.
@@ -572,14 +878,15 @@ pub async fn remove(
         if state.applied_seq.is_none_or(|s| s >= event_seq) {
             continue;
         }
+        let sources = BTreeSet::from([source_object.clone()]);
         let shared = if state.compacted.is_empty() {
             Vec::new()
         } else {
-            delta::shared_files(name, &delta_table, &state.compacted, &source_object).await?
+            delta::shared_files(name, &delta_table, &state.compacted, &sources).await?
         };
         removed_files += (state.removes.len() + shared.len()) as u64;
         let (adds, mut removes) =
-            delta::rewrite_without(name, &delta_table, &shared, &source_object).await?;
+            delta::rewrite_without(name, &delta_table, &shared, &sources).await?;
         removes.extend(state.removes);
         // The removal is recorded even when no rows were left (all quarantined, say), so
         // the same content sent again is ingested again.

@@ -4,7 +4,7 @@
 //! - [`read`]: CSV / JSON lines / Parquet readers, streamed in batches.
 //! - [`cast`] and [`validate`]: the contract applied to each batch.
 //! - [`delta`]: Delta Lake tables, commits that carry their own idempotency key.
-//! - [`ingest`]: one object → one atomic commit to silver (+ quarantine).
+//! - [`ingest`]: one object, or a batch of small ones, → one atomic commit to silver (+ quarantine).
 //! - [`compact`]: small files merged, per partition, keeping which object wrote which rows.
 //! - [`gold`]: SQL models recomputed as CREATE TABLE AS.
 //! - [`sql`]: the DataFusion catalog (`bronze`, `silver`, `gold`, `sluice`).

@@ -12,11 +12,11 @@ use std::time::Duration;
 use chrono::Utc;
 use rand::Rng;
 use serde_json::json;
-use sluice_lake::ingest::{IngestRequest, Outcome};
+use sluice_lake::ingest::{Outcome, Source, Target};
 use sluice_lake::{compact, gold, ingest};
 use sluice_model::config::Step;
 use sluice_model::event::EventKind;
-use sluice_state::{LeasedJob, Run, RunStatus};
+use sluice_state::{BatchLimits, LeasedJob, Run, RunStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
@@ -76,32 +76,70 @@ async fn worker(platform: Arc<Platform>, name: String, shutdown: CancellationTok
             }
             continue;
         };
-        let job_id = leased.job.id;
+        let mut jobs = vec![leased];
+        if batchable(&platform, &jobs[0]) {
+            match platform
+                .state
+                .lease_companions(&name, Utc::now(), LEASE, &jobs[0], BATCH)
+            {
+                Ok(more) => jobs.extend(more),
+                Err(e) => {
+                    warn!(worker = %name, error = %e, "cannot lease a batch; running one job")
+                }
+            }
+        }
+        let job_ids: Vec<_> = jobs.iter().map(|l| l.job.id).collect();
         let heartbeat = {
             let platform = platform.clone();
             let name = name.clone();
+            let job_ids = job_ids.clone();
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(HEARTBEAT).await;
                     let until = Utc::now() + chrono::Duration::from_std(LEASE).unwrap_or_default();
-                    if platform.state.extend_lease(job_id, &name, until).is_err() {
-                        return;
+                    for id in &job_ids {
+                        if platform.state.extend_lease(*id, &name, until).is_err() {
+                            return;
+                        }
                     }
                 }
             })
         };
-        let run = execute(&platform, &name, leased);
+        let run = execute(&platform, &name, jobs);
         let _stop_heartbeat = AbortOnDrop(heartbeat);
         tokio::select! {
             _ = run => {}
             _ = shutdown.cancelled() => {
-                // Ctrl-C mid-job: give the job back; its uncommitted files are orphans and its commit never happened.
-                let _ = platform.state.release_job(job_id, &name);
-                warn!(job_id = %job_id, "shutdown: job released, it will run again at the next start");
+                // Ctrl-C mid-job: give the jobs back; their uncommitted files are orphans and their commit never happened.
+                for id in job_ids {
+                    let _ = platform.state.release_job(id, &name);
+                    warn!(job_id = %id, "shutdown: job released, it will run again at the next start");
+                }
                 return;
             }
         }
     }
+}
+
+/// How many more jobs a worker takes with a small object's ingest: they share one Delta
+/// commit per table (and one run of each refresh), so a burst of small objects costs a
+/// few commits instead of one per object.
+pub const BATCH: BatchLimits = BatchLimits {
+    jobs: 63,
+    object_bytes: 4 << 20,
+    total_bytes: 32 << 20,
+};
+
+/// Whether a leased job may take companions: an object-created event of a small object
+/// for a pipeline that ingests.
+fn batchable(platform: &Platform, leased: &LeasedJob) -> bool {
+    leased.event.kind == EventKind::ObjectCreated
+        && leased.event.object.size <= BATCH.object_bytes
+        && platform
+            .project
+            .pipelines
+            .get(&leased.job.pipeline)
+            .is_some_and(|p| p.steps.iter().any(|s| matches!(s, Step::Ingest { .. })))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -112,80 +150,161 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Runs one leased job to completion and records the run.
-pub async fn execute(platform: &Arc<Platform>, worker: &str, leased: LeasedJob) {
-    let run_id = Uuid::now_v7();
-    let span = info_span!("run", run_id = %run_id, event_id = %leased.event.id, job_id = %leased.job.id, pipeline = %leased.job.pipeline);
-    async move {
-        let started_at = Utc::now();
-        let mut run = Run {
-            id: run_id,
-            job_id: leased.job.id,
-            event_id: leased.event.id.0,
-            pipeline: leased.job.pipeline.clone(),
-            attempt: leased.job.attempts,
-            status: RunStatus::Running,
-            started_at,
-            finished_at: None,
-            rows_in: 0,
-            rows_valid: 0,
-            rows_quarantined: 0,
-            bytes_read: 0,
-            bytes_written: 0,
-            error: None,
-            detail: json!({"object": format!("{}/{}", leased.event.object.bucket, leased.event.object.key), "steps": []}),
-        };
-        if let Err(e) = platform.state.save_run(&run) {
-            error!(error = %e, "cannot record the run");
+/// One job of a batch: its run and how its steps went.
+struct Member {
+    leased: LeasedJob,
+    run: Run,
+    span: tracing::Span,
+    steps: Vec<serde_json::Value>,
+    /// Why it failed, and whether another attempt may help.
+    failure: Option<(String, bool)>,
+    ingests: usize,
+    applied: bool,
+}
+
+impl Member {
+    fn fail(&mut self, message: String, retryable: bool) {
+        if self.failure.is_none() {
+            self.failure = Some((message, retryable));
         }
-        info!(object = run.detail["object"].as_str().unwrap_or_default(), attempt = run.attempt, "run started");
-        let result = run_steps(platform, &leased, &mut run).await;
-        run.finished_at = Some(Utc::now());
-        let job = &leased.job;
-        let outcome = match result {
-            Ok(()) => {
-                if run.status == RunStatus::Running {
-                    run.status = RunStatus::Succeeded;
-                }
-                platform.state.complete_job(job.id, worker, Utc::now())
+    }
+}
+
+/// Runs leased jobs of one pipeline to completion together and records one run each.
+pub async fn execute(platform: &Arc<Platform>, worker: &str, jobs: Vec<LeasedJob>) {
+    let started_at = Utc::now();
+    let size = jobs.len();
+    let mut members: Vec<Member> = jobs
+        .into_iter()
+        .map(|leased| {
+            let run_id = Uuid::now_v7();
+            let span = info_span!("run", run_id = %run_id, event_id = %leased.event.id, job_id = %leased.job.id, pipeline = %leased.job.pipeline);
+            let mut detail = json!({"object": format!("{}/{}", leased.event.object.bucket, leased.event.object.key), "steps": []});
+            if size > 1 {
+                detail["batch"] = json!(size);
             }
-            Err((message, retryable)) => {
-                run.status = RunStatus::Failed;
-                run.error = Some(message.clone());
-                let retry_at = (retryable && job.attempts < job.max_attempts).then(|| {
-                    let policy = &platform.project.pipelines.get(&job.pipeline).map(|p| p.retry.clone()).unwrap_or_default();
-                    let base = policy.delay_after(job.attempts);
-                    // Full jitter on half the delay keeps retries of many jobs from marching in step.
-                    let jitter = rand::rng().random_range(0.0..=0.5);
-                    let delay = base.mul_f64(0.75 + jitter);
-                    Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
-                });
-                match retry_at {
-                    Some(at) => warn!(error = %message, attempt = job.attempts, retry_at = %at, "run failed, will retry"),
-                    None => error!(error = %message, attempt = job.attempts, "run failed, job moved to the dead-letter queue"),
-                }
-                platform.state.fail_job(job.id, worker, &message, retry_at, Utc::now())
+            let run = Run {
+                id: run_id,
+                job_id: leased.job.id,
+                event_id: leased.event.id.0,
+                pipeline: leased.job.pipeline.clone(),
+                attempt: leased.job.attempts,
+                status: RunStatus::Running,
+                started_at,
+                finished_at: None,
+                rows_in: 0,
+                rows_valid: 0,
+                rows_quarantined: 0,
+                bytes_read: 0,
+                bytes_written: 0,
+                error: None,
+                detail,
+            };
+            Member {
+                leased,
+                run,
+                span,
+                steps: Vec::new(),
+                failure: None,
+                ingests: 0,
+                applied: false,
             }
-        };
-        if let Err(e) = platform.state.save_run(&run) {
+        })
+        .collect();
+    for m in &members {
+        let _entered = m.span.enter();
+        if let Err(e) = platform.state.save_run(&m.run) {
             error!(error = %e, "cannot record the run");
-        }
-        if let Err(e) = outcome {
-            warn!(error = %e, "job state not updated (lease lost); another worker owns it now");
         }
         info!(
-            status = run.status.as_str(),
-            rows_in = run.rows_in,
-            rows_valid = run.rows_valid,
-            rows_quarantined = run.rows_quarantined,
-            bytes_read = run.bytes_read,
-            bytes_written = run.bytes_written,
-            duration_ms = (Utc::now() - started_at).num_milliseconds(),
-            "run finished"
+            object = m.run.detail["object"].as_str().unwrap_or_default(),
+            attempt = m.run.attempt,
+            batch = size,
+            "run started"
         );
     }
-    .instrument(span)
-    .await
+    run_steps(platform, &mut members).await;
+    for m in members {
+        finish(platform, worker, m, started_at);
+    }
+}
+
+/// Records how a member's run ended and completes, retries or dead-letters its job.
+fn finish(platform: &Platform, worker: &str, m: Member, started_at: chrono::DateTime<Utc>) {
+    let Member {
+        leased,
+        mut run,
+        span,
+        steps,
+        failure,
+        ingests,
+        applied,
+    } = m;
+    let _entered = span.enter();
+    run.detail["steps"] = json!(steps);
+    run.finished_at = Some(Utc::now());
+    let job = &leased.job;
+    // The run is final before its job is: whoever sees the queue idle sees every run's end.
+    let retry_at = match &failure {
+        None => {
+            run.status = if ingests > 0 && !applied {
+                RunStatus::Skipped
+            } else {
+                RunStatus::Succeeded
+            };
+            None
+        }
+        Some((message, retryable)) => {
+            run.status = RunStatus::Failed;
+            run.error = Some(message.clone());
+            let retry_at = (*retryable && job.attempts < job.max_attempts).then(|| {
+                let policy = &platform
+                    .project
+                    .pipelines
+                    .get(&job.pipeline)
+                    .map(|p| p.retry.clone())
+                    .unwrap_or_default();
+                let base = policy.delay_after(job.attempts);
+                // Full jitter on half the delay keeps retries of many jobs from marching in step.
+                let jitter = rand::rng().random_range(0.0..=0.5);
+                let delay = base.mul_f64(0.75 + jitter);
+                Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default()
+            });
+            match retry_at {
+                Some(at) => {
+                    warn!(error = %message, attempt = job.attempts, retry_at = %at, "run failed, will retry")
+                }
+                None => {
+                    error!(error = %message, attempt = job.attempts, "run failed, job moved to the dead-letter queue")
+                }
+            }
+            retry_at
+        }
+    };
+    if let Err(e) = platform.state.save_run(&run) {
+        error!(error = %e, "cannot record the run");
+    }
+    let outcome = match &failure {
+        None => platform.state.complete_job(job.id, worker, Utc::now()),
+        Some((message, _)) => {
+            platform
+                .state
+                .fail_job(job.id, worker, message, retry_at, Utc::now())
+        }
+    };
+    if let Err(e) = outcome {
+        warn!(error = %e, "job state not updated (lease lost); another worker owns it now");
+    }
+    info!(
+        status = run.status.as_str(),
+        rows_in = run.rows_in,
+        rows_valid = run.rows_valid,
+        rows_quarantined = run.rows_quarantined,
+        bytes_read = run.bytes_read,
+        bytes_written = run.bytes_written,
+        duration_ms = (Utc::now() - started_at).num_milliseconds(),
+        "run finished"
+    );
 }
 
 /// Compacts `table` in the background once one of the partitions an ingest wrote holds
@@ -219,164 +338,230 @@ fn compact_later(
     });
 }
 
-/// Runs every step; Err carries the message and whether another attempt may help.
-async fn run_steps(
-    platform: &Arc<Platform>,
-    leased: &LeasedJob,
-    run: &mut Run,
-) -> Result<(), (String, bool)> {
-    let Some(pipeline) = platform.project.pipelines.get(&leased.job.pipeline) else {
-        return Err((
-            format!(
-                "pipeline {:?} is no longer in sluice.toml",
-                leased.job.pipeline
-            ),
-            false,
-        ));
+/// Runs every step of the members' pipeline; a member that fails drops out of the
+/// steps after, the others go on. A step shared by all (a refresh) fails them all.
+async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
+    let Some(lead) = members.first() else {
+        return;
     };
-    let removal = leased.event.kind == EventKind::ObjectRemoved;
-    let mut steps = Vec::new();
+    let Some(pipeline) = platform.project.pipelines.get(&lead.leased.job.pipeline) else {
+        let message = format!(
+            "pipeline {:?} is no longer in sluice.toml",
+            lead.leased.job.pipeline
+        );
+        for m in members.iter_mut() {
+            m.fail(message.clone(), false);
+        }
+        return;
+    };
+    let removal = lead.leased.event.kind == EventKind::ObjectRemoved;
     // Refresh steps run even when nothing new was ingested: an earlier attempt may have
     // committed the ingest and then failed before its refreshes.
-    let mut ingests = 0;
-    let mut applied = false;
     for step in &pipeline.steps {
+        if members.iter().all(|m| m.failure.is_some()) {
+            return;
+        }
         match step {
             Step::Ingest { table, .. } if removal => {
-                // The object is gone: so are its rows (bronze keeps its raw versions).
-                let lock = platform.table_lock(table);
-                let _shared = lock.read().await;
-                let removed = ingest::remove(
-                    &platform.paths,
-                    table,
-                    &platform.locations[table],
-                    &leased.event.object,
-                    leased.event_seq,
-                    &platform.tables,
-                )
-                .await
-                .map_err(|e| {
-                    (
-                        format!("removing rows from {table}: {e}"),
-                        e.code().is_retryable(),
+                for m in members.iter_mut().filter(|m| m.failure.is_none()) {
+                    // The object is gone: so are its rows (bronze keeps its raw versions).
+                    let lock = platform.table_lock(table);
+                    let _shared = lock.read().await;
+                    let removed = ingest::remove(
+                        &platform.paths,
+                        table,
+                        &platform.locations[table],
+                        &m.leased.event.object,
+                        m.leased.event_seq,
+                        &platform.tables,
                     )
-                })?;
-                steps.push(json!({"step": "remove", "table": table, "files_removed": removed}));
+                    .instrument(m.span.clone())
+                    .await;
+                    match removed {
+                        Ok(removed) => m.steps.push(
+                            json!({"step": "remove", "table": table, "files_removed": removed}),
+                        ),
+                        Err(e) => m.fail(
+                            format!("removing rows from {table}: {e}"),
+                            e.code().is_retryable(),
+                        ),
+                    }
+                }
             }
             Step::Ingest { table, bronze } => {
                 if let Some(bronze) = bronze {
-                    let archived = platform
-                        .objects
-                        .archive(bronze, &leased.event.object)
-                        .await
-                        .map_err(|e| {
-                            (
+                    for m in members.iter_mut().filter(|m| m.failure.is_none()) {
+                        match platform
+                            .objects
+                            .archive(bronze, &m.leased.event.object)
+                            .await
+                        {
+                            Ok(Some(path)) => m
+                                .steps
+                                .push(json!({"step": "archive", "table": bronze, "path": path})),
+                            Ok(None) => m.steps.push(
+                                json!({"step": "archive", "table": bronze, "superseded": true}),
+                            ),
+                            Err(e) => m.fail(
                                 format!("archiving to bronze {bronze}: {e}"),
                                 e.code().is_retryable(),
-                            )
-                        })?;
-                    steps.push(match archived {
-                        Some(path) => json!({"step": "archive", "table": bronze, "path": path}),
-                        None => json!({"step": "archive", "table": bronze, "superseded": true}),
-                    });
-                }
-                let t = &platform.project.tables[table];
-                let compiled = platform
-                    .contracts
-                    .get(table)
-                    .ok_or_else(|| (format!("table {table} has no contract"), false))?;
-                ingests += 1;
-                let lock = platform.table_lock(table);
-                let shared = lock.read().await;
-                let report = ingest::ingest(
-                    &platform.paths,
-                    &platform.objects,
-                    IngestRequest {
-                        table,
-                        location: &platform.locations[table],
-                        partition_by: &t.partition_by,
-                        description: t.description.as_deref(),
-                        compiled,
-                        object: &leased.event.object,
-                        event_seq: leased.event_seq,
-                        run_id: run.id,
-                        max_invalid_pct: pipeline.max_invalid_pct,
-                        batch_rows: BATCH_ROWS,
-                        tables: &platform.tables,
-                    },
-                )
-                .await;
-                drop(shared);
-                let report = match report {
-                    Ok(r) => r,
-                    Err(e) => {
-                        run.detail["steps"] = json!(steps);
-                        return Err((format!("ingest into {table}: {e}"), e.code().is_retryable()));
-                    }
-                };
-                run.rows_in += report.rows_in;
-                run.rows_valid += report.rows_valid;
-                run.rows_quarantined += report.rows_quarantined;
-                run.bytes_read += report.bytes_read;
-                run.bytes_written += report.bytes_written;
-                let outcome = match &report.outcome {
-                    Outcome::Applied { version } => json!({"applied": {"version": version}}),
-                    Outcome::AlreadyApplied => json!("already_applied"),
-                    Outcome::Superseded => json!("superseded"),
-                };
-                if matches!(report.outcome, Outcome::Applied { .. }) {
-                    applied = true;
-                } else {
-                    run.error = Some(match report.outcome {
-                        Outcome::AlreadyApplied => format!(
-                            "{table} already holds this object's content: nothing new to ingest"
-                        ),
-                        _ => {
-                            "the object changed after this event; the newer event's run ingests it"
-                                .to_string()
+                            ),
                         }
-                    });
+                    }
                 }
-                let reasons: BTreeMap<_, _> = report.reasons.clone();
-                steps.push(json!({
-                    "step": "ingest",
-                    "table": table,
-                    "outcome": outcome,
-                    "rows_in": report.rows_in,
-                    "rows_valid": report.rows_valid,
-                    "rows_quarantined": report.rows_quarantined,
-                    "quarantine_reasons": reasons,
-                    "partitions": report.partitions,
-                }));
-                if matches!(report.outcome, Outcome::Applied { .. }) {
-                    compact_later(platform, table, report.partitions.clone());
-                }
+                ingest_step(platform, pipeline.max_invalid_pct, table, members).await;
             }
             Step::Refresh { table } => {
                 let t = &platform.project.tables[table];
                 let sql = t.sql.as_deref().unwrap_or_default();
-                let session = platform
-                    .lake_session()
+                let refreshed = async {
+                    let session = platform
+                        .lake_session()
+                        .await
+                        .map_err(|e| (format!("refresh {table}: {e:#}"), true))?;
+                    gold::refresh(
+                        &platform.paths,
+                        &session,
+                        table,
+                        &platform.locations[table],
+                        sql,
+                        t.description.as_deref(),
+                    )
                     .await
-                    .map_err(|e| (format!("refresh {table}: {e:#}"), true))?;
-                let report = gold::refresh(
-                    &platform.paths,
-                    &session,
-                    table,
-                    &platform.locations[table],
-                    sql,
-                    t.description.as_deref(),
-                )
-                .await
-                .map_err(|e| (format!("refresh {table}: {e}"), e.code().is_retryable()))?;
-                run.bytes_written += report.bytes_written;
-                steps.push(json!({"step": "refresh", "table": table, "rows": report.rows, "version": report.version}));
+                    .map_err(|e| (format!("refresh {table}: {e}"), e.code().is_retryable()))
+                }
+                .await;
+                let mut live = members.iter_mut().filter(|m| m.failure.is_none());
+                match refreshed {
+                    Ok(report) => {
+                        let step = json!({"step": "refresh", "table": table, "rows": report.rows, "version": report.version});
+                        // One refresh serves the batch; its bytes count once, in the first run.
+                        if let Some(first) = live.next() {
+                            first.run.bytes_written += report.bytes_written;
+                            first.steps.push(step.clone());
+                        }
+                        for m in live {
+                            m.steps.push(step.clone());
+                        }
+                    }
+                    Err((message, retryable)) => {
+                        for m in live {
+                            m.fail(message.clone(), retryable);
+                        }
+                    }
+                }
             }
         }
     }
-    run.detail["steps"] = json!(steps);
-    if ingests > 0 && !applied {
-        run.status = RunStatus::Skipped;
+}
+
+/// Ingests the live members' objects into `table` in one batch and records each outcome.
+async fn ingest_step(
+    platform: &Arc<Platform>,
+    max_invalid_pct: f64,
+    table: &str,
+    members: &mut [Member],
+) {
+    let live: Vec<usize> = (0..members.len())
+        .filter(|&i| members[i].failure.is_none())
+        .collect();
+    if live.is_empty() {
+        return;
     }
-    Ok(())
+    let Some(compiled) = platform.contracts.get(table) else {
+        for &i in &live {
+            members[i].fail(format!("table {table} has no contract"), false);
+        }
+        return;
+    };
+    let t = &platform.project.tables[table];
+    let target = Target {
+        table,
+        location: &platform.locations[table],
+        partition_by: &t.partition_by,
+        description: t.description.as_deref(),
+        compiled,
+        max_invalid_pct,
+        batch_rows: BATCH_ROWS,
+        tables: &platform.tables,
+    };
+    let sources: Vec<Source<'_>> = live
+        .iter()
+        .map(|&i| Source {
+            object: &members[i].leased.event.object,
+            event_seq: members[i].leased.event_seq,
+            run_id: members[i].run.id,
+        })
+        .collect();
+    let lock = platform.table_lock(table);
+    let shared = lock.read().await;
+    let results = ingest::ingest_batch(&platform.paths, &platform.objects, &target, &sources)
+        .instrument(members[live[0]].span.clone())
+        .await;
+    drop(shared);
+    let results = match results {
+        Ok(r) => r,
+        Err(e) => {
+            for &i in &live {
+                members[i].ingests += 1;
+                members[i].fail(format!("ingest into {table}: {e}"), e.code().is_retryable());
+            }
+            return;
+        }
+    };
+    let mut partitions = std::collections::BTreeSet::new();
+    let mut applied = false;
+    for (&i, result) in live.iter().zip(results) {
+        let m = &mut members[i];
+        m.ingests += 1;
+        let report = match result {
+            Ok(r) => r,
+            Err(e) => {
+                m.fail(format!("ingest into {table}: {e}"), e.code().is_retryable());
+                continue;
+            }
+        };
+        m.run.rows_in += report.rows_in;
+        m.run.rows_valid += report.rows_valid;
+        m.run.rows_quarantined += report.rows_quarantined;
+        m.run.bytes_read += report.bytes_read;
+        m.run.bytes_written += report.bytes_written;
+        let outcome = match &report.outcome {
+            Outcome::Applied { version } => json!({"applied": {"version": version}}),
+            Outcome::AlreadyApplied => json!("already_applied"),
+            Outcome::Superseded => json!("superseded"),
+        };
+        match report.outcome {
+            Outcome::Applied { .. } => {
+                m.applied = true;
+                applied = true;
+                partitions.extend(report.partitions.iter().cloned());
+            }
+            Outcome::AlreadyApplied => {
+                m.run.error = Some(format!(
+                    "{table} already holds this object's content: nothing new to ingest"
+                ))
+            }
+            Outcome::Superseded => {
+                m.run.error = Some(
+                    "the object changed after this event; the newer event's run ingests it"
+                        .to_string(),
+                )
+            }
+        }
+        let reasons: BTreeMap<_, _> = report.reasons.clone();
+        m.steps.push(json!({
+            "step": "ingest",
+            "table": table,
+            "outcome": outcome,
+            "rows_in": report.rows_in,
+            "rows_valid": report.rows_valid,
+            "rows_quarantined": report.rows_quarantined,
+            "quarantine_reasons": reasons,
+            "partitions": report.partitions,
+        }));
+    }
+    if applied {
+        compact_later(platform, table, partitions);
+    }
 }

@@ -119,6 +119,17 @@ pub trait StateStore: Send + Sync {
         now: DateTime<Utc>,
         lease: std::time::Duration,
     ) -> Result<Option<LeasedJob>>;
+    /// Leases more due jobs to run in one batch with `lead`: jobs of its pipeline whose
+    /// events are of its kind, about other objects (one event per object, none of an
+    /// object with a job running), oldest event first, within `limits`. Empty when none is due.
+    fn lease_companions(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        lead: &LeasedJob,
+        limits: BatchLimits,
+    ) -> Result<Vec<LeasedJob>>;
     /// Marks a leased job done.
     fn complete_job(&self, job: JobId, worker: &str, now: DateTime<Utc>) -> Result<()>;
     /// Records a failed attempt: the job is retried at `retry_at`, or dead-lettered when `None`.

@@ -15,8 +15,8 @@ use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use uuid::Uuid;
 
 use crate::{
-    Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, ObjectMeta, Result, Run, RunStatus,
-    StateStore, StoredEvent, TableVersion, Upload, UploadPart,
+    BatchLimits, Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, ObjectMeta, Result,
+    Run, RunStatus, StateStore, StoredEvent, TableVersion, Upload, UploadPart,
 };
 
 const SCHEMA: &str = r#"
@@ -187,6 +187,36 @@ fn migrate(conn: &Connection) -> Result<()> {
         conn.execute_batch("ALTER TABLE upload_parts ADD COLUMN sha256 TEXT NOT NULL DEFAULT ''")?;
     }
     Ok(())
+}
+
+/// Leases job `id` to `worker` until `expires` (counting the attempt), with its event.
+fn lease_row(
+    tx: &rusqlite::Transaction<'_>,
+    id: &str,
+    worker: &str,
+    now_us: i64,
+    expires: i64,
+) -> Result<LeasedJob> {
+    tx.execute(
+        "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
+             lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1",
+        params![id, worker, expires, now_us],
+    )?;
+    let job = check_job(tx.query_row(
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+        [id],
+        job_from_row,
+    )?)?;
+    let event = check_event(tx.query_row(
+        &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
+        [job.event_id.to_string()],
+        event_from_row,
+    )?)?;
+    Ok(LeasedJob {
+        job,
+        event: event.event,
+        event_seq: event.seq,
+    })
 }
 
 const JOB_COLUMNS: &str = "id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, last_error, created_at, updated_at, replay_of";
@@ -618,28 +648,77 @@ impl StateStore for SqliteStore {
             let Some(id) = id else {
                 return Ok(None);
             };
-            let expires = now_us + lease.as_micros() as i64;
-            tx.execute(
-                "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
-                     lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1",
-                params![id, worker, expires, now_us],
-            )?;
-            let job = check_job(tx.query_row(
-                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
-                [&id],
-                job_from_row,
-            )?)?;
-            let event = check_event(tx.query_row(
-                &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
-                [job.event_id.to_string()],
-                event_from_row,
-            )?)?;
+            let leased = lease_row(&tx, &id, worker, now_us, now_us + lease.as_micros() as i64)?;
             tx.commit()?;
-            Ok(Some(LeasedJob {
-                job,
-                event: event.event,
-                event_seq: event.seq,
-            }))
+            Ok(Some(leased))
+        })
+    }
+
+    fn lease_companions(
+        &self,
+        worker: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        lead: &LeasedJob,
+        limits: BatchLimits,
+    ) -> Result<Vec<LeasedJob>> {
+        if limits.jobs == 0 {
+            return Ok(Vec::new());
+        }
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let now_us = micros(now);
+            let candidates: Vec<(String, String, String, i64)> = {
+                let mut stmt = tx.prepare(
+                    "SELECT j.id, e.bucket, e.key, e.size FROM jobs j JOIN events e ON e.id = j.event_id
+                     WHERE j.pipeline = ?1 AND e.kind = ?2 AND j.id != ?3 AND e.size <= ?4
+                       AND ((j.status = 'pending' AND j.next_run_at <= ?5)
+                         OR (j.status = 'running' AND j.lease_expires_at <= ?5))
+                       AND NOT EXISTS (
+                         SELECT 1 FROM jobs r JOIN events re ON re.id = r.event_id
+                         WHERE r.status = 'running' AND r.lease_expires_at > ?5
+                           AND r.pipeline = j.pipeline AND r.id != j.id
+                           AND re.bucket = e.bucket AND re.key = e.key)
+                     ORDER BY e.seq LIMIT ?6",
+                )?;
+                let rows = stmt.query_map(
+                    params![
+                        lead.job.pipeline,
+                        lead.event.kind.as_str(),
+                        lead.job.id.to_string(),
+                        limits.object_bytes.min(i64::MAX as u64) as i64,
+                        now_us,
+                        // Room for jobs skipped below (a second event of one object).
+                        (limits.jobs * 4) as i64,
+                    ],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                rows.collect::<rusqlite::Result<_>>()?
+            };
+            // One event per object in a batch, and none of an object whose job runs
+            // elsewhere: a later event of the same object waits, so an object's events
+            // apply in order.
+            let mut objects = std::collections::HashSet::new();
+            objects.insert((lead.event.object.bucket.clone(), lead.event.object.key.clone()));
+            let mut bytes = lead.event.object.size;
+            let expires = now_us + lease.as_micros() as i64;
+            let mut leased = Vec::new();
+            for (id, bucket, key, size) in candidates {
+                if leased.len() >= limits.jobs {
+                    break;
+                }
+                let size = size.max(0) as u64;
+                if bytes + size > limits.total_bytes {
+                    continue;
+                }
+                if !objects.insert((bucket, key)) {
+                    continue;
+                }
+                bytes += size;
+                leased.push(lease_row(&tx, &id, worker, now_us, expires)?);
+            }
+            tx.commit()?;
+            Ok(leased)
         })
     }
 

@@ -111,6 +111,17 @@ pub struct LeasedJob {
     pub event_seq: i64,
 }
 
+/// How many jobs one batch may take ([`crate::StateStore::lease_companions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Most jobs besides the lead.
+    pub jobs: usize,
+    /// Largest object a companion's event may name.
+    pub object_bytes: u64,
+    /// Most bytes of all the batch's objects, the lead's included.
+    pub total_bytes: u64,
+}
+
 /// An event as stored, with its sequence number.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {

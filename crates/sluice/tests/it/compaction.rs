@@ -49,42 +49,103 @@ fn no_duplicate_trips(server: &Server) {
     assert!(dupes.is_empty(), "duplicated trips: {dupes:?}");
 }
 
-#[test]
-fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactly_its_rows() {
-    let project = taxi_project(|t| t);
-    let csv = project.path().join("month.csv");
-    let (ok, _, err) = cli(
-        project.path(),
-        &[
-            "generate",
-            "--rows",
-            &(OBJECTS * ROWS).to_string(),
-            "--seed",
-            "7",
-            csv.to_str().unwrap(),
-        ],
-    );
-    assert!(ok, "{err}");
-    let text = std::fs::read_to_string(&csv).unwrap();
-    let mut lines = text.lines();
-    let header = lines.next().unwrap();
-    let body: Vec<&str> = lines.collect();
-    let object = |i: usize, rows: usize| {
-        let mut s = format!("{header}\n");
-        for l in &body[i * ROWS..i * ROWS + rows] {
+/// `OBJECTS` small CSV objects cut from one generated month: `object(i, rows)` is the
+/// `i`-th object's first `rows` rows, `key(i)` its key in the landing prefix.
+struct Month {
+    header: String,
+    body: Vec<String>,
+}
+
+impl Month {
+    fn generate(project: &std::path::Path, seed: u64) -> Month {
+        let csv = project.join("month.csv");
+        let (ok, _, err) = cli(
+            project,
+            &[
+                "generate",
+                "--rows",
+                &(OBJECTS * ROWS).to_string(),
+                "--seed",
+                &seed.to_string(),
+                csv.to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{err}");
+        let text = std::fs::read_to_string(&csv).unwrap();
+        let mut lines = text.lines().map(String::from);
+        let header = lines.next().unwrap();
+        Month {
+            header,
+            body: lines.collect(),
+        }
+    }
+
+    fn object(&self, i: usize, rows: usize) -> String {
+        let mut s = format!("{}\n", self.header);
+        for l in &self.body[i * ROWS..i * ROWS + rows] {
             s.push_str(l);
             s.push('\n');
         }
         s
-    };
-    let key = |i: usize| format!("landing/2024/01/part-{i:02}.csv");
+    }
+
+    fn key(i: usize) -> String {
+        format!("landing/2024/01/part-{i:02}.csv")
+    }
+}
+
+/// Replacing object 3 (half its rows), removing object 5 and sending object 7 again
+/// unchanged touch exactly those objects' rows, whatever files the rows share.
+fn replace_remove_and_resend_touch_exactly_their_rows(
+    server: &Server,
+    month: &Month,
+    trips: &std::path::Path,
+    before: &BTreeMap<String, i64>,
+) {
+    let key = Month::key;
+    server.put_bytes("raw", &key(3), month.object(3, ROWS / 2).as_bytes());
+    server.delete("raw", &key(5));
+    server.put_bytes("raw", &key(7), month.object(7, ROWS).as_bytes());
+    server.wait_idle(Duration::from_secs(120));
+    let after = counts(server);
+    let o = |i: usize| format!("raw/{}", key(i));
+    assert!(
+        after[&o(3)] > 0 && after[&o(3)] < before[&o(3)],
+        "{} -> {}",
+        before[&o(3)],
+        after[&o(3)]
+    );
+    assert!(!after.contains_key(&o(5)), "{after:?}");
+    assert_eq!(after[&o(7)], before[&o(7)]);
+    let resent = server.scalar(&format!(
+        "SELECT r.status FROM sluice.runs r JOIN sluice.events e ON r.event_id = e.event_id \
+         WHERE e.key = '{}' ORDER BY e.seq DESC LIMIT 1",
+        key(7)
+    ));
+    assert_eq!(resent, "skipped");
+    for (object, n) in before {
+        if object != &o(3) && object != &o(5) {
+            assert_eq!(after.get(object), Some(n), "{object} must be untouched");
+        }
+    }
+    assert_eq!(oracle_counts(trips), after);
+    no_duplicate_trips(server);
+}
+
+#[test]
+fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactly_its_rows() {
+    let project = taxi_project(|t| t);
+    let month = Month::generate(project.path(), 7);
+    let key = Month::key;
     let trips = project.path().join(".sluice/lake/silver/trips");
 
     let server = Server::start(project.path());
+    // One object at a time (objects queued together would share files and commits, see
+    // below): each writes its own small files, 31 per object.
     for i in 0..OBJECTS {
-        server.put_bytes("raw", &key(i), object(i, ROWS).as_bytes());
+        server.put_bytes("raw", &key(i), month.object(i, ROWS).as_bytes());
+        server.wait_idle(Duration::from_secs(120));
     }
-    server.wait_idle(Duration::from_secs(300));
     // 60-row objects spread over a month of daily partitions make automatic compaction
     // run (in the background, after the runs).
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -116,33 +177,7 @@ fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactl
     assert_eq!(oracle_counts(&trips), before);
 
     // Replacing an object whose rows now share files with others replaces exactly its rows.
-    server.put_bytes("raw", &key(3), object(3, ROWS / 2).as_bytes());
-    // Removing one removes exactly its rows.
-    server.delete("raw", &key(5));
-    // Sending one again unchanged changes nothing (its content hash survived compaction).
-    server.put_bytes("raw", &key(7), object(7, ROWS).as_bytes());
-    server.wait_idle(Duration::from_secs(120));
-    let after = counts(&server);
-    let o = |i: usize| format!("raw/{}", key(i));
-    assert!(
-        after[&o(3)] > 0 && after[&o(3)] < before[&o(3)],
-        "{} -> {}",
-        before[&o(3)],
-        after[&o(3)]
-    );
-    assert!(!after.contains_key(&o(5)), "{after:?}");
-    assert_eq!(after[&o(7)], before[&o(7)]);
-    let resent = server.scalar(&format!(
-        "SELECT r.status FROM sluice.runs r JOIN sluice.events e ON r.event_id = e.event_id \
-         WHERE e.key = '{}' ORDER BY e.seq DESC LIMIT 1",
-        key(7)
-    ));
-    assert_eq!(resent, "skipped");
-    for i in (0..OBJECTS).filter(|i| ![3, 5].contains(i)) {
-        assert_eq!(after[&o(i)], before[&o(i)], "object {i} must be untouched");
-    }
-    assert_eq!(oracle_counts(&trips), after);
-    no_duplicate_trips(&server);
+    replace_remove_and_resend_touch_exactly_their_rows(&server, &month, &trips, &before);
 
     // The CLI does not compact under a running server's feet; it says how to ask it.
     let (ok, _, err) = server.cli(&["compact", "trips"]);
@@ -154,4 +189,104 @@ fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactl
     let (ok, out, err) = cli(&project.path().join("sluice.toml"), &["compact", "trips"]);
     assert!(ok, "{err}");
     assert!(out.contains("trips"), "{out}");
+}
+
+/// Commits of a table that published data (appends and replacements), from its log.
+fn write_commits(table_dir: &std::path::Path) -> usize {
+    log_actions(table_dir)
+        .iter()
+        .filter(|a| a["commitInfo"]["operation"] == "WRITE")
+        .count()
+}
+
+#[test]
+fn a_burst_of_small_objects_shares_commits_and_files_and_each_object_stays_exactly_once() {
+    let project = taxi_project(|t| t);
+    let toml = project.path().join("sluice.toml");
+    let month = Month::generate(project.path(), 11);
+    let trips = project.path().join(".sluice/lake/silver/trips");
+    // Queued while no worker runs, as a burst of uploads finds the workers busy: the good
+    // objects, one file with no usable header and one with 60% invalid rows.
+    let put = |name: &str, text: &str, key: &str| {
+        let file = project.path().join(name);
+        std::fs::write(&file, text).unwrap();
+        let (ok, out, err) = cli(
+            &toml,
+            &["put", file.to_str().unwrap(), &format!("raw/{key}")],
+        );
+        assert!(ok, "{out}{err}");
+    };
+    for i in 0..OBJECTS {
+        put(
+            &format!("part-{i}.csv"),
+            &month.object(i, ROWS),
+            &Month::key(i),
+        );
+    }
+    put("junk.csv", "what,ever\n1,2\n", "landing/2024/01/junk.csv");
+    let mut dirty: Vec<String> = month.object(0, ROWS).lines().map(String::from).collect();
+    for line in dirty.iter_mut().skip(1).take(ROWS * 6 / 10) {
+        let mut fields: Vec<String> = line.split(',').map(String::from).collect();
+        fields[14] = "-5.00".into();
+        *line = fields.join(",");
+    }
+    put(
+        "dirty.csv",
+        &(dirty.join("\n") + "\n"),
+        "landing/2024/01/dirty.csv",
+    );
+
+    let server = Server::start(project.path());
+    let status = server.wait_idle(Duration::from_secs(300));
+    assert_eq!(status["jobs"]["dead"], 2, "{status}");
+    let runs = server.runs();
+    let object_of = |r: &serde_json::Value| {
+        r["detail"]["object"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    for r in &runs {
+        let object = object_of(r);
+        if object.ends_with("junk.csv") {
+            assert_eq!(r["status"], "failed", "{r:#}");
+            assert!(r["error"].as_str().unwrap().contains("header"), "{r:#}");
+        } else if object.ends_with("dirty.csv") {
+            assert_eq!(r["status"], "failed", "{r:#}");
+            assert!(
+                r["error"].as_str().unwrap().contains("above the threshold"),
+                "{r:#}"
+            );
+        } else {
+            assert_eq!(r["status"], "succeeded", "{r:#}");
+        }
+    }
+    // The two bad objects failed alone: every good object's rows are there, once.
+    let before = counts(&server);
+    assert_eq!(before.len(), OBJECTS, "{before:?}");
+    let valid: i64 = runs
+        .iter()
+        .filter(|r| r["status"] == "succeeded")
+        .map(|r| as_i64(&r["rows_valid"]))
+        .sum();
+    assert_eq!(before.values().sum::<i64>(), valid);
+    assert_eq!(oracle_counts(&trips), before);
+    no_duplicate_trips(&server);
+    // The over-threshold object's quarantined rows are published: they say why it failed.
+    let quarantined = as_i64(&server.scalar(
+        "SELECT count(*) FROM sluice.quarantine WHERE source_object = 'raw/landing/2024/01/dirty.csv'",
+    ));
+    assert!(quarantined >= (ROWS * 6 / 10) as i64, "{quarantined}");
+
+    // Batched: far fewer commits and files than one per object.
+    let commits = write_commits(&trips);
+    assert!(commits <= 4, "{commits} commits for {OBJECTS} objects");
+    assert!(
+        runs.iter().any(|r| r["detail"]["batch"].as_i64() > Some(1)),
+        "{runs:#?}"
+    );
+    let files = active_files(&trips);
+    assert!(files <= 31 * commits, "{files} files in {commits} commits");
+
+    replace_remove_and_resend_touch_exactly_their_rows(&server, &month, &trips, &before);
 }

@@ -230,3 +230,71 @@ fn a_store_made_before_part_hashes_gains_the_column_and_keeps_its_parts() {
     assert_eq!(parts.len(), 2);
     assert_eq!(parts[1], part);
 }
+
+#[test]
+fn a_batch_takes_due_jobs_of_the_lead_pipeline_one_event_per_object_within_its_limits() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let sized = |key: &str, size: u64| {
+        let mut e = event(key);
+        e.object.size = size;
+        e
+    };
+    let other_pipeline = NewJob {
+        pipeline: "events".into(),
+        ..job(3)
+    };
+    store.record_event(&sized("a.csv", 10), &[job(3)]).unwrap();
+    store.record_event(&sized("b.csv", 10), &[job(3)]).unwrap();
+    // A second event of b waits for the next batch: an object's events apply in order.
+    store.record_event(&sized("b.csv", 10), &[job(3)]).unwrap();
+    store
+        .record_event(&sized("c.csv", 10), &[other_pipeline])
+        .unwrap();
+    store
+        .record_event(&sized("big.csv", 1_000), &[job(3)])
+        .unwrap();
+    store.record_event(&sized("d.csv", 10), &[job(3)]).unwrap();
+    store.record_event(&sized("e.csv", 10), &[job(3)]).unwrap();
+    let mut removal = sized("f.csv", 10);
+    removal.kind = EventKind::ObjectRemoved;
+    store.record_event(&removal, &[job(3)]).unwrap();
+
+    let now = Utc::now() + ChronoDuration::seconds(1);
+    let lead = store.lease_job("w", now, LEASE).unwrap().unwrap();
+    assert_eq!(lead.event.object.key, "a.csv");
+    let limits = BatchLimits {
+        jobs: 2,
+        object_bytes: 100,
+        total_bytes: 1_000,
+    };
+    let batch = store
+        .lease_companions("w", now, LEASE, &lead, limits)
+        .unwrap();
+    let keys: Vec<_> = batch.iter().map(|l| l.event.object.key.as_str()).collect();
+    assert_eq!(keys, ["b.csv", "d.csv"]);
+    assert!(batch.iter().all(|l| l.job.attempts == 1));
+    let more = store
+        .lease_companions("w", now, LEASE, &lead, BatchLimits { jobs: 10, ..limits })
+        .unwrap();
+    let keys: Vec<_> = more.iter().map(|l| l.event.object.key.as_str()).collect();
+    assert_eq!(keys, ["e.csv"], "leased jobs are not leased twice");
+    let tight = BatchLimits {
+        jobs: 10,
+        object_bytes: 100,
+        total_bytes: 15,
+    };
+    assert!(
+        store
+            .lease_companions("w", now, LEASE, &lead, tight)
+            .unwrap()
+            .is_empty(),
+        "the lead's bytes count towards the batch's"
+    );
+    // What no batch took is still leased one by one: the second b, c, big, f.
+    let mut rest = Vec::new();
+    while let Some(l) = store.lease_job("w2", now, LEASE).unwrap() {
+        rest.push(l.event.object.key);
+    }
+    rest.sort();
+    assert_eq!(rest, ["b.csv", "big.csv", "c.csv", "f.csv"]);
+}
