@@ -773,6 +773,12 @@ async fn run_show(cli: &Cli, id: &str) -> Result<()> {
     if let Some(e) = &r.error {
         println!("note      {e}");
     }
+    if let Some(n) = r.detail["batch"].as_u64() {
+        println!(
+            "batch     ran with {} other object(s): one commit per table",
+            n - 1
+        );
+    }
     if let Some(steps) = r.detail["steps"].as_array() {
         for step in steps {
             match step["step"].as_str() {
