@@ -257,6 +257,7 @@ pub struct SourceState {
     /// Remove actions for the files holding only this object's rows.
     pub removes: Vec<Remove>,
     /// Compacted files: they may hold this object's rows among others' ([`shared_files`]).
+    /// Filled by [`source_state`]; [`source_state_in`] leaves it to [`FileIndex::compacted`].
     pub compacted: Vec<Add>,
 }
 
@@ -308,10 +309,13 @@ pub async fn source_state(
     source_object: &str,
 ) -> Result<SourceState, Error> {
     let index = FileIndex::load(name, table).await?;
-    source_state_in(name, table, &index, source_object).await
+    let mut state = source_state_in(name, table, &index, source_object).await?;
+    state.compacted = index.compacted;
+    Ok(state)
 }
 
-/// Reads what the table holds for a source object, its files found in `index`.
+/// Reads what the table holds for a source object, its files found in `index` (whose
+/// compacted files the caller reads from the index itself).
 pub async fn source_state_in(
     name: &str,
     table: &DeltaTable,
@@ -343,7 +347,8 @@ pub async fn source_state_in(
         content,
         sha256,
         removes: files.iter().map(|add| remove_of(add, true)).collect(),
-        compacted: index.compacted.clone(),
+        // A batch reads the index's compacted files once, not a copy per object.
+        compacted: Vec::new(),
     })
 }
 

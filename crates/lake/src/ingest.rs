@@ -335,7 +335,14 @@ impl Batch<'_> {
             .await?;
             let quarantine_done = q_state.applied_seq.is_some_and(|s| s >= src.event_seq);
             let read = match self
-                .read_object(objects, src, &source_object, quarantine_done, !shared)
+                .read_object(
+                    objects,
+                    src,
+                    &source_object,
+                    &quarantine_app,
+                    quarantine_done,
+                    !shared,
+                )
                 .await
             {
                 Ok(Some(read)) => read,
@@ -537,6 +544,7 @@ impl Batch<'_> {
         objects: &Objects,
         src: &Source<'_>,
         source_object: &str,
+        quarantine_app: &str,
         quarantine_done: bool,
         stream: bool,
     ) -> Result<Option<ReadObject>, Error> {
@@ -601,7 +609,6 @@ impl Batch<'_> {
         reader_thread
             .await
             .map_err(|e| Error::Internal(format!("the reader thread died: {e}")))?;
-        let quarantine_app = format!("{}:{source_object}", target.table);
         let silver = match silver_writer {
             Some(w) => {
                 let tags = [
@@ -615,7 +622,7 @@ impl Batch<'_> {
             None => SilverRows::Buffered(buffered),
         };
         let quarantine_tags = [
-            (TAG_SOURCE, quarantine_app.as_str()),
+            (TAG_SOURCE, quarantine_app),
             (TAG_SHA256, object.sha256.as_str()),
         ];
         let quarantine_adds = quarantine_writer.finish(&quarantine_tags).await?;
