@@ -18,7 +18,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use chrono::Utc;
 use futures::{Stream, StreamExt, TryStreamExt};
-use md5::Md5;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
@@ -27,13 +26,19 @@ use sluice_model::event::ObjectRef;
 use sluice_model::key::{BucketName, ObjectKey};
 
 use crate::Error;
+use md5_lanes::Md5Stream;
+
+mod md5_lanes;
+mod slots;
 
 /// The landing zone's objects.
 #[derive(Clone, Debug)]
 pub struct Objects {
     store: Arc<dyn ObjectStore>,
-    /// The same store, when it is local disk: multipart completion concatenates files in the kernel.
+    /// The same store, when it is local disk: multipart parts are written in place (see
+    /// [`slots`]) and completion moves or concatenates files in the kernel.
     local: Option<Arc<LocalFileSystem>>,
+    slots: slots::Slots,
 }
 
 /// An object listed in a bucket.
@@ -48,6 +53,8 @@ pub struct Listed {
 }
 
 const OBJECTS: &str = "objects";
+/// How long a completion waits for part writes still under way in its slot file.
+const SLOT_WRITES_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 const UPLOADS: &str = "uploads";
 
 fn part_path(upload_id: &str, part_number: u32) -> Path {
@@ -116,16 +123,36 @@ pub struct StoredPart {
     pub md5: String,
     /// Hex SHA-256.
     pub sha256: String,
+    /// Where the part starts in the upload's slot file; None when it has a file of its own.
+    pub offset: Option<u64>,
 }
 
-/// A part named by a completion: its number and its SHA-256 when known (empty for parts
-/// stored before sluice recorded it; completion then hashes that part).
+/// A stored multipart part as its record names it for completion.
 #[derive(Debug, Clone)]
 pub struct PartRef {
     /// Part number.
     pub number: u32,
-    /// Hex SHA-256, or empty.
+    /// Hex SHA-256, or empty for parts stored before sluice recorded it (completion then
+    /// hashes that part).
     pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Where the part starts in the upload's slot file ([`StoredPart::offset`]).
+    pub offset: Option<u64>,
+}
+
+/// The part an upload-part request stores.
+pub struct PartTarget<'a> {
+    /// The upload.
+    pub upload_id: &'a str,
+    /// Part number (1..=10000).
+    pub number: u32,
+    /// The body's length as declared before it (Content-Length): a part can be written in
+    /// place only when it is known.
+    pub declared_len: Option<u64>,
+    /// The numbers of the upload's parts whose records place them in slots (None when they
+    /// cannot be read); asked only the first time this process sees the upload.
+    pub recorded_slots: &'a (dyn Fn() -> Option<Vec<u32>> + Send + Sync),
 }
 
 /// The content hash of an object assembled from parts: the SHA-256 of the parts' binary
@@ -182,6 +209,7 @@ impl Objects {
         Ok(Self {
             store: store.clone(),
             local: Some(store),
+            slots: slots::Slots::default(),
         })
     }
 
@@ -236,7 +264,11 @@ impl Objects {
             .map_err(|e| Error::store("starting the upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
         let mut hasher = Sha256::new();
-        let mut md5 = Md5::new();
+        let mut md5 = if hashes.md5 || checks.expected_md5.is_some() {
+            Some(Md5Stream::new()?)
+        } else {
+            None
+        };
         let mut size = 0u64;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
@@ -249,8 +281,11 @@ impl Objects {
             if hashes.sha256 {
                 hasher.update(&chunk);
             }
-            if hashes.md5 || checks.expected_md5.is_some() {
-                md5.update(&chunk);
+            if let Some(md5) = &mut md5
+                && let Err(e) = md5.update(&chunk).await
+            {
+                let _ = writer.abort().await;
+                return Err(e);
             }
             size += chunk.len() as u64;
             writer
@@ -259,10 +294,15 @@ impl Objects {
                 .map_err(|e| Error::store("writing the object", e))?;
             writer.put(chunk);
         }
-        let md5 = if hashes.md5 || checks.expected_md5.is_some() {
-            hex::encode(md5.finalize())
-        } else {
-            String::new()
+        let md5 = match md5 {
+            Some(md5) => match md5.finish().await {
+                Ok(hex) => hex,
+                Err(e) => {
+                    let _ = writer.abort().await;
+                    return Err(e);
+                }
+            },
+            None => String::new(),
         };
         if let Some(expected) = &checks.expected_md5
             && !expected.eq_ignore_ascii_case(&md5)
@@ -291,11 +331,11 @@ impl Objects {
     }
 
     /// Stores one part of a multipart upload (its SHA-256 is taken from `checks` when the
-    /// transport verified it, else computed while it streams).
+    /// transport verified it, else computed while it streams): in its slot when it can
+    /// have one (see [`slots`]), else in a file of its own.
     pub async fn put_part<S, E>(
         &self,
-        upload_id: &str,
-        part_number: u32,
+        part: &PartTarget<'_>,
         body: S,
         checks: &BodyChecks,
     ) -> Result<StoredPart, Error>
@@ -307,18 +347,34 @@ impl Objects {
             sha256: checks.verified_sha256.is_none(),
             md5: true,
         };
-        let written = self
-            .write_stream(&part_path(upload_id, part_number), body, hashes, checks)
-            .await?;
+        let slot = match (&self.local, part.declared_len) {
+            (Some(local), Some(len)) => {
+                let dir = local
+                    .path_to_filesystem(&Path::from(UPLOADS).join(part.upload_id))
+                    .map_err(|e| Error::store("locating the upload", e))?;
+                self.slots
+                    .claim(&dir, part.upload_id, part.number, len, part.recorded_slots)
+            }
+            _ => None,
+        };
+        let written = match &slot {
+            Some(slot) => slots::write(slot, body, hashes, checks).await?,
+            None => {
+                let path = part_path(part.upload_id, part.number);
+                self.write_stream(&path, body, hashes, checks).await?
+            }
+        };
         Ok(StoredPart {
             size: written.size,
             md5: written.md5,
             sha256: checks.verified_sha256.clone().unwrap_or(written.sha256),
+            offset: slot.map(|s| s.offset),
         })
     }
 
     /// Makes the object from uploaded parts, atomically, without reading its bytes in user
-    /// space: on local disk the kernel concatenates the part files (`copy_file_range`),
+    /// space: on local disk, parts `1..=k` all in their slots become the object by a rename
+    /// (no copy), anything else is concatenated by the kernel (`copy_file_range`);
     /// elsewhere the parts are streamed into one upload. The content hash is the parts'
     /// [`composite_sha256`]; a part stored without a recorded SHA-256 is hashed here.
     pub async fn assemble(
@@ -328,23 +384,29 @@ impl Objects {
         upload_id: &str,
         parts: &[PartRef],
     ) -> Result<Stored, Error> {
+        self.slots.seal(upload_id, SLOT_WRITES_PATIENCE).await?;
         let mut part_shas = Vec::with_capacity(parts.len());
         for part in parts {
-            if part.sha256.is_empty() {
+            if !part.sha256.is_empty() {
+                part_shas.push(part.sha256.clone());
+            } else if part.offset.is_none() {
                 part_shas.push(self.sha256_of(&part_path(upload_id, part.number)).await?);
             } else {
-                part_shas.push(part.sha256.clone());
+                return Err(Error::Internal(format!(
+                    "part {} of upload {upload_id} is in a slot without a hash",
+                    part.number
+                )));
             }
         }
         let sha256 = composite_sha256(&part_shas)?;
-        let paths: Vec<Path> = parts
-            .iter()
-            .map(|p| part_path(upload_id, p.number))
-            .collect();
         let target = object_path(bucket, key);
         let (size, e_tag) = match &self.local {
-            Some(local) => concatenate_files(local, &paths, &target).await?,
+            Some(local) => assemble_local(local, upload_id, parts, &target).await?,
             None => {
+                let paths: Vec<Path> = parts
+                    .iter()
+                    .map(|p| part_path(upload_id, p.number))
+                    .collect();
                 let written = self
                     .write_stream(
                         &target,
@@ -384,7 +446,8 @@ impl Objects {
             .boxed()
     }
 
-    /// Deletes the stored parts of an upload.
+    /// Deletes the stored parts of an upload (its slot registry entry last, so that no part
+    /// can claim a slot in a file about to go).
     pub async fn delete_parts(&self, upload_id: &str) -> Result<(), Error> {
         let root = Path::from(UPLOADS).join(upload_id);
         let mut stream = self.store.list(Some(&root));
@@ -395,6 +458,7 @@ impl Objects {
                 Err(e) => return Err(Error::store("deleting an upload part", e)),
             }
         }
+        self.slots.forget(upload_id);
         Ok(())
     }
 
@@ -706,13 +770,24 @@ struct Written {
     e_tag: Option<String>,
 }
 
-/// Concatenates local part files into `target` atomically: a staging file beside the target
-/// (a `#<digits>` name, which listings skip, as object_store's own staging files), filled by
-/// `copy_file_range` (std's `io::copy` between files), then renamed over the target.
-/// Returns the size and the store's ETag of the new file.
-async fn concatenate_files(
+/// Where one part's bytes are on local disk.
+enum PartBytes {
+    /// A file of its own.
+    File(std::path::PathBuf),
+    /// `len` bytes at `offset` of the upload's slot file.
+    Range {
+        file: std::path::PathBuf,
+        offset: u64,
+        len: u64,
+    },
+}
+
+/// Completes an upload on local disk: a rename when the listed parts are `1..=k` back to back
+/// in the slot file, else a concatenation. Returns the size and the store's ETag.
+async fn assemble_local(
     local: &Arc<LocalFileSystem>,
-    parts: &[Path],
+    upload_id: &str,
+    parts: &[PartRef],
     target: &Path,
 ) -> Result<(u64, Option<String>), Error> {
     let fs_path = |p: &Path| {
@@ -720,44 +795,109 @@ async fn concatenate_files(
             .path_to_filesystem(p)
             .map_err(|e| Error::store("locating a file of the object", e))
     };
-    let part_files = parts.iter().map(fs_path).collect::<Result<Vec<_>, _>>()?;
+    let dir = fs_path(&Path::from(UPLOADS).join(upload_id))?;
     let target = fs_path(target)?;
-    tokio::task::spawn_blocking(move || {
-        let io = |what: &str, e: std::io::Error| Error::Io {
-            what: format!("{what} {}", target.display()),
-            source: e,
-        };
-        if let Some(dir) = target.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-        }
-        let mut staging = target.clone().into_os_string();
-        staging.push(format!("#{}", rand_digits()));
-        let staging = std::path::PathBuf::from(staging);
-        let result = (|| {
-            let mut out = std::fs::File::create_new(&staging)
-                .map_err(|e| io("staging the assembled object", e))?;
-            let mut size = 0u64;
-            for part in &part_files {
-                let mut input = std::fs::File::open(part).map_err(|e| Error::Io {
-                    what: format!("opening part file {}", part.display()),
-                    source: e,
-                })?;
-                size += std::io::copy(&mut input, &mut out)
-                    .map_err(|e| io("assembling the parts of", e))?;
+    let slot_file = slots::find(&dir).map(|(file, _)| file);
+    let mut sources = Vec::with_capacity(parts.len());
+    let mut end = 0u64;
+    let mut back_to_back = true;
+    for part in parts {
+        match (part.offset, &slot_file) {
+            (Some(offset), Some(file)) => {
+                back_to_back &= offset == end;
+                sources.push(PartBytes::Range {
+                    file: file.clone(),
+                    offset,
+                    len: part.size,
+                });
             }
-            let metadata = out
-                .metadata()
-                .map_err(|e| io("reading the metadata of", e))?;
-            std::fs::rename(&staging, &target).map_err(|e| io("renaming the object to", e))?;
-            Ok((size, Some(local_e_tag(&metadata))))
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&staging);
+            (Some(_), None) => {
+                return Err(Error::Internal(format!(
+                    "part {} of upload {upload_id} is recorded in a slot file that is gone",
+                    part.number
+                )));
+            }
+            (None, _) => {
+                back_to_back = false;
+                sources.push(PartBytes::File(fs_path(&part_path(
+                    upload_id,
+                    part.number,
+                ))?));
+            }
         }
-        result
+        end += part.size;
+    }
+    tokio::task::spawn_blocking(move || match slot_file {
+        Some(file) if back_to_back => {
+            let metadata = slots::move_into_place(&file, end, &target)?;
+            Ok((end, Some(local_e_tag(&metadata))))
+        }
+        _ => concatenate(&sources, &target),
     })
     .await
     .map_err(|e| Error::Internal(format!("assembling the parts stopped: {e}")))?
+}
+
+/// Concatenates part bytes into `target` atomically: a staging file beside the target
+/// (a `#<digits>` name, which listings skip, as object_store's own staging files), filled by
+/// `copy_file_range` (std's `io::copy` between files), then renamed over the target.
+/// Returns the size and the store's ETag of the new file.
+fn concatenate(
+    sources: &[PartBytes],
+    target: &std::path::Path,
+) -> Result<(u64, Option<String>), Error> {
+    use std::io::{Read, Seek};
+    let io = |what: &str, e: std::io::Error| Error::Io {
+        what: format!("{what} {}", target.display()),
+        source: e,
+    };
+    if let Some(dir) = target.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+    }
+    let mut staging = target.to_path_buf().into_os_string();
+    staging.push(format!("#{}", rand_digits()));
+    let staging = std::path::PathBuf::from(staging);
+    let result = (|| {
+        let mut out = std::fs::File::create_new(&staging)
+            .map_err(|e| io("staging the assembled object", e))?;
+        let mut size = 0u64;
+        for source in sources {
+            let (path, range) = match source {
+                PartBytes::File(path) => (path, None),
+                PartBytes::Range { file, offset, len } => (file, Some((*offset, *len))),
+            };
+            let open_error = |e| Error::Io {
+                what: format!("opening part file {}", path.display()),
+                source: e,
+            };
+            let mut input = std::fs::File::open(path).map_err(open_error)?;
+            let copied = match range {
+                None => std::io::copy(&mut input, &mut out),
+                Some((offset, len)) => input
+                    .seek(std::io::SeekFrom::Start(offset))
+                    .and_then(|_| std::io::copy(&mut input.take(len), &mut out)),
+            }
+            .map_err(|e| io("assembling the parts of", e))?;
+            if let Some((_, len)) = range
+                && copied != len
+            {
+                return Err(Error::Internal(format!(
+                    "a part of {} is {copied} bytes on disk, {len} in its record",
+                    target.display()
+                )));
+            }
+            size += copied;
+        }
+        let metadata = out
+            .metadata()
+            .map_err(|e| io("reading the metadata of", e))?;
+        std::fs::rename(&staging, target).map_err(|e| io("renaming the object to", e))?;
+        Ok((size, Some(local_e_tag(&metadata))))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&staging);
+    }
+    result
 }
 
 /// Digits for a staging file name, unique enough among concurrent completions.

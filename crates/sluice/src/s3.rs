@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::platform::{Platform, PutError, PutOptions};
-use sluice_lake::objects::{BodyChecks, PartRef};
+use sluice_lake::objects::{BodyChecks, PartRef, PartTarget};
 
 /// The smallest part of a multipart upload but the last, as S3 enforces.
 const MIN_PART_SIZE: u64 = 5 << 20;
@@ -95,6 +95,15 @@ fn body_checks(
         verified_sha256,
         expected_md5,
     })
+}
+
+/// The length of a request's payload as declared before it: the decoded length of an
+/// aws-chunked body, else Content-Length.
+fn declared_length(headers: &axum::http::HeaderMap, content_length: Option<i64>) -> Option<u64> {
+    match headers.get("x-amz-decoded-content-length") {
+        Some(v) => v.to_str().ok()?.parse().ok(),
+        None => content_length.and_then(|n| u64::try_from(n).ok()),
+    }
 }
 
 fn timestamp(t: DateTime<Utc>) -> Timestamp {
@@ -830,10 +839,28 @@ impl S3 for SluiceS3 {
             ));
         }
         let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let state = self.platform.state.clone();
+        let upload_id = upload.upload_id.clone();
+        let recorded_slots = move || {
+            let parts = state.list_upload_parts(&upload_id).ok()?;
+            Some(
+                parts
+                    .into_iter()
+                    .filter(|p| p.offset.is_some())
+                    .map(|p| p.part_number)
+                    .collect(),
+            )
+        };
+        let target = PartTarget {
+            upload_id: &upload.upload_id,
+            number: input.part_number as u32,
+            declared_len: declared_length(&req.headers, input.content_length),
+            recorded_slots: &recorded_slots,
+        };
         let part = self
             .platform
             .objects
-            .put_part(&upload.upload_id, input.part_number as u32, body, &checks)
+            .put_part(&target, body, &checks)
             .await
             .map_err(|e| put_error(PutError::Store(Box::new(e))))?;
         self.platform
@@ -845,6 +872,7 @@ impl S3 for SluiceS3 {
                     size: part.size,
                     etag: part.md5.clone(),
                     sha256: part.sha256,
+                    offset: part.offset,
                     last_modified: Utc::now(),
                 },
             )
@@ -907,6 +935,8 @@ impl S3 for SluiceS3 {
             parts.push(PartRef {
                 number: *n,
                 sha256: found.sha256.clone(),
+                size: found.size,
+                offset: found.offset,
             });
         }
         let (bucket, key) = self.names(&upload.bucket, &upload.key)?;

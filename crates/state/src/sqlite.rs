@@ -104,6 +104,7 @@ CREATE TABLE IF NOT EXISTS upload_parts (
     etag TEXT NOT NULL,
     last_modified INTEGER NOT NULL,
     sha256 TEXT NOT NULL DEFAULT '',
+    slot_offset INTEGER,
     PRIMARY KEY (upload_id, part_number)
 );
 CREATE TABLE IF NOT EXISTS catalog_tables (
@@ -185,6 +186,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     };
     if !has_column("upload_parts", "sha256")? {
         conn.execute_batch("ALTER TABLE upload_parts ADD COLUMN sha256 TEXT NOT NULL DEFAULT ''")?;
+    }
+    if !has_column("upload_parts", "slot_offset")? {
+        conn.execute_batch("ALTER TABLE upload_parts ADD COLUMN slot_offset INTEGER")?;
     }
     Ok(())
 }
@@ -550,10 +554,20 @@ impl StateStore for SqliteStore {
     fn put_upload_part(&self, upload_id: &str, part: &UploadPart) -> Result<()> {
         self.with(|conn| {
             conn.execute(
-                "INSERT INTO upload_parts (upload_id, part_number, size, etag, last_modified, sha256) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                "INSERT INTO upload_parts (upload_id, part_number, size, etag, last_modified, sha256, slot_offset)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(upload_id, part_number) DO UPDATE SET size = excluded.size, etag = excluded.etag,
-                     last_modified = excluded.last_modified, sha256 = excluded.sha256",
-                params![upload_id, part.part_number, part.size as i64, part.etag, micros(part.last_modified), part.sha256],
+                     last_modified = excluded.last_modified, sha256 = excluded.sha256,
+                     slot_offset = excluded.slot_offset",
+                params![
+                    upload_id,
+                    part.part_number,
+                    part.size as i64,
+                    part.etag,
+                    micros(part.last_modified),
+                    part.sha256,
+                    part.offset.map(|o| o as i64)
+                ],
             )?;
             Ok(())
         })
@@ -562,7 +576,8 @@ impl StateStore for SqliteStore {
     fn list_upload_parts(&self, upload_id: &str) -> Result<Vec<UploadPart>> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT part_number, size, etag, last_modified, sha256 FROM upload_parts WHERE upload_id = ?1 ORDER BY part_number",
+                "SELECT part_number, size, etag, last_modified, sha256, slot_offset FROM upload_parts
+                 WHERE upload_id = ?1 ORDER BY part_number",
             )?;
             let rows = stmt.query_map([upload_id], |r| {
                 Ok(UploadPart {
@@ -571,6 +586,7 @@ impl StateStore for SqliteStore {
                     etag: r.get(2)?,
                     last_modified: from_micros(r.get(3)?),
                     sha256: r.get(4)?,
+                    offset: r.get::<_, Option<i64>>(5)?.map(|o| o.max(0) as u64),
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)

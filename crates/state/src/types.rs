@@ -288,6 +288,9 @@ pub struct UploadPart {
     pub etag: String,
     /// Hex SHA-256 of the part; empty for parts stored before sluice recorded it.
     pub sha256: String,
+    /// Where the part's bytes start in the upload's slot file, when they were written in
+    /// place; `None` when the part has a file of its own.
+    pub offset: Option<u64>,
     /// When it was uploaded.
     pub last_modified: DateTime<Utc>,
 }

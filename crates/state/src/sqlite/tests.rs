@@ -193,7 +193,7 @@ fn orphaned_running_jobs_are_recovered_and_leases_extend() {
 }
 
 #[test]
-fn a_store_made_before_part_hashes_gains_the_column_and_keeps_its_parts() {
+fn a_store_made_before_part_hashes_and_slots_gains_the_columns_and_keeps_its_parts() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     {
@@ -212,14 +212,15 @@ fn a_store_made_before_part_hashes_gains_the_column_and_keeps_its_parts() {
     let old = store.list_upload_parts("u1").unwrap();
     assert_eq!(old.len(), 1);
     assert_eq!(
-        (old[0].etag.as_str(), old[0].sha256.as_str()),
-        ("md5-old", "")
+        (old[0].etag.as_str(), old[0].sha256.as_str(), old[0].offset),
+        ("md5-old", "", None)
     );
     let part = UploadPart {
         part_number: 2,
         size: 7,
         etag: "md5-new".into(),
         sha256: "sha-new".into(),
+        offset: Some(5 << 20),
         last_modified: Utc::now().trunc_subsecs(6),
     };
     store.put_upload_part("u1", &part).unwrap();
