@@ -168,6 +168,27 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// EventBridge-style event rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum RulesCommand {
+    /// Test an event against an event pattern, as `aws events test-event-pattern` does:
+    /// prints {"result": true|false}, or the error AWS would give.
+    ///
+    /// Example: sluice rules test-pattern --pattern '{"source": ["shop"]}' --event file://event.json
+    TestPattern {
+        /// The event pattern (JSON, or file://PATH).
+        #[arg(long)]
+        pattern: String,
+        /// The event (JSON with id, account, source, time, region and detail-type, or file://PATH).
+        #[arg(long)]
+        event: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -251,6 +272,16 @@ fn init_logging(format: &str, default_level: &str) {
             .init();
     } else {
         builder.compact().init();
+    }
+}
+
+/// A JSON argument given inline or, like the aws CLI's, as `file://PATH`.
+fn json_argument(name: &str, value: &str) -> Result<String> {
+    match value.strip_prefix("file://") {
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading {name} from {path}"))
+        }
+        None => Ok(value.to_string()),
     }
 }
 
@@ -354,6 +385,17 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }),
         Command::Run { command: RunCommand::Show { id } } => rt.block_on(run_show(&cli, id)),
+        Command::Rules { command: RulesCommand::TestPattern { pattern, event } } => {
+            let pattern = json_argument("--pattern", pattern)?;
+            let event = json_argument("--event", event)?;
+            match sluice_rules::test_event_pattern(&pattern, &event) {
+                Ok(result) => {
+                    println!("{}", serde_json::json!({ "result": result }));
+                    Ok(())
+                }
+                Err(e) => bail!("{}: {e}", e.code()),
+            }
+        }
         Command::Quarantine { command: QuarantineCommand::Show { table, limit } } => rt.block_on(async {
             let platform = open(&cli).await?;
             if !platform.project.tables.contains_key(table) {

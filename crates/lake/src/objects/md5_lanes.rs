@@ -273,10 +273,7 @@ impl Hasher {
         if done.is_empty() {
             return;
         }
-        let states: Vec<Md5State> = done
-            .iter()
-            .map(|id| self.lanes[id].state)
-            .collect();
+        let states: Vec<Md5State> = done.iter().map(|id| self.lanes[id].state).collect();
         let mut digests = vec![Md5Digest::default(); states.len()];
         self.engine.finalize_many(&states, &mut digests);
         for (id, digest) in done.iter().zip(digests) {

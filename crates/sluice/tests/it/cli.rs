@@ -100,6 +100,7 @@ fn every_command_has_help_with_an_example() {
         vec!["dlq", "list"],
         vec!["dlq", "replay"],
         vec!["generate"],
+        vec!["rules", "test-pattern"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");

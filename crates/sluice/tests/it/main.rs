@@ -3,6 +3,7 @@
 
 mod cli;
 mod compaction;
+mod rules;
 mod s3;
 mod spine;
 mod support;

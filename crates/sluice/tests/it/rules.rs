@@ -11,7 +11,17 @@ fn test_pattern_answers_like_aws_for_matches_misses_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let none = dir.path().join("no-project.toml");
     let test = |pattern: &str, event: &str| {
-        cli(&none, &["rules", "test-pattern", "--pattern", pattern, "--event", event])
+        cli(
+            &none,
+            &[
+                "rules",
+                "test-pattern",
+                "--pattern",
+                pattern,
+                "--event",
+                event,
+            ],
+        )
     };
     let hit = r#"{"detail-type": ["Object Created"], "detail": {"object": {"key": [{"wildcard": "landing/*.csv"}], "size": [{"numeric": [">", 0]}]}}}"#;
     let (ok, out, err) = test(hit, EVENT);
@@ -19,7 +29,11 @@ fn test_pattern_answers_like_aws_for_matches_misses_and_bad_input() {
     assert_eq!(out.trim(), r#"{"result":true}"#);
     // The same pattern from a file, as the aws CLI reads file:// arguments.
     let file = dir.path().join("pattern.json");
-    std::fs::write(&file, r#"{"detail": {"bucket": {"name": [{"anything-but": "raw"}]}}}"#).unwrap();
+    std::fs::write(
+        &file,
+        r#"{"detail": {"bucket": {"name": [{"anything-but": "raw"}]}}}"#,
+    )
+    .unwrap();
     let (ok, out, _) = test(&format!("file://{}", file.display()), EVENT);
     assert!(ok);
     assert_eq!(out.trim(), r#"{"result":false}"#);
@@ -32,5 +46,8 @@ fn test_pattern_answers_like_aws_for_matches_misses_and_bad_input() {
     );
     let (ok, _, err) = test(hit, r#"{"detail": {}}"#);
     assert!(!ok);
-    assert!(err.contains("ValidationException: Parameter Event is not valid."), "{err}");
+    assert!(
+        err.contains("ValidationException: Parameter Event is not valid."),
+        "{err}"
+    );
 }
