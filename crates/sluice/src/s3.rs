@@ -97,6 +97,20 @@ fn body_checks(
     })
 }
 
+/// Reads and drops what is left of a refused request's body (at most 1 MiB), so that the
+/// connection is in step for the client's next request: bytes left unread would otherwise
+/// be taken for the start of the next request (a bare 400).
+async fn discard(body: Option<StreamingBlob>) {
+    let Some(mut body) = body else { return };
+    let mut left = 1usize << 20;
+    while let Some(Ok(chunk)) = body.next().await {
+        if chunk.len() >= left {
+            return;
+        }
+        left -= chunk.len();
+    }
+}
+
 /// The length of a request's payload as declared before it: the decoded length of an
 /// aws-chunked body, else Content-Length.
 fn declared_length(headers: &axum::http::HeaderMap, content_length: Option<i64>) -> Option<u64> {
@@ -415,24 +429,35 @@ impl S3 for SluiceS3 {
         &self,
         req: S3Request<PutObjectInput>,
     ) -> S3Result<S3Response<PutObjectOutput>> {
-        let checks = body_checks(&req.headers, req.region.is_some(), &req.input.content_md5)?;
-        let input = req.input;
+        let mut input = req.input;
+        let body = input.body.take();
         let (bucket, key) = (input.bucket.as_str(), input.key.as_str());
-        self.names(bucket, key)?;
-        if matches!(input.if_none_match, Some(ETagCondition::Any))
-            && self
-                .platform
-                .state
-                .object_meta(bucket, key)
-                .map_err(internal)?
-                .is_some()
-        {
-            return Err(s3_error!(
-                PreconditionFailed,
-                "{bucket}/{key} already exists"
-            ));
-        }
-        let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let refused = body_checks(&req.headers, req.region.is_some(), &input.content_md5)
+            .and_then(|checks| self.names(bucket, key).map(|_| checks))
+            .and_then(|checks| {
+                let exists = matches!(input.if_none_match, Some(ETagCondition::Any))
+                    && self
+                        .platform
+                        .state
+                        .object_meta(bucket, key)
+                        .map_err(internal)?
+                        .is_some();
+                if exists {
+                    return Err(s3_error!(
+                        PreconditionFailed,
+                        "{bucket}/{key} already exists"
+                    ));
+                }
+                Ok(checks)
+            });
+        let checks = match refused {
+            Ok(checks) => checks,
+            Err(e) => {
+                discard(body).await;
+                return Err(e);
+            }
+        };
+        let body = body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let options = PutOptions {
             content_type: input.content_type,
             metadata: input.metadata.unwrap_or_default().into_iter().collect(),
@@ -829,16 +854,27 @@ impl S3 for SluiceS3 {
         &self,
         req: S3Request<UploadPartInput>,
     ) -> S3Result<S3Response<UploadPartOutput>> {
-        let checks = body_checks(&req.headers, req.region.is_some(), &req.input.content_md5)?;
-        let input = req.input;
-        let upload = self.upload(&input.upload_id, &input.bucket, &input.key)?;
-        if !(1..=10_000).contains(&input.part_number) {
-            return Err(s3_error!(
-                InvalidArgument,
-                "part numbers go from 1 to 10000"
-            ));
-        }
-        let body = input.body.ok_or_else(|| s3_error!(IncompleteBody))?;
+        let mut input = req.input;
+        let body = input.body.take();
+        let accepted = body_checks(&req.headers, req.region.is_some(), &input.content_md5)
+            .and_then(|checks| {
+                let upload = self.upload(&input.upload_id, &input.bucket, &input.key)?;
+                if !(1..=10_000).contains(&input.part_number) {
+                    return Err(s3_error!(
+                        InvalidArgument,
+                        "part numbers go from 1 to 10000"
+                    ));
+                }
+                Ok((checks, upload))
+            });
+        let (checks, upload) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                discard(body).await;
+                return Err(e);
+            }
+        };
+        let body = body.ok_or_else(|| s3_error!(IncompleteBody))?;
         let state = self.platform.state.clone();
         let upload_id = upload.upload_id.clone();
         let recorded_slots = move || {
