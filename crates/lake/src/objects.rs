@@ -263,13 +263,7 @@ impl Objects {
             .await
             .map_err(|e| Error::store("starting the upload", e))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
-        let mut hasher = Sha256::new();
-        let mut md5 = if hashes.md5 || checks.expected_md5.is_some() {
-            Some(Md5Stream::new()?)
-        } else {
-            None
-        };
-        let mut size = 0u64;
+        let mut digests = Digests::new(hashes, checks)?;
         while let Some(chunk) = body.next().await {
             let chunk = match chunk {
                 Ok(c) => c,
@@ -278,55 +272,30 @@ impl Objects {
                     return Err(Error::UploadInterrupted(e.to_string()));
                 }
             };
-            if hashes.sha256 {
-                hasher.update(&chunk);
-            }
-            if let Some(md5) = &mut md5
-                && let Err(e) = md5.update(&chunk).await
-            {
+            if let Err(e) = digests.update(&chunk).await {
                 let _ = writer.abort().await;
                 return Err(e);
             }
-            size += chunk.len() as u64;
             writer
                 .wait_for_capacity(4)
                 .await
                 .map_err(|e| Error::store("writing the object", e))?;
             writer.put(chunk);
         }
-        let md5 = match md5 {
-            Some(md5) => match md5.finish().await {
-                Ok(hex) => hex,
-                Err(e) => {
-                    let _ = writer.abort().await;
-                    return Err(e);
-                }
-            },
-            None => String::new(),
+        let written = match digests.finish(checks).await {
+            Ok(written) => written,
+            Err(e) => {
+                let _ = writer.abort().await;
+                return Err(e);
+            }
         };
-        if let Some(expected) = &checks.expected_md5
-            && !expected.eq_ignore_ascii_case(&md5)
-        {
-            let _ = writer.abort().await;
-            return Err(Error::DigestMismatch {
-                expected: expected.clone(),
-                actual: md5,
-            });
-        }
         let put = writer
             .finish()
             .await
             .map_err(|e| Error::store("finishing the object", e))?;
-        let sha256 = if hashes.sha256 {
-            hex::encode(hasher.finalize())
-        } else {
-            String::new()
-        };
         Ok(Written {
-            size,
-            sha256,
-            md5,
             e_tag: put.e_tag,
+            ..written
         })
     }
 
@@ -759,6 +728,64 @@ impl ObjectReader {
                 e_tag.as_deref()
             }
         }
+    }
+}
+
+/// The digests a write computes while its bytes stream by, and their count.
+struct Digests {
+    sha256: Option<Sha256>,
+    md5: Option<Md5Stream>,
+    size: u64,
+}
+
+impl Digests {
+    fn new(hashes: Hashes, checks: &BodyChecks) -> Result<Self, Error> {
+        Ok(Self {
+            sha256: hashes.sha256.then(Sha256::new),
+            md5: if hashes.md5 || checks.expected_md5.is_some() {
+                Some(Md5Stream::new()?)
+            } else {
+                None
+            },
+            size: 0,
+        })
+    }
+
+    async fn update(&mut self, chunk: &Bytes) -> Result<(), Error> {
+        if let Some(sha256) = &mut self.sha256 {
+            sha256.update(chunk);
+        }
+        if let Some(md5) = &mut self.md5 {
+            md5.update(chunk).await?;
+        }
+        self.size += chunk.len() as u64;
+        Ok(())
+    }
+
+    /// The size and digests (hex; empty when not asked for), without a store ETag; fails
+    /// when the body does not have the MD5 `checks` expects.
+    async fn finish(self, checks: &BodyChecks) -> Result<Written, Error> {
+        let md5 = match self.md5 {
+            Some(md5) => md5.finish().await?,
+            None => String::new(),
+        };
+        if let Some(expected) = &checks.expected_md5
+            && !expected.eq_ignore_ascii_case(&md5)
+        {
+            return Err(Error::DigestMismatch {
+                expected: expected.clone(),
+                actual: md5,
+            });
+        }
+        Ok(Written {
+            size: self.size,
+            sha256: self
+                .sha256
+                .map(|h| hex::encode(h.finalize()))
+                .unwrap_or_default(),
+            md5,
+            e_tag: None,
+        })
     }
 }
 

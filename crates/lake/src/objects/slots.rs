@@ -27,9 +27,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
 
-use super::{BodyChecks, Hashes, Md5Stream, Written};
+use super::{BodyChecks, Digests, Hashes, Written};
 use crate::Error;
 
 /// Parts shorter than this never define the slot size: only the last part may be.
@@ -192,13 +191,7 @@ where
             .open(&slot.file)
             .map_err(|e| io("opening the slot file", e))?,
     );
-    let mut sha256 = Sha256::new();
-    let mut md5 = if hashes.md5 || checks.expected_md5.is_some() {
-        Some(Md5Stream::new()?)
-    } else {
-        None
-    };
-    let mut size = 0u64;
+    let mut digests = Digests::new(hashes, checks)?;
     let mut batch: Vec<Bytes> = Vec::new();
     let mut batch_len = 0usize;
     let mut in_flight: Option<tokio::task::JoinHandle<std::io::Result<()>>> = None;
@@ -207,19 +200,13 @@ where
         match body.next().await {
             Some(Err(e)) => return Err(Error::UploadInterrupted(e.to_string())),
             Some(Ok(chunk)) => {
-                if size + chunk.len() as u64 > slot.len {
+                if digests.size + chunk.len() as u64 > slot.len {
                     return Err(Error::UploadInterrupted(format!(
                         "the part is longer than its declared {} bytes",
                         slot.len
                     )));
                 }
-                if hashes.sha256 {
-                    sha256.update(&chunk);
-                }
-                if let Some(md5) = &mut md5 {
-                    md5.update(&chunk).await?;
-                }
-                size += chunk.len() as u64;
+                digests.update(&chunk).await?;
                 batch_len += chunk.len();
                 batch.push(chunk);
                 if batch_len < WRITE_BATCH {
@@ -234,7 +221,7 @@ where
                 .await
                 .map_err(|e| io("writing a part to", e))?;
         }
-        let at = slot.offset + size - batch_len as u64;
+        let at = slot.offset + digests.size - batch_len as u64;
         let bufs = std::mem::take(&mut batch);
         batch_len = 0;
         let file = file.clone();
@@ -250,28 +237,7 @@ where
     if let Some(last) = in_flight.take() {
         join(last).await.map_err(|e| io("writing a part to", e))?;
     }
-    let md5 = match md5 {
-        Some(md5) => md5.finish().await?,
-        None => String::new(),
-    };
-    if let Some(expected) = &checks.expected_md5
-        && !expected.eq_ignore_ascii_case(&md5)
-    {
-        return Err(Error::DigestMismatch {
-            expected: expected.clone(),
-            actual: md5,
-        });
-    }
-    Ok(Written {
-        size,
-        sha256: if hashes.sha256 {
-            hex::encode(sha256.finalize())
-        } else {
-            String::new()
-        },
-        md5,
-        e_tag: None,
-    })
+    digests.finish(checks).await
 }
 
 async fn join(handle: tokio::task::JoinHandle<std::io::Result<()>>) -> Result<(), std::io::Error> {
