@@ -1,7 +1,8 @@
 //! sluice-state: everything that must survive a crash, behind one interface.
 //!
 //! [`StateStore`] is the only door to durable state: events, jobs with leases,
-//! runs, the dead-letter queue, idempotency keys and the table catalog.
+//! runs, the dead-letter queue, idempotency keys and the table catalog;
+//! [`ExecutionStore`] keeps durable workflow executions.
 //! [`SqliteStore`] is the embedded default (one file, WAL); a PostgreSQL
 //! store implements the same trait for scale-out. **Invariant:** no other
 //! crate speaks SQL to the state store; rows here are plain structs, and
@@ -14,9 +15,11 @@
 //! ```
 #![warn(missing_docs)]
 
+mod executions;
 mod sqlite;
 mod types;
 
+pub use executions::*;
 pub use sqlite::SqliteStore;
 pub use types::*;
 

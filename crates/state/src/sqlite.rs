@@ -14,6 +14,8 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use uuid::Uuid;
 
+mod executions;
+
 use crate::{
     BatchLimits, Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, ObjectMeta, Result,
     Run, RunStatus, StateStore, StoredEvent, TableVersion, Upload, UploadPart,
@@ -118,6 +120,34 @@ CREATE TABLE IF NOT EXISTS catalog_tables (
     location TEXT NOT NULL,
     registered_at INTEGER NOT NULL,
     PRIMARY KEY (name, version)
+);
+CREATE TABLE IF NOT EXISTS executions (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    definition TEXT NOT NULL,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    cause TEXT,
+    started_at INTEGER NOT NULL,
+    stopped_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS executions_status ON executions(status, started_at);
+CREATE TABLE IF NOT EXISTS execution_events (
+    execution_id TEXT NOT NULL REFERENCES executions(id),
+    id INTEGER NOT NULL,
+    previous_id INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    details TEXT NOT NULL,
+    PRIMARY KEY (execution_id, id)
+);
+CREATE TABLE IF NOT EXISTS execution_steps (
+    execution_id TEXT NOT NULL REFERENCES executions(id),
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (execution_id, key)
 );
 "#;
 
