@@ -8,6 +8,8 @@
 //! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
 //! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
+//! | `POST /v1/executions` `{"definition": …, "input": …, "workflow": …}` | start a durable workflow execution; 201 with its id |
+//! | `GET /v1/executions`, `GET /v1/executions/{id}` | executions; one with its event history |
 //! | `GET /v1/status` | job counts: pending, running, done, dead |
 //! | `GET /v1/health` | liveness |
 
@@ -89,6 +91,8 @@ pub fn router(platform: Arc<Platform>) -> axum::Router {
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tables/{table}/compact", post(compact))
+        .route("/v1/executions", get(executions).post(start_execution))
+        .route("/v1/executions/{id}", get(execution))
         .with_state(platform)
 }
 
@@ -214,6 +218,58 @@ async fn run(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     Ok(Json(run_json(&p.state.get_run(&id)?)))
+}
+
+#[derive(Deserialize)]
+struct StartExecution {
+    /// The definition: an ASL object, or its text.
+    definition: serde_json::Value,
+    #[serde(default)]
+    input: Option<serde_json::Value>,
+    /// The workflow's name (default `workflow`).
+    #[serde(default)]
+    workflow: Option<String>,
+}
+
+async fn start_execution(
+    State(p): State<Arc<Platform>>,
+    Json(req): Json<StartExecution>,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let text = match &req.definition {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    sluice_flow::parse_definition(&text)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("definition: {e}")))?;
+    let input = req.input.unwrap_or_else(|| json!({}));
+    let workflow = req.workflow.unwrap_or_else(|| "workflow".into());
+    let execution = crate::workflows::create(&p, &workflow, &text, &input)
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
+    let started = crate::workflows::execution_json(&execution);
+    let id = execution.id.clone();
+    tokio::spawn(async move {
+        if let Err(e) = crate::workflows::run(p, execution).await {
+            tracing::error!(execution = %id, error = %format!("{e:#}"), "the execution could not be run");
+        }
+    });
+    Ok((StatusCode::CREATED, Json(started)))
+}
+
+async fn executions(
+    State(p): State<Arc<Platform>>,
+    Query(q): Query<Limit>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let list = p.executions.list_executions(q.limit.unwrap_or(100))?;
+    Ok(Json(
+        json!({"executions": list.iter().map(crate::workflows::execution_json).collect::<Vec<_>>()}),
+    ))
+}
+
+async fn execution(
+    State(p): State<Arc<Platform>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(crate::workflows::execution_with_history(&p, &id)?))
 }
 
 async fn compact(

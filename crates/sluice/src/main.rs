@@ -12,6 +12,7 @@ mod s3;
 mod system;
 mod watch;
 mod worker;
+mod workflows;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -173,6 +174,77 @@ enum Command {
         #[command(subcommand)]
         command: RulesCommand,
     },
+    /// Step Functions workflows (Amazon States Language).
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
+    /// List recent workflow executions of the project: id, workflow, status, duration.
+    ///
+    /// Example: sluice executions --limit 20
+    Executions {
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// One workflow execution.
+    Execution {
+        #[command(subcommand)]
+        command: ExecutionCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ExecutionCommand {
+    /// Show an execution as JSON: status, input, output or error and cause, and its
+    /// event history (shaped like Step Functions' GetExecutionHistory).
+    ///
+    /// Example: sluice execution show 0193a1b2
+    Show {
+        /// Execution id or a unique prefix of it.
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum WorkflowCommand {
+    /// Run a definition here, outside any project, and print one JSON object:
+    /// {"status", "output"} or {"status", "error", "cause"}. Exits 1 unless it succeeded.
+    /// Task states that need a project fail with States.TaskFailed, saying so.
+    ///
+    /// Example: sluice workflow run flow.asl.json --input '{"date": "2024-01-15"}'
+    Run {
+        /// The definition (a JSON file in Amazon States Language).
+        definition: PathBuf,
+        /// The execution's input (JSON, or file://PATH).
+        #[arg(long, default_value = "{}")]
+        input: String,
+        /// Also print the execution's event history (as GetExecutionHistory shapes it).
+        #[arg(long)]
+        history: bool,
+    },
+    /// Start a durable execution in the project and run it here to its end: every state
+    /// transition is committed to the state store before the next begins, so if this
+    /// process dies, the next `sluice up` resumes the execution at the state it was in.
+    /// Prints the execution (id, status, output or error and cause); exits 1 unless it
+    /// succeeded. While `sluice up` serves the project, ask it instead:
+    /// curl -X POST http://127.0.0.1:8080/v1/executions -d '{"definition": …, "input": …}'
+    ///
+    /// Example: sluice workflow start flows/nightly.asl.json --input '{"date": "2024-01-15"}'
+    Start {
+        /// The definition (a JSON file in Amazon States Language).
+        definition: PathBuf,
+        /// The execution's input (JSON, or file://PATH).
+        #[arg(long, default_value = "{}")]
+        input: String,
+    },
+    /// Check a definition: every problem at once, each naming the state and field.
+    ///
+    /// Example: sluice workflow validate flow.asl.json
+    Validate {
+        /// The definition (a JSON file in Amazon States Language).
+        definition: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -273,6 +345,13 @@ fn init_logging(format: &str, default_level: &str) {
     } else {
         builder.compact().init();
     }
+}
+
+/// Reads and validates a workflow definition file.
+fn load_workflow(path: &Path) -> Result<sluice_flow::StateMachine> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    sluice_flow::parse_definition(&text).with_context(|| format!("{}", path.display()))
 }
 
 /// A JSON argument given inline or, like the aws CLI's, as `file://PATH`.
@@ -396,6 +475,51 @@ fn run(cli: Cli) -> Result<()> {
                 Err(e) => bail!("{}: {e}", e.code()),
             }
         }
+        Command::Workflow { command: WorkflowCommand::Start { definition, input } } => {
+            rt.block_on(workflow_start(&cli, definition, input))
+        }
+        Command::Executions { limit } => rt.block_on(executions(&cli, *limit)),
+        Command::Execution { command: ExecutionCommand::Show { id } } => rt.block_on(async {
+            let platform = open(&cli).await?;
+            let shown = workflows::execution_with_history(&platform, id)?;
+            println!("{}", serde_json::to_string_pretty(&shown)?);
+            Ok(())
+        }),
+        Command::Workflow { command: WorkflowCommand::Validate { definition } } => {
+            load_workflow(definition)?;
+            println!("{}: valid", definition.display());
+            Ok(())
+        }
+        Command::Workflow { command: WorkflowCommand::Run { definition, input, history } } => {
+            let machine = load_workflow(definition)?;
+            let input_text = json_argument("--input", input)?;
+            let input: serde_json::Value = serde_json::from_str(&input_text)
+                .with_context(|| format!("--input is not JSON: {input_text}"))?;
+            let name = definition
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "workflow".into());
+            let id = uuid::Uuid::now_v7().to_string();
+            let info = sluice_flow::ExecutionInfo {
+                id: format!("arn:sluice:states:local:execution:{name}:{id}"),
+                name: id,
+                state_machine: name,
+            };
+            let interpreter = sluice_flow::Interpreter::new(
+                std::sync::Arc::new(sluice_flow::NoResources),
+                std::sync::Arc::new(sluice_flow::SystemClock),
+            );
+            let outcome = rt.block_on(interpreter.run(&machine, input, info, sluice_flow::History::default()));
+            let mut printed = serde_json::to_value(&outcome)?;
+            if *history {
+                printed["history"] = serde_json::to_value(&outcome.history)?;
+            }
+            println!("{printed}");
+            if outcome.status != sluice_flow::Status::Succeeded {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Quarantine { command: QuarantineCommand::Show { table, limit } } => rt.block_on(async {
             let platform = open(&cli).await?;
             if !platform.project.tables.contains_key(table) {
@@ -507,6 +631,13 @@ async fn up(
     platform.s3_keys = keys;
     let platform = Arc::new(platform);
     let _owned = platform.own_data_dir()?;
+    let resumed = workflows::resume_running(&platform)?;
+    if resumed > 0 {
+        tracing::warn!(
+            executions = resumed,
+            "resuming workflow executions left running by a process that stopped abruptly"
+        );
+    }
     let server = &platform.project.server;
     let bind = bind.unwrap_or_else(|| server.bind.clone());
     let port = http_port.unwrap_or(server.http_port);
@@ -730,6 +861,72 @@ async fn describe(cli: &Cli, name: &str) -> Result<()> {
             v.registered_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
     }
+    Ok(())
+}
+
+/// `sluice workflow start`: a durable execution run in this process, which owns the data directory meanwhile.
+async fn workflow_start(cli: &Cli, definition: &Path, input: &str) -> Result<()> {
+    let text = std::fs::read_to_string(definition)
+        .with_context(|| format!("reading {}", definition.display()))?;
+    sluice_flow::parse_definition(&text).with_context(|| format!("{}", definition.display()))?;
+    let input_text = json_argument("--input", input)?;
+    let input: serde_json::Value = serde_json::from_str(&input_text)
+        .with_context(|| format!("--input is not JSON: {input_text}"))?;
+    let platform = Arc::new(open(cli).await?);
+    let _owned = platform.lock_data_dir().context(
+        "workflow start runs the execution in this process; while `sluice up` serves the project, POST /v1/executions to it instead",
+    )?;
+    let name = definition
+        .file_stem()
+        .map(|s| s.to_string_lossy().trim_end_matches(".asl").to_owned())
+        .unwrap_or_else(|| "workflow".into());
+    let execution = workflows::create(&platform, &name, &text, &input)?;
+    eprintln!("execution {} of {name} started", execution.id);
+    let id = execution.id.clone();
+    workflows::run(platform.clone(), execution).await?;
+    let finished = platform.executions.get_execution(&id)?;
+    println!("{}", workflows::execution_json(&finished));
+    if finished.status != sluice_state::ExecutionStatus::Succeeded {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn executions(cli: &Cli, limit: usize) -> Result<()> {
+    let platform = open(cli).await?;
+    let list = platform.executions.list_executions(limit)?;
+    let mut t = render::table(
+        [
+            "execution",
+            "workflow",
+            "status",
+            "started",
+            "duration",
+            "error",
+        ]
+        .map(String::from)
+        .to_vec(),
+    );
+    for e in &list {
+        let duration = e
+            .stopped_at
+            .map(|s| {
+                format!(
+                    "{:.2}s",
+                    (s - e.started_at).num_milliseconds() as f64 / 1000.0
+                )
+            })
+            .unwrap_or_else(|| "running".into());
+        t.add_row(vec![
+            e.id.clone(),
+            e.workflow.clone(),
+            e.status.as_str().to_string(),
+            e.started_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+            duration,
+            e.error.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{t}");
     Ok(())
 }
 

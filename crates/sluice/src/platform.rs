@@ -20,7 +20,7 @@ use sluice_lake::{LakePaths, delta};
 use sluice_model::config::{Layer, Project};
 use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use sluice_model::key::{BucketName, ObjectKey};
-use sluice_state::{NewJob, ObjectMeta, SqliteStore, StateStore, TableVersion};
+use sluice_state::{ExecutionStore, NewJob, ObjectMeta, SqliteStore, StateStore, TableVersion};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -34,6 +34,8 @@ pub struct Platform {
     pub data_dir: PathBuf,
     /// Durable state.
     pub state: Arc<dyn StateStore>,
+    /// Durable workflow executions (the same store).
+    pub executions: Arc<dyn ExecutionStore>,
     /// Landing zone objects.
     pub objects: Objects,
     /// Lake locations.
@@ -184,7 +186,9 @@ impl Platform {
             .keys()
             .map(|t| (t.clone(), Arc::default()))
             .collect();
+        let state = Arc::new(state);
         let platform = Self {
+            executions: state.clone(),
             table_locks,
             tables: Default::default(),
             compacting: Default::default(),
@@ -192,7 +196,7 @@ impl Platform {
             project,
             project_dir,
             data_dir,
-            state: Arc::new(state),
+            state,
             objects,
             paths,
             contracts,

@@ -101,6 +101,11 @@ fn every_command_has_help_with_an_example() {
         vec!["dlq", "replay"],
         vec!["generate"],
         vec!["rules", "test-pattern"],
+        vec!["workflow", "run"],
+        vec!["workflow", "validate"],
+        vec!["workflow", "start"],
+        vec!["executions"],
+        vec!["execution", "show"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");

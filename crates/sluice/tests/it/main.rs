@@ -8,3 +8,4 @@ mod s3;
 mod spine;
 mod support;
 mod taxi;
+mod workflow;

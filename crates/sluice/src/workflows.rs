@@ -1,0 +1,347 @@
+//! Durable workflow executions in a project: started from the CLI or the HTTP
+//! API, run by the process that owns the data directory, every event and
+//! finished step committed to the state store before the next state begins,
+//! and resumed where they were after a crash.
+//!
+//! Task states call out through [`ProjectResources`]:
+//!
+//! | Resource | Parameters | Result |
+//! |---|---|---|
+//! | `arn:aws:states:::http:invoke` | `ApiEndpoint`, `Method`, `Headers`, `QueryParameters`, `RequestBody` | `StatusCode`, `StatusText`, `Headers`, `ResponseBody` |
+//! | `sluice:sql` | `Sql` | `Rows` (JSON objects), `RowCount` |
+//!
+//! Other resources fail with `States.TaskFailed`, naming the resource.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use chrono::Utc;
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+use sluice_flow::history::Store;
+use sluice_flow::{
+    Event, ExecutionInfo, Failure, History, Interpreter, Outcome, Resources, Status, SystemClock,
+    TaskCall,
+};
+use sluice_state::{Execution, ExecutionEvent, ExecutionStatus, ExecutionWriter};
+
+use crate::platform::Platform;
+use crate::render::json_rows;
+
+/// One execution's record in the state store, as the interpreter writes it:
+/// events and steps go through a group-committing [`ExecutionWriter`].
+struct ExecutionLog {
+    writer: ExecutionWriter,
+    /// The steps an earlier run saved, read once when the execution resumes.
+    saved: HashMap<String, Value>,
+}
+
+impl Store for ExecutionLog {
+    fn record(&self, e: &Event) -> Result<(), String> {
+        self.writer.event(ExecutionEvent {
+            id: e.id,
+            previous_id: e.previous_event_id,
+            time: e.timestamp,
+            kind: e.kind.clone(),
+            details: e.details.to_string(),
+        });
+        Ok(())
+    }
+
+    fn recall(&self, key: &str) -> Result<Option<Value>, String> {
+        Ok(self.saved.get(key).cloned())
+    }
+
+    fn remember(&self, key: &str, value: &Value) -> Result<(), String> {
+        self.writer.step(key, value.to_string());
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<(), String> {
+        self.writer.commit().map_err(|e| e.to_string())
+    }
+}
+
+/// Records a new execution of `definition` (already validated) and returns it, not yet run.
+pub fn create(
+    platform: &Platform,
+    workflow: &str,
+    definition: &str,
+    input: &Value,
+) -> Result<Execution> {
+    let execution = Execution {
+        id: uuid::Uuid::now_v7().to_string(),
+        workflow: workflow.to_owned(),
+        definition: definition.to_owned(),
+        status: ExecutionStatus::Running,
+        input: input.to_string(),
+        output: None,
+        error: None,
+        cause: None,
+        started_at: Utc::now(),
+        stopped_at: None,
+    };
+    platform.executions.create_execution(&execution)?;
+    Ok(execution)
+}
+
+/// Runs an execution to its end, from where its record says it was: a new
+/// one from its start, one cut off by a crash at the state it was in.
+pub async fn run(platform: Arc<Platform>, mut execution: Execution) -> Result<Outcome> {
+    let machine = sluice_flow::parse_definition(&execution.definition)
+        .with_context(|| format!("the definition of execution {}", execution.id))?;
+    let input: Value = serde_json::from_str(&execution.input)
+        .with_context(|| format!("the input of execution {}", execution.id))?;
+    let past = platform
+        .executions
+        .execution_events(&execution.id)?
+        .into_iter()
+        .map(|e| Event {
+            id: e.id,
+            previous_event_id: e.previous_id,
+            timestamp: e.time,
+            kind: e.kind,
+            details: serde_json::from_str(&e.details).unwrap_or(Value::Null),
+        })
+        .collect::<Vec<_>>();
+    let steps = platform
+        .executions
+        .execution_steps(&execution.id)?
+        .into_iter()
+        .map(|(k, v)| (k, serde_json::from_str(&v).unwrap_or(Value::Null)))
+        .collect();
+    if !past.is_empty() {
+        tracing::info!(execution = %execution.id, events = past.len(), "resuming the execution where it was cut off");
+    }
+    let log = Arc::new(ExecutionLog {
+        writer: ExecutionWriter::new(platform.executions.clone(), &execution.id),
+        saved: steps,
+    });
+    let info = ExecutionInfo {
+        id: format!(
+            "arn:sluice:states:local:execution:{}:{}",
+            execution.workflow, execution.id
+        ),
+        name: execution.id.clone(),
+        state_machine: execution.workflow.clone(),
+    };
+    let interpreter = Interpreter::new(
+        Arc::new(ProjectResources {
+            platform: platform.clone(),
+            http: reqwest::Client::new(),
+        }),
+        Arc::new(SystemClock),
+    );
+    let outcome = interpreter
+        .run(&machine, input, info, History::durable(log, past))
+        .await;
+    execution.status = match outcome.status {
+        Status::Succeeded => ExecutionStatus::Succeeded,
+        Status::Failed => ExecutionStatus::Failed,
+        Status::TimedOut => ExecutionStatus::TimedOut,
+    };
+    execution.output = outcome.output.as_ref().map(Value::to_string);
+    execution.error = outcome.error.clone();
+    execution.cause = outcome.cause.clone();
+    execution.stopped_at = Some(Utc::now());
+    platform.executions.finish_execution(&execution)?;
+    Ok(outcome)
+}
+
+/// Resumes, in the background, every execution a stopped process left running.
+pub fn resume_running(platform: &Arc<Platform>) -> Result<usize> {
+    let running = platform.executions.running_executions()?;
+    let count = running.len();
+    for execution in running {
+        let platform = platform.clone();
+        tokio::spawn(async move {
+            let id = execution.id.clone();
+            match run(platform, execution).await {
+                Ok(outcome) => {
+                    tracing::info!(execution = %id, status = ?outcome.status, "resumed execution ended")
+                }
+                Err(e) => {
+                    tracing::error!(execution = %id, error = %format!("{e:#}"), "cannot resume the execution")
+                }
+            }
+        });
+    }
+    Ok(count)
+}
+
+/// An execution as the CLI and the HTTP API show it (DescribeExecution's fields).
+pub fn execution_json(e: &Execution) -> Value {
+    let parsed = |s: &str| serde_json::from_str(s).unwrap_or_else(|_| Value::String(s.into()));
+    let mut v = json!({
+        "id": e.id,
+        "workflow": e.workflow,
+        "status": e.status.as_str(),
+        "startDate": e.started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        "input": parsed(&e.input),
+    });
+    if let Some(stopped) = e.stopped_at {
+        v["stopDate"] = json!(stopped.to_rfc3339_opts(chrono::SecondsFormat::Millis, true));
+    }
+    if let Some(output) = &e.output {
+        v["output"] = parsed(output);
+    }
+    if let Some(error) = &e.error {
+        v["error"] = json!(error);
+    }
+    if let Some(cause) = &e.cause {
+        v["cause"] = json!(cause);
+    }
+    v
+}
+
+/// An execution with its history (GetExecutionHistory's events).
+pub fn execution_with_history(platform: &Platform, id: &str) -> Result<Value, sluice_state::Error> {
+    let execution = platform.executions.get_execution(id)?;
+    let events: Vec<Value> = platform
+        .executions
+        .execution_events(&execution.id)?
+        .into_iter()
+        .map(|e| {
+            let mut v = json!({
+                "id": e.id,
+                "previousEventId": e.previous_id,
+                "timestamp": e.time.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+                "type": e.kind,
+            });
+            if let Ok(details) = serde_json::from_str::<Value>(&e.details)
+                && !details.is_null()
+            {
+                v["details"] = details;
+            }
+            v
+        })
+        .collect();
+    let mut v = execution_json(&execution);
+    v["events"] = Value::Array(events);
+    Ok(v)
+}
+
+/// What Task states of a project's workflows can call.
+pub struct ProjectResources {
+    platform: Arc<Platform>,
+    http: reqwest::Client,
+}
+
+impl Resources for ProjectResources {
+    fn invoke(&self, call: TaskCall) -> BoxFuture<'_, Result<Value, Failure>> {
+        async move {
+            match call.resource.as_str() {
+                "arn:aws:states:::http:invoke" => self.http_invoke(&call).await,
+                "sluice:sql" => self.sql(&call).await,
+                other => Err(Failure::new(
+                    "States.TaskFailed",
+                    format!(
+                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke and sluice:sql)",
+                        call.state
+                    ),
+                )),
+            }
+        }
+        .boxed()
+    }
+}
+
+impl ProjectResources {
+    /// The HTTP Task as Step Functions documents it: a failed status is the
+    /// error `States.Http.StatusCode.NNN`, a refused connection `States.Http.Socket`.
+    async fn http_invoke(&self, call: &TaskCall) -> Result<Value, Failure> {
+        let p = &call.input;
+        let bad =
+            |why: String| Failure::new("States.Runtime", format!("state '{}': {why}", call.state));
+        let endpoint = p["ApiEndpoint"]
+            .as_str()
+            .ok_or_else(|| bad("the HTTP Task needs Parameters.ApiEndpoint (a URL)".into()))?;
+        let method = p["Method"]
+            .as_str()
+            .ok_or_else(|| bad("the HTTP Task needs Parameters.Method".into()))?;
+        let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes())
+            .map_err(|_| bad(format!("Method '{method}' is not an HTTP method")))?;
+        let mut url = reqwest::Url::parse(endpoint)
+            .map_err(|e| bad(format!("ApiEndpoint '{endpoint}' is not a URL: {e}")))?;
+        if let Some(query) = p["QueryParameters"].as_object() {
+            let mut pairs = url.query_pairs_mut();
+            for (k, v) in query {
+                pairs.append_pair(k, &v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            }
+        }
+        let mut request = self.http.request(method, url);
+        if let Some(headers) = p["Headers"].as_object() {
+            for (k, v) in headers {
+                request =
+                    request.header(k, v.as_str().map_or_else(|| v.to_string(), str::to_owned));
+            }
+        }
+        match &p["RequestBody"] {
+            Value::Null => {}
+            Value::String(s) => request = request.body(s.clone()),
+            body => {
+                request = request
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.to_string())
+            }
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| Failure::new("States.Http.Socket", format!("{endpoint}: {e}")))?;
+        let status = response.status();
+        let headers: serde_json::Map<String, Value> = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), json!(v.to_str().unwrap_or_default())))
+            .collect();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| Failure::new("States.Http.Socket", format!("{endpoint}: {e}")))?;
+        let body = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        let result = json!({
+            "StatusCode": status.as_u16(),
+            "StatusText": status.canonical_reason().unwrap_or_default(),
+            "Headers": headers,
+            "ResponseBody": body,
+        });
+        if status.is_success() {
+            Ok(result)
+        } else {
+            Err(Failure::new(
+                &format!("States.Http.StatusCode.{}", status.as_u16()),
+                result.to_string(),
+            ))
+        }
+    }
+
+    /// A SQL statement over the lake, as `sluice query` runs it.
+    async fn sql(&self, call: &TaskCall) -> Result<Value, Failure> {
+        let Some(sql) = call.input["Sql"].as_str() else {
+            return Err(Failure::new(
+                "States.Runtime",
+                format!("state '{}': sluice:sql needs Parameters.Sql", call.state),
+            ));
+        };
+        let failed = |e: String| Failure::new("Sluice.SqlFailed", e);
+        let session = self
+            .platform
+            .session()
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        let result = session
+            .query(sql)
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        let rows: Vec<Value> = result
+            .batches
+            .iter()
+            .flat_map(json_rows)
+            .map(Value::Object)
+            .collect();
+        Ok(json!({"RowCount": rows.len(), "Rows": rows}))
+    }
+}

@@ -1,0 +1,457 @@
+//! Workflows from the command line: `sluice workflow run` and `validate`, on
+//! definition files written as Step Functions users write them.
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Validate → Choice on the invalid share → Map over partitions (2 at a
+/// time) → Parallel summary: the taxi workflow's shape, with Pass states
+/// standing in for the tasks.
+const FLOW: &str = r#"{
+  "Comment": "taxi-shaped flow",
+  "StartAt": "Validate",
+  "States": {
+    "Validate": {
+      "Type": "Pass",
+      "Parameters": {
+        "invalidShare.$": "$.invalid",
+        "partitions.$": "States.StringSplit($.dates, ',')",
+        "run.$": "States.Format('run-{}', $$.Execution.Name)"
+      },
+      "ResultPath": "$.validation",
+      "Next": "TooDirty?"
+    },
+    "TooDirty?": {
+      "Type": "Choice",
+      "Choices": [{"Variable": "$.validation.invalidShare", "NumericGreaterThan": 0.05, "Next": "Reject"}],
+      "Default": "EachPartition"
+    },
+    "Reject": {"Type": "Fail", "Error": "TooManyInvalidRows", "CausePath": "States.Format('{} of rows invalid', $.validation.invalidShare)"},
+    "EachPartition": {
+      "Type": "Map",
+      "ItemsPath": "$.validation.partitions",
+      "MaxConcurrency": 2,
+      "ItemSelector": {"date.$": "$$.Map.Item.Value", "n.$": "$$.Map.Item.Index"},
+      "ItemProcessor": {"StartAt": "Refresh", "States": {"Refresh": {"Type": "Pass", "Parameters": {"refreshed.$": "$.date", "n.$": "$.n"}, "End": true}}},
+      "ResultPath": "$.refreshed",
+      "Next": "Summarize"
+    },
+    "Summarize": {
+      "Type": "Parallel",
+      "Branches": [
+        {"StartAt": "Count", "States": {"Count": {"Type": "Pass", "Parameters": {"partitions.$": "States.ArrayLength($.refreshed)"}, "End": true}}},
+        {"StartAt": "Hash", "States": {"Hash": {"Type": "Pass", "Parameters": {"sha.$": "States.Hash($.dates, 'SHA-256')"}, "End": true}}}
+      ],
+      "OutputPath": "$",
+      "End": true
+    }
+  }
+}"#;
+
+fn run(
+    dir: &std::path::Path,
+    definition: &str,
+    input: &str,
+    extra: &[&str],
+) -> (bool, Value, String) {
+    let file = dir.join("flow.asl.json");
+    std::fs::write(&file, definition).unwrap();
+    let mut args = vec!["workflow", "run", file.to_str().unwrap(), "--input", input];
+    args.extend_from_slice(extra);
+    let (ok, out, err) = cli(&dir.join("no-project.toml"), &args);
+    let printed = serde_json::from_str(out.trim())
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}): {out}\nstderr: {err}"));
+    (ok, printed, err)
+}
+
+#[test]
+fn workflow_run_prints_the_output_of_a_definition_run_here() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, printed, err) = run(
+        dir.path(),
+        FLOW,
+        r#"{"invalid": 0.01, "dates": "2024-01-01,2024-01-02,2024-01-03"}"#,
+        &[],
+    );
+    assert!(ok, "{printed} {err}");
+    assert_eq!(printed["status"], "SUCCEEDED");
+    let output = &printed["output"];
+    assert_eq!(output[0], json!({"partitions": 3}));
+    let expected_sha = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(b"2024-01-01,2024-01-02,2024-01-03"))
+    };
+    assert_eq!(output[1], json!({"sha": expected_sha}));
+    assert!(printed.get("error").is_none());
+
+    // The Choice sends a dirty input to the Fail state: status, error and cause, exit 1.
+    let (ok, printed, _) = run(
+        dir.path(),
+        FLOW,
+        r#"{"invalid": 0.2, "dates": "2024-01-01"}"#,
+        &["--history"],
+    );
+    assert!(!ok);
+    assert_eq!(printed["status"], "FAILED");
+    assert_eq!(printed["error"], "TooManyInvalidRows");
+    assert_eq!(printed["cause"], "0.2 of rows invalid");
+    let kinds: Vec<&str> = printed["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ExecutionStarted",
+            "PassStateEntered",
+            "PassStateExited",
+            "ChoiceStateEntered",
+            "ChoiceStateExited",
+            "FailStateEntered",
+            "ExecutionFailed"
+        ]
+    );
+}
+
+#[test]
+fn workflow_run_explains_what_it_cannot_do_here() {
+    let dir = tempfile::tempdir().unwrap();
+    // A Task needing a project fails with a States.* error a Catch can route.
+    let task = r#"{"StartAt": "Load", "States": {
+        "Load": {"Type": "Task", "Resource": "sluice:pipeline:trips", "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.failure", "Next": "Caught"}], "End": true},
+        "Caught": {"Type": "Pass", "End": true}}}"#;
+    let (ok, printed, _) = run(dir.path(), task, "{}", &[]);
+    assert!(ok, "{printed}");
+    assert_eq!(printed["output"]["failure"]["Error"], "States.TaskFailed");
+    let cause = printed["output"]["failure"]["Cause"].as_str().unwrap();
+    assert!(
+        cause.contains("sluice:pipeline:trips") && cause.contains("sluice project"),
+        "{cause}"
+    );
+
+    // A definition with mistakes: every one, each naming its state and field.
+    let file = dir.path().join("bad.asl.json");
+    std::fs::write(&file, r#"{"StartAt": "A", "States": {
+        "A": {"Type": "Pass", "Next": "Nowhere"},
+        "B": {"Type": "Wait", "Seconds": 5, "SecondsPath": "$.s", "End": true},
+        "C": {"Type": "Choice", "Choices": [{"Variable": "$.x", "NumericEquals": "one", "Next": "A"}]}}}"#).unwrap();
+    let none = dir.path().join("no-project.toml");
+    let (ok, _, err) = cli(&none, &["workflow", "validate", file.to_str().unwrap()]);
+    assert!(!ok);
+    for expected in [
+        "States.A.Next: no state named 'Nowhere' here",
+        "States.B: a Wait state takes exactly one of Seconds, Timestamp, SecondsPath, TimestampPath (found Seconds, SecondsPath)",
+        "States.C.Choices[0].NumericEquals: must be a number, not \"one\"",
+        "States.C: cannot be reached from StartAt",
+    ] {
+        assert!(err.contains(expected), "missing {expected:?} in:\n{err}");
+    }
+    // Duplicate keys are refused, not silently collapsed.
+    std::fs::write(
+        &file,
+        r#"{"StartAt": "A", "States": {"A": {"Type": "Pass", "End": true, "End": false}}}"#,
+    )
+    .unwrap();
+    let (ok, _, err) = cli(&none, &["workflow", "run", file.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("duplicate key \"End\" in $.States.A"), "{err}");
+    let (ok, out, _) = cli(
+        &none,
+        &[
+            "workflow",
+            "validate",
+            dir.path().join("flow.asl.json").to_str().unwrap(),
+        ],
+    );
+    assert!(ok && out.contains("valid"), "{out}");
+}
+
+/// A small HTTP endpoint the workflows call: it counts requests by path, answers
+/// JSON, holds the first request to `hold` without an answer (the process that
+/// sent it is killed meanwhile) and answers 404 to `/missing`.
+struct Endpoint {
+    base: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    held: std::sync::mpsc::Receiver<()>,
+}
+
+impl Endpoint {
+    fn start(hold: Option<&'static str>) -> Endpoint {
+        use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let (tx, held) = std::sync::mpsc::channel();
+        let seen = calls.clone();
+        std::thread::spawn(move || {
+            let mut kept = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut head = String::new();
+                let mut length = 0;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    head.push_str(&line);
+                }
+                let mut body = vec![0; length];
+                reader.read_exact(&mut body).ok();
+                let target = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let path = target.split('?').next().unwrap().to_string();
+                let first = {
+                    let mut calls = seen.lock().unwrap();
+                    calls.push(path.clone());
+                    calls.iter().filter(|c| **c == path).count() == 1
+                };
+                if hold == Some(path.as_str()) && first {
+                    kept.push(stream);
+                    tx.send(()).ok();
+                    continue;
+                }
+                let (status, answer) = match path.as_str() {
+                    "/missing" => ("404 Not Found", json!({"message": "no such thing"})),
+                    _ => (
+                        "200 OK",
+                        json!({"path": path, "target": target, "rows": 1000, "received": String::from_utf8_lossy(&body)}),
+                    ),
+                };
+                let answer = answer.to_string();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        Endpoint { base, calls, held }
+    }
+
+    fn count(&self, path: &str) -> usize {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| *c == path)
+            .count()
+    }
+}
+
+fn http_task(endpoint: &str, method: &str, extra: Value) -> Value {
+    let mut parameters = json!({"ApiEndpoint": endpoint, "Method": method,
+        "Authentication": {"ConnectionArn": "arn:aws:events:us-east-1:123456789012:connection/local/1"}});
+    if let (Value::Object(p), Value::Object(e)) = (&mut parameters, extra) {
+        p.extend(e);
+    }
+    json!({"Type": "Task", "Resource": "arn:aws:states:::http:invoke", "Parameters": parameters})
+}
+
+/// Extract → Stamp (a random UUID) → Load → Notify, every Task an HTTP call.
+fn durable_flow(base: &str) -> Value {
+    let mut extract = http_task(
+        &format!("{base}/extract"),
+        "POST",
+        json!({"RequestBody": {"date.$": "$.date"}}),
+    );
+    extract["ResultSelector"] = json!({"rows.$": "$.ResponseBody.rows"});
+    extract["ResultPath"] = json!("$.extract");
+    extract["Next"] = json!("Stamp");
+    let mut load = http_task(
+        &format!("{base}/load"),
+        "POST",
+        json!({"RequestBody": {"stamp.$": "$.stamp.id"}}),
+    );
+    load["ResultSelector"] = json!({"status.$": "$.StatusCode"});
+    load["ResultPath"] = json!("$.load");
+    load["Next"] = json!("Notify");
+    let mut notify = http_task(
+        &format!("{base}/notify"),
+        "GET",
+        json!({"QueryParameters": {"stamp.$": "$.stamp.id"}}),
+    );
+    notify["ResultSelector"] = json!({"target.$": "$.ResponseBody.target"});
+    notify["ResultPath"] = json!("$.notify");
+    notify["End"] = json!(true);
+    json!({"StartAt": "Extract", "States": {
+        "Extract": extract,
+        "Stamp": {"Type": "Pass", "Parameters": {"id.$": "States.UUID()"}, "ResultPath": "$.stamp", "Next": "Load"},
+        "Load": load,
+        "Notify": notify
+    }})
+}
+
+fn execution(server: &Server, id: &str) -> Value {
+    ureq::get(&format!("{}/v1/executions/{id}", server.base))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap()
+}
+
+/// The issue's durability test: kill -9 the process running an execution in
+/// the middle of a Task; `sluice up` resumes it at that Task, and no Task that
+/// had completed runs again.
+#[test]
+fn an_execution_killed_mid_task_resumes_at_that_state_after_restart() {
+    let endpoint = Endpoint::start(Some("/load"));
+    let project = taxi_project(|t| t);
+    let file = project.path().join("nightly.asl.json");
+    std::fs::write(&file, durable_flow(&endpoint.base).to_string()).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .args(["-p"])
+        .arg(project.path().join("sluice.toml"))
+        .args(["workflow", "start"])
+        .arg(&file)
+        .args(["--input", r#"{"date": "2024-01-15"}"#])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    endpoint
+        .held
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the execution reached the Load task");
+    child.kill().unwrap(); // SIGKILL
+    let killed = child.wait_with_output().unwrap();
+    assert!(!killed.status.success());
+    let stderr = String::from_utf8_lossy(&killed.stderr);
+    let id = stderr
+        .split_whitespace()
+        .skip_while(|w| *w != "execution")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no execution id in: {stderr}"))
+        .to_string();
+    assert_eq!(
+        (
+            endpoint.count("/extract"),
+            endpoint.count("/load"),
+            endpoint.count("/notify")
+        ),
+        (1, 1, 0)
+    );
+
+    // Before the restart the execution is on record as running, its history ending in Load.
+    let (ok, out, err) = cli(
+        &project.path().join("sluice.toml"),
+        &["execution", "show", &id[..13]],
+    );
+    assert!(ok, "{err}");
+    let before: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(before["status"], "RUNNING");
+    let last = before["events"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["type"], "TaskScheduled", "{last}");
+
+    let server = Server::start(project.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let e = execution(&server, &id);
+        if e["status"] != "RUNNING" {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    // Extract completed before the kill and did not run again; Load, cut off, ran again.
+    assert_eq!(
+        (
+            endpoint.count("/extract"),
+            endpoint.count("/load"),
+            endpoint.count("/notify")
+        ),
+        (1, 2, 1)
+    );
+    let output = &done["output"];
+    assert_eq!(output["extract"]["rows"], 1000);
+    assert_eq!(output["load"]["status"], 200);
+    // The UUID drawn before the kill is the one the later tasks were given.
+    let stamp = output["stamp"]["id"].as_str().unwrap();
+    assert_eq!(output["notify"]["target"], format!("/notify?stamp={stamp}"));
+    let events = done["events"].as_array().unwrap();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "ExecutionStarted").count(),
+        1
+    );
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "PassStateEntered").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.last(), Some(&"ExecutionSucceeded"));
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e["id"], i + 1);
+    }
+
+    // The CLI lists it with the others.
+    let (ok, out, _) = server.cli(&["executions"]);
+    assert!(
+        ok && out.contains(&id) && out.contains("SUCCEEDED"),
+        "{out}"
+    );
+}
+
+/// Started over the HTTP API while `sluice up` serves: Task resources of a
+/// project (SQL over the lake, HTTP calls), and HTTP errors Catch can route.
+#[test]
+fn executions_started_over_http_run_sql_and_http_tasks() {
+    let endpoint = Endpoint::start(None);
+    let project = taxi_project(|t| t);
+    let server = Server::start(project.path());
+    let mut missing = http_task(&format!("{}/missing", endpoint.base), "GET", json!({}));
+    missing["Catch"] = json!([{"ErrorEquals": ["States.Http.StatusCode.404"], "ResultPath": "$.caught", "Next": "Done"}]);
+    missing["End"] = json!(true);
+    let definition = json!({"StartAt": "Count", "States": {
+        "Count": {"Type": "Task", "Resource": "sluice:sql",
+                  "Parameters": {"Sql.$": "States.Format('SELECT {} + 1 AS answer', $.n)"},
+                  "ResultSelector": {"answer.$": "$.Rows[0].answer", "rows.$": "$.RowCount"},
+                  "ResultPath": "$.sql", "Next": "Missing"},
+        "Missing": missing,
+        "Done": {"Type": "Pass", "End": true}
+    }});
+    let mut resp = ureq::post(&format!("{}/v1/executions", server.base))
+        .send_json(json!({"definition": definition, "input": {"n": 41}, "workflow": "checks"}))
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let started: Value = resp.body_mut().read_json().unwrap();
+    let id = started["id"].as_str().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let e = execution(&server, id);
+        if e["status"] != "RUNNING" {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    assert_eq!(done["workflow"], "checks");
+    assert_eq!(done["output"]["sql"], json!({"answer": 42, "rows": 1}));
+    assert_eq!(
+        done["output"]["caught"]["Error"],
+        "States.Http.StatusCode.404"
+    );
+    let cause: Value =
+        serde_json::from_str(done["output"]["caught"]["Cause"].as_str().unwrap()).unwrap();
+    assert_eq!(cause["StatusCode"], 404);
+    assert_eq!(cause["ResponseBody"]["message"], "no such thing");
+    assert_eq!(endpoint.count("/missing"), 1);
+
+    // A definition with mistakes is refused before anything runs.
+    let resp = ureq::post(&format!("{}/v1/executions", server.base))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(json!({"definition": {"StartAt": "Nowhere", "States": {}}}))
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
