@@ -336,6 +336,58 @@ pub struct Project {
     pub triggers: BTreeMap<String, Trigger>,
     /// Pipelines by name.
     pub pipelines: BTreeMap<String, Pipeline>,
+    /// Workflows by name.
+    pub workflows: BTreeMap<String, Workflow>,
+    /// Schedules by name.
+    pub schedules: BTreeMap<String, ScheduleSpec>,
+}
+
+/// A workflow: a Step Functions definition (validated by sluice-flow when the project opens).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Workflow {
+    /// Workflow name.
+    pub name: String,
+    /// The definition file, relative to the project file.
+    pub file: String,
+    /// The definition's text.
+    pub definition: String,
+    /// What it does.
+    pub description: Option<String>,
+}
+
+/// What a schedule does with ticks missed while sluice was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Missed {
+    /// They do not run.
+    Skip,
+    /// They run, oldest first, at most this many (the newest).
+    CatchUp(usize),
+}
+
+/// A validated schedule.
+#[derive(Debug, Clone)]
+pub struct ScheduleSpec {
+    /// Schedule name.
+    pub name: String,
+    /// When it ticks.
+    pub schedule: crate::schedule::Schedule,
+    /// The workflow each tick starts.
+    pub workflow: String,
+    /// The input each execution gets.
+    pub input: serde_json::Value,
+    /// What happens to missed ticks.
+    pub missed: Missed,
+}
+
+impl PartialEq for ScheduleSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.schedule.expression() == other.schedule.expression()
+            && self.schedule.timezone() == other.schedule.timezone()
+            && self.workflow == other.workflow
+            && self.input == other.input
+            && self.missed == other.missed
+    }
 }
 
 type Path = Vec<Seg>;
@@ -440,7 +492,14 @@ impl Project {
 
 /// The sections whose entries are deserialized one by one, so that a wrong type in one
 /// entry does not hide the problems of the others.
-const ENTRY_SECTIONS: [&str; 4] = ["buckets", "tables", "triggers", "pipelines"];
+const ENTRY_SECTIONS: [&str; 6] = [
+    "buckets",
+    "tables",
+    "triggers",
+    "pipelines",
+    "workflows",
+    "schedules",
+];
 
 /// Deserializes the project entry by entry, reporting every type error (serde stops at the
 /// first one it meets, so each table, trigger and pipeline gets its own deserializer).
@@ -516,6 +575,16 @@ fn deserialize_piecewise(
                 "triggers" => entry::<raw::RawTrigger>(t, span, &prefix, unknown).map(|b| {
                     if let Some(p) = project.as_mut() {
                         p.triggers.insert(name.clone(), b);
+                    }
+                }),
+                "workflows" => entry::<raw::RawWorkflow>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.workflows.insert(name.clone(), b);
+                    }
+                }),
+                "schedules" => entry::<raw::RawSchedule>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.schedules.insert(name.clone(), b);
                     }
                 }),
                 _ => entry::<raw::RawPipeline>(t, span, &prefix, unknown).map(|b| {
@@ -939,6 +1008,92 @@ fn validate(
         );
     }
 
+    let mut workflows = BTreeMap::new();
+    for (name, w) in raw.workflows {
+        let path = vec![key("workflows"), key(&name)];
+        match read_file(&w.definition) {
+            Ok(definition) => {
+                workflows.insert(
+                    name.clone(),
+                    Workflow {
+                        name,
+                        file: w.definition,
+                        definition,
+                        description: w.description,
+                    },
+                );
+            }
+            Err(e) => c.add(
+                [path, vec![key("definition")]].concat(),
+                format!("cannot read {:?}: {e}", w.definition),
+            ),
+        }
+    }
+
+    let mut schedules = BTreeMap::new();
+    for (name, s) in raw.schedules {
+        let path = vec![key("schedules"), key(&name)];
+        let at = |field: &str| [path.clone(), vec![key(field)]].concat();
+        let timezone = s.timezone.as_deref().unwrap_or("UTC");
+        let schedule = match crate::schedule::Schedule::parse(&s.expression, timezone) {
+            Ok(schedule) => Some(schedule),
+            Err(e) => {
+                let field = if e.why.contains("IANA") {
+                    "timezone"
+                } else {
+                    "expression"
+                };
+                c.add(at(field), e.to_string());
+                None
+            }
+        };
+        if !workflows.contains_key(&s.workflow) {
+            c.add(
+                at("workflow"),
+                format!(
+                    "workflow {:?} is not declared under [workflows]",
+                    s.workflow
+                ),
+            );
+        }
+        let input = match s.input.as_deref() {
+            None => serde_json::json!({}),
+            Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
+                c.add(at("input"), format!("input is not JSON: {e}"));
+                serde_json::Value::Null
+            }),
+        };
+        let missed = match s.missed.as_deref() {
+            None | Some("skip") => Missed::Skip,
+            Some("catch-up") => Missed::CatchUp(s.catch_up_limit.unwrap_or(10)),
+            Some(other) => {
+                c.add(
+                    at("missed"),
+                    format!("missed = {other:?} is not `skip` or `catch-up`"),
+                );
+                Missed::Skip
+            }
+        };
+        if s.catch_up_limit.is_some() && missed == Missed::Skip {
+            c.add(
+                at("catch_up_limit"),
+                "catch_up_limit only means something with missed = \"catch-up\"",
+            );
+        }
+        if let Some(schedule) = schedule {
+            schedules.insert(
+                name.clone(),
+                ScheduleSpec {
+                    name,
+                    schedule,
+                    workflow: s.workflow,
+                    input,
+                    missed,
+                },
+            );
+        }
+    }
+
     Project {
         name: raw.name.unwrap_or_else(|| "sluice".to_string()),
         data_dir: raw.data_dir.unwrap_or_else(|| ".sluice".to_string()),
@@ -949,6 +1104,8 @@ fn validate(
         tables,
         triggers,
         pipelines,
+        workflows,
+        schedules,
     }
 }
 

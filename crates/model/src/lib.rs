@@ -22,6 +22,7 @@ pub mod config;
 pub mod contract;
 pub mod event;
 pub mod key;
+pub mod schedule;
 
 /// The small set of error kinds every error in sluice maps to, once, at the edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,6 +38,12 @@ pub struct RawProject {
     /// Pipelines by name: ordered steps, retry policy and acceptance thresholds.
     #[serde(default)]
     pub pipelines: BTreeMap<String, RawPipeline>,
+    /// Workflows by name: Step Functions definitions (Amazon States Language), run unchanged.
+    #[serde(default)]
+    pub workflows: BTreeMap<String, RawWorkflow>,
+    /// Schedules by name: cron or rate expressions that start a workflow with a fixed input.
+    #[serde(default)]
+    pub schedules: BTreeMap<String, RawSchedule>,
 }
 
 /// The HTTP API and the worker pool.
@@ -257,4 +263,30 @@ pub struct RawRetry {
 pub struct RawAcceptance {
     /// Largest share of invalid rows, in percent, that still lets the run publish. Default 100 (never fail).
     pub max_invalid_pct: Option<f64>,
+}
+
+/// A Step Functions workflow: its definition in Amazon States Language, as AWS takes it.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawWorkflow {
+    /// The definition file (JSON), relative to this file, e.g. `flows/nightly.asl.json`.
+    pub definition: String,
+    /// What the workflow does, for people.
+    pub description: Option<String>,
+}
+
+/// A schedule: a cron or rate expression that starts a workflow with a fixed input.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawSchedule {
+    /// `cron(0 4 * * ? *)` (EventBridge's six fields: minutes hours day-of-month month day-of-week year), `rate(1 hour)`, or a five-field crontab line `0 4 * * *`.
+    pub expression: String,
+    /// IANA time zone the expression is read in, e.g. `America/New_York`. Default `UTC`.
+    pub timezone: Option<String>,
+    /// Workflow to start: a name under `[workflows]`.
+    pub workflow: String,
+    /// The execution's input, as JSON text. Default `{}`.
+    pub input: Option<String>,
+    /// Ticks missed while sluice was down: `skip` them (default) or `catch-up`, oldest first.
+    pub missed: Option<String>,
+    /// With `missed = "catch-up"`: at most this many missed ticks run, the newest. Default 10.
+    pub catch_up_limit: Option<usize>,
 }

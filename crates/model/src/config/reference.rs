@@ -20,6 +20,8 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RawStep", "pipelines.NAME.steps[]"),
     ("RawRetry", "[pipelines.NAME.retry]"),
     ("RawAcceptance", "[pipelines.NAME.acceptance]"),
+    ("RawWorkflow", "[workflows.NAME]"),
+    ("RawSchedule", "[schedules.NAME]"),
 ];
 
 /// The reference of every field of `sluice.toml`, as Markdown.

@@ -185,3 +185,48 @@ fn the_reference_in_docs_is_current() {
         assert!(generated.contains(&format!("`{field}`")), "{field} missing");
     }
 }
+
+const SCHEDULED: &str = r#"
+[workflows.nightly]
+definition = "models/daily.sql"
+[schedules.nightly]
+expression = "cron(0 4 * * ? *)"
+workflow = "nightly"
+input = '{"source": "schedule"}'
+missed = "catch-up"
+catch_up_limit = 3
+"#;
+
+#[test]
+fn schedules_start_declared_workflows_with_a_fixed_input() {
+    let project = parse(&format!("{GOOD}{SCHEDULED}")).unwrap();
+    let s = &project.schedules["nightly"];
+    assert_eq!(s.workflow, "nightly");
+    assert_eq!(s.input, serde_json::json!({"source": "schedule"}));
+    assert_eq!(s.missed, Missed::CatchUp(3));
+    assert_eq!(s.schedule.timezone(), chrono_tz::UTC);
+    assert_eq!(project.workflows["nightly"].definition, "SELECT 1");
+
+    let bad = format!("{GOOD}{SCHEDULED}")
+        .replace("cron(0 4 * * ? *)", "cron(0 4 * * * *)")
+        .replace("workflow = \"nightly\"", "workflow = \"weekly\"")
+        .replace("'{\"source\": \"schedule\"}'", "'{source}'")
+        .replace("missed = \"catch-up\"", "missed = \"later\"")
+        .replace(
+            "definition = \"models/daily.sql\"",
+            "definition = \"flows/nope.json\"",
+        );
+    let out = errors(&bad);
+    for expected in [
+        "one of day-of-month and day-of-week must be `?`",
+        "workflow \"weekly\" is not declared under [workflows]",
+        "input is not JSON",
+        "\"later\" is not `skip` or `catch-up`",
+        "catch_up_limit",
+        "cannot read \"flows/nope.json\"",
+    ] {
+        assert!(out.contains(expected), "missing {expected:?} in:\n{out}");
+    }
+    let out = errors(&format!("{GOOD}{SCHEDULED}timezone = \"Mars/Olympus\"\n"));
+    assert!(out.contains("not an IANA time zone"), "{out}");
+}
