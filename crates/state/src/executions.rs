@@ -111,6 +111,20 @@ pub trait ExecutionStore: Send + Sync {
     fn save_execution_step(&self, execution: &str, key: &str, value: &str) -> Result<()>;
     /// The saved steps of an execution: (key, result JSON).
     fn execution_steps(&self, execution: &str) -> Result<Vec<(String, String)>>;
+
+    /// Fires a schedule's tick: records the tick and creates its execution in one
+    /// transaction. False (and nothing created) when the tick was fired or skipped
+    /// before, so a tick never starts two executions, whatever restarts in between.
+    fn fire_schedule_tick(
+        &self,
+        schedule: &str,
+        tick: DateTime<Utc>,
+        execution: &Execution,
+    ) -> Result<bool>;
+    /// Records that a schedule's ticks up to `tick` were missed and skipped.
+    fn skip_schedule_ticks(&self, schedule: &str, tick: DateTime<Utc>) -> Result<()>;
+    /// The newest tick of a schedule fired or skipped.
+    fn last_schedule_tick(&self, schedule: &str) -> Result<Option<DateTime<Utc>>>;
 }
 
 /// Writes one running execution's events and steps with group commit: they

@@ -143,6 +143,13 @@ CREATE TABLE IF NOT EXISTS execution_events (
     details TEXT NOT NULL,
     PRIMARY KEY (execution_id, id)
 );
+CREATE TABLE IF NOT EXISTS schedule_ticks (
+    schedule TEXT NOT NULL,
+    tick INTEGER NOT NULL,
+    execution_id TEXT,
+    recorded_at INTEGER NOT NULL,
+    PRIMARY KEY (schedule, tick)
+);
 CREATE TABLE IF NOT EXISTS execution_steps (
     execution_id TEXT NOT NULL REFERENCES executions(id),
     key TEXT NOT NULL,

@@ -1,5 +1,6 @@
 //! [`ExecutionStore`] on SQLite: executions, their histories and saved steps.
 
+use chrono::{DateTime, Utc};
 use rusqlite::{Row, params};
 
 use super::{SqliteStore, from_micros, micros};
@@ -7,6 +8,26 @@ use crate::{Error, Execution, ExecutionEvent, ExecutionStatus, ExecutionStore, R
 
 const COLUMNS: &str =
     "id, workflow, definition, status, input, output, error, cause, started_at, stopped_at";
+
+fn insert_execution(conn: &rusqlite::Connection, e: &Execution) -> rusqlite::Result<usize> {
+    conn.execute(
+        &format!(
+            "INSERT INTO executions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
+        ),
+        params![
+            e.id,
+            e.workflow,
+            e.definition,
+            e.status.as_str(),
+            e.input,
+            e.output,
+            e.error,
+            e.cause,
+            micros(e.started_at),
+            e.stopped_at.map(micros),
+        ],
+    )
+}
 
 fn execution_from_row(r: &Row<'_>) -> rusqlite::Result<Execution> {
     let status: String = r.get(3)?;
@@ -33,21 +54,7 @@ fn execution_from_row(r: &Row<'_>) -> rusqlite::Result<Execution> {
 impl ExecutionStore for SqliteStore {
     fn create_execution(&self, e: &Execution) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
-                &format!("INSERT INTO executions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
-                params![
-                    e.id,
-                    e.workflow,
-                    e.definition,
-                    e.status.as_str(),
-                    e.input,
-                    e.output,
-                    e.error,
-                    e.cause,
-                    micros(e.started_at),
-                    e.stopped_at.map(micros),
-                ],
-            )?;
+            insert_execution(conn, e)?;
             Ok(())
         })
     }
@@ -204,6 +211,50 @@ impl ExecutionStore for SqliteStore {
         })
     }
 
+    fn fire_schedule_tick(
+        &self,
+        schedule: &str,
+        tick: DateTime<Utc>,
+        execution: &Execution,
+    ) -> Result<bool> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let claimed = tx.execute(
+                "INSERT INTO schedule_ticks (schedule, tick, execution_id, recorded_at)
+                 VALUES (?1, ?2, ?3, ?4) ON CONFLICT(schedule, tick) DO NOTHING",
+                params![schedule, micros(tick), execution.id, micros(Utc::now())],
+            )?;
+            if claimed == 0 {
+                return Ok(false);
+            }
+            insert_execution(&tx, execution)?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn skip_schedule_ticks(&self, schedule: &str, tick: DateTime<Utc>) -> Result<()> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO schedule_ticks (schedule, tick, execution_id, recorded_at)
+                 VALUES (?1, ?2, NULL, ?3) ON CONFLICT(schedule, tick) DO NOTHING",
+                params![schedule, micros(tick), micros(Utc::now())],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn last_schedule_tick(&self, schedule: &str) -> Result<Option<DateTime<Utc>>> {
+        self.with(|conn| {
+            let tick: Option<i64> = conn.query_row(
+                "SELECT MAX(tick) FROM schedule_ticks WHERE schedule = ?1",
+                [schedule],
+                |r| r.get(0),
+            )?;
+            Ok(tick.map(from_micros))
+        })
+    }
+
     fn execution_steps(&self, execution: &str) -> Result<Vec<(String, String)>> {
         self.with(|conn| {
             let mut stmt =
@@ -217,8 +268,6 @@ impl ExecutionStore for SqliteStore {
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
-
-    use chrono::Utc;
 
     use super::*;
     use crate::ExecutionWriter;
@@ -332,6 +381,55 @@ mod tests {
         writer.step("B#1", "{}".into());
         assert!(writer.commit().is_err());
         assert_eq!(store.execution_steps("0190-a").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_schedule_tick_starts_one_execution_whatever_happens() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let tick = DateTime::parse_from_rfc3339("2024-01-15T04:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        {
+            let store = SqliteStore::open(&path).unwrap();
+            assert_eq!(store.last_schedule_tick("nightly").unwrap(), None);
+            assert!(
+                store
+                    .fire_schedule_tick("nightly", tick, &execution("e1"))
+                    .unwrap()
+            );
+            // The same tick again (a second process, a restart): nothing.
+            assert!(
+                !store
+                    .fire_schedule_tick("nightly", tick, &execution("e2"))
+                    .unwrap()
+            );
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(
+            !store
+                .fire_schedule_tick("nightly", tick, &execution("e3"))
+                .unwrap()
+        );
+        let ids: Vec<_> = store
+            .list_executions(10)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(ids, ["e1"]);
+        assert_eq!(store.last_schedule_tick("nightly").unwrap(), Some(tick));
+        // Skipped ticks move the schedule on without an execution.
+        let later = tick + chrono::Duration::days(3);
+        store.skip_schedule_ticks("nightly", later).unwrap();
+        assert_eq!(store.last_schedule_tick("nightly").unwrap(), Some(later));
+        assert!(
+            !store
+                .fire_schedule_tick("nightly", later, &execution("e4"))
+                .unwrap()
+        );
+        assert_eq!(store.list_executions(10).unwrap().len(), 1);
+        assert_eq!(store.last_schedule_tick("other").unwrap(), None);
     }
 
     #[test]
