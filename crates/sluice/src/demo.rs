@@ -22,7 +22,7 @@ use crate::render::{self, Format};
 use crate::worker;
 
 /// The example project, as `sluice init` and the demo write it.
-pub const PROJECT_FILES: [(&str, &str); 3] = [
+pub const PROJECT_FILES: [(&str, &str); 4] = [
     (
         "sluice.toml",
         include_str!("../../../examples/nyc-taxi/sluice.toml"),
@@ -34,6 +34,10 @@ pub const PROJECT_FILES: [(&str, &str); 3] = [
     (
         "models/zone_revenue.sql",
         include_str!("../../../examples/nyc-taxi/models/zone_revenue.sql"),
+    ),
+    (
+        "flows/nightly.asl.json",
+        include_str!("../../../examples/nyc-taxi/flows/nightly.asl.json"),
     ),
 ];
 
@@ -203,6 +207,7 @@ pub async fn run(rows: usize, dir: Option<PathBuf>, seed: u64) -> Result<()> {
             .keep(),
     };
     std::fs::create_dir_all(workspace.join("models"))?;
+    std::fs::create_dir_all(workspace.join("flows"))?;
     for (name, text) in PROJECT_FILES {
         std::fs::write(workspace.join(name), text)?;
     }

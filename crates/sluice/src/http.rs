@@ -8,7 +8,7 @@
 //! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
 //! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
-//! | `POST /v1/executions` `{"definition": …, "input": …, "workflow": …}` | start a durable workflow execution; 201 with its id |
+//! | `POST /v1/executions` `{"workflow": …, "input": …, "definition": …}` | start a durable execution of a `[workflows]` entry, or of the definition sent; 201 with its id |
 //! | `GET /v1/executions`, `GET /v1/executions/{id}` | executions; one with its event history |
 //! | `GET /v1/status` | job counts: pending, running, done, dead |
 //! | `GET /v1/health` | liveness |
@@ -222,8 +222,9 @@ async fn run(
 
 #[derive(Deserialize)]
 struct StartExecution {
-    /// The definition: an ASL object, or its text.
-    definition: serde_json::Value,
+    /// The definition: an ASL object, or its text. Default: the `[workflows]` entry named `workflow`.
+    #[serde(default)]
+    definition: Option<serde_json::Value>,
     #[serde(default)]
     input: Option<serde_json::Value>,
     /// The workflow's name (default `workflow`).
@@ -235,14 +236,23 @@ async fn start_execution(
     State(p): State<Arc<Platform>>,
     Json(req): Json<StartExecution>,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
+    let workflow = req.workflow.unwrap_or_else(|| "workflow".into());
     let text = match &req.definition {
-        serde_json::Value::String(s) => s.clone(),
-        other => other.to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => match p.project.workflows.get(&workflow) {
+            Some(w) => w.definition.clone(),
+            None => {
+                return Err(ApiError(
+                    StatusCode::NOT_FOUND,
+                    format!("no workflow {workflow:?} under [workflows]; send a definition"),
+                ));
+            }
+        },
     };
     sluice_flow::parse_definition(&text)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("definition: {e}")))?;
     let input = req.input.unwrap_or_else(|| json!({}));
-    let workflow = req.workflow.unwrap_or_else(|| "workflow".into());
     let execution = crate::workflows::create(&p, &workflow, &text, &input)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     let started = crate::workflows::execution_json(&execution);

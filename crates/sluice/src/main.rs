@@ -9,6 +9,7 @@ mod http;
 mod platform;
 mod render;
 mod s3;
+mod schedules;
 mod system;
 mod watch;
 mod worker;
@@ -232,7 +233,7 @@ enum WorkflowCommand {
     ///
     /// Example: sluice workflow start flows/nightly.asl.json --input '{"date": "2024-01-15"}'
     Start {
-        /// The definition (a JSON file in Amazon States Language).
+        /// A workflow of the project (a name under [workflows]), or a definition file.
         definition: PathBuf,
         /// The execution's input (JSON, or file://PATH).
         #[arg(long, default_value = "{}")]
@@ -399,13 +400,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Check => {
             let (project, _) = load_project(&cli.project)?;
             platform::compile_contracts(&project)?;
+            workflows::check_definitions(&project)?;
             println!(
-                "{}: ok ({} buckets, {} tables, {} triggers, {} pipelines)",
+                "{}: ok ({} buckets, {} tables, {} triggers, {} pipelines, {} workflows, {} schedules)",
                 cli.project.display(),
                 project.buckets.len(),
                 project.tables.len(),
                 project.triggers.len(),
-                project.pipelines.len()
+                project.pipelines.len(),
+                project.workflows.len(),
+                project.schedules.len()
             );
             Ok(())
         }
@@ -584,8 +588,10 @@ fn init(dir: &Path) -> Result<()> {
     if target.exists() {
         bail!("{} already exists; not overwriting it", target.display());
     }
-    std::fs::create_dir_all(dir.join("models"))
-        .with_context(|| format!("creating {}", dir.display()))?;
+    for sub in ["models", "flows"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.display()))?;
+    }
     for (name, text) in demo::PROJECT_FILES {
         let path = dir.join(name);
         if !path.exists() {
@@ -669,6 +675,7 @@ async fn up(
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await
     });
+    let scheduler = tokio::spawn(schedules::run(platform.clone(), shutdown.clone()));
     let pool = tokio::spawn(worker::run_pool(
         platform.clone(),
         workers,
@@ -714,6 +721,7 @@ async fn up(
     eprintln!("shutting down: finishing in-flight work");
     shutdown.cancel();
     let _ = pool.await;
+    let _ = scheduler.await;
     if let Some(w) = watcher {
         let _ = w.await;
     }
@@ -866,20 +874,34 @@ async fn describe(cli: &Cli, name: &str) -> Result<()> {
 
 /// `sluice workflow start`: a durable execution run in this process, which owns the data directory meanwhile.
 async fn workflow_start(cli: &Cli, definition: &Path, input: &str) -> Result<()> {
-    let text = std::fs::read_to_string(definition)
-        .with_context(|| format!("reading {}", definition.display()))?;
-    sluice_flow::parse_definition(&text).with_context(|| format!("{}", definition.display()))?;
     let input_text = json_argument("--input", input)?;
     let input: serde_json::Value = serde_json::from_str(&input_text)
         .with_context(|| format!("--input is not JSON: {input_text}"))?;
     let platform = Arc::new(open(cli).await?);
+    let declared = definition
+        .to_str()
+        .and_then(|name| platform.project.workflows.get(name));
+    let (name, text) = match declared {
+        Some(w) => (w.name.clone(), w.definition.clone()),
+        None => {
+            let text = std::fs::read_to_string(definition).with_context(|| {
+                format!(
+                    "reading {} (not a workflow under [workflows] either)",
+                    definition.display()
+                )
+            })?;
+            sluice_flow::parse_definition(&text)
+                .with_context(|| format!("{}", definition.display()))?;
+            let name = definition
+                .file_stem()
+                .map(|s| s.to_string_lossy().trim_end_matches(".asl").to_owned())
+                .unwrap_or_else(|| "workflow".into());
+            (name, text)
+        }
+    };
     let _owned = platform.lock_data_dir().context(
         "workflow start runs the execution in this process; while `sluice up` serves the project, POST /v1/executions to it instead",
     )?;
-    let name = definition
-        .file_stem()
-        .map(|s| s.to_string_lossy().trim_end_matches(".asl").to_owned())
-        .unwrap_or_else(|| "workflow".into());
     let execution = workflows::create(&platform, &name, &text, &input)?;
     eprintln!("execution {} of {name} started", execution.id);
     let id = execution.id.clone();

@@ -159,6 +159,7 @@ impl Platform {
     /// Opens the platform for a project: state, objects, lake, compiled contracts, catalog.
     pub async fn open(project: Project, project_dir: PathBuf, data_dir: PathBuf) -> Result<Self> {
         let contracts = compile_contracts(&project)?;
+        crate::workflows::check_definitions(&project)?;
         std::fs::create_dir_all(&data_dir)
             .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
         let state = SqliteStore::open(&data_dir.join("state.db"))

@@ -64,15 +64,10 @@ impl Store for ExecutionLog {
     }
 }
 
-/// Records a new execution of `definition` (already validated) and returns it, not yet run.
-pub fn create(
-    platform: &Platform,
-    workflow: &str,
-    definition: &str,
-    input: &Value,
-) -> Result<Execution> {
-    let execution = Execution {
-        id: uuid::Uuid::now_v7().to_string(),
+/// A new execution of `definition` (already validated), not yet recorded.
+pub fn new_execution(id: &str, workflow: &str, definition: &str, input: &Value) -> Execution {
+    Execution {
+        id: id.to_owned(),
         workflow: workflow.to_owned(),
         definition: definition.to_owned(),
         status: ExecutionStatus::Running,
@@ -82,9 +77,38 @@ pub fn create(
         cause: None,
         started_at: Utc::now(),
         stopped_at: None,
-    };
+    }
+}
+
+/// Records a new execution of `definition` (already validated) and returns it, not yet run.
+pub fn create(
+    platform: &Platform,
+    workflow: &str,
+    definition: &str,
+    input: &Value,
+) -> Result<Execution> {
+    let id = uuid::Uuid::now_v7().to_string();
+    let execution = new_execution(&id, workflow, definition, input);
     platform.executions.create_execution(&execution)?;
     Ok(execution)
+}
+
+/// Validates the definitions of a project's `[workflows]`: every problem of every one.
+pub fn check_definitions(project: &sluice_model::config::Project) -> Result<()> {
+    let mut problems = Vec::new();
+    for w in project.workflows.values() {
+        if let Err(e) = sluice_flow::parse_definition(&w.definition) {
+            problems.push(format!("workflow {} ({}): {e}", w.name, w.file));
+        }
+    }
+    if !problems.is_empty() {
+        anyhow::bail!(
+            "{}\n{} workflow definition(s) with problems; nothing was started",
+            problems.join("\n"),
+            problems.len()
+        );
+    }
+    Ok(())
 }
 
 /// Runs an execution to its end, from where its record says it was: a new

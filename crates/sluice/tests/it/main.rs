@@ -5,6 +5,7 @@ mod cli;
 mod compaction;
 mod rules;
 mod s3;
+mod schedule;
 mod spine;
 mod support;
 mod taxi;

@@ -33,7 +33,12 @@ pub fn taxi_project(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let example = repo_root().join("examples/nyc-taxi");
     std::fs::create_dir_all(dir.path().join("models")).unwrap();
-    for f in ["models/daily_revenue.sql", "models/zone_revenue.sql"] {
+    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+    for f in [
+        "models/daily_revenue.sql",
+        "models/zone_revenue.sql",
+        "flows/nightly.asl.json",
+    ] {
         std::fs::copy(example.join(f), dir.path().join(f)).unwrap();
     }
     let toml = std::fs::read_to_string(example.join("sluice.toml")).unwrap();

@@ -455,3 +455,90 @@ fn executions_started_over_http_run_sql_and_http_tasks() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+fn run_to_end(server: &Server, body: Value) -> Value {
+    let mut resp = ureq::post(&format!("{}/v1/executions", server.base))
+        .send_json(body)
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let started: Value = resp.body_mut().read_json().unwrap();
+    let id = started["id"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let e = execution(server, &id);
+        if e["status"] != "RUNNING" {
+            return e;
+        }
+        assert!(std::time::Instant::now() < deadline, "still running: {e}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The taxi example's nightly workflow (examples/nyc-taxi/flows/nightly.asl.json)
+/// on a real TLC file: validation, the Choice on the invalid share, and a Map
+/// summarizing each partition two at a time, checked against SQL.
+#[test]
+fn the_taxi_nightly_workflow_summarizes_each_partition_or_stops_on_dirty_data() {
+    let project = taxi_project(|t| t.replace("max_invalid_pct = 40", "max_invalid_pct = 100"));
+    let server = Server::start(project.path());
+    for file in [
+        "yellow_tripdata_2016-09.csv",
+        "yellow_tripdata_2017-06.csv",
+        "yellow_tripdata_2019-06_sample.csv",
+    ] {
+        server.put_file(
+            "raw",
+            &format!("landing/{file}"),
+            &shared_data(&format!("nyc_tlc/{file}")),
+        );
+    }
+    server.wait_idle(std::time::Duration::from_secs(120));
+    let expected: Vec<Value> = server
+        .query("SELECT CAST(date AS VARCHAR) AS date, count(*) AS trips FROM silver.trips GROUP BY 1 ORDER BY 1")
+        .into_iter()
+        .map(|r| json!({"date": r["date"], "trips": as_i64(&r["trips"])}))
+        .collect();
+    assert!(expected.len() > 2, "{expected:?}");
+    let share = server.scalar(
+        "SELECT CAST(SUM(rows_quarantined) AS DOUBLE) * 100 / SUM(rows_in) FROM sluice.runs WHERE status = 'succeeded'",
+    );
+
+    // 4.9 % of these files' rows are quarantined: under the workflow's 5 % bar.
+    assert!(as_f64(&share) > 4.0 && as_f64(&share) < 5.0, "{share}");
+    let done = run_to_end(&server, json!({"workflow": "nightly"}));
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let output = &done["output"];
+    assert_eq!(output["partitions"], expected.len());
+    let got: Vec<Value> = output["summaries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| json!({"date": s["date"], "trips": s["trips"]}))
+        .collect();
+    assert_eq!(got, expected);
+    // Map iterations ran two at a time: never more than two started and not finished.
+    let mut open = 0i32;
+    let mut most = 0;
+    for e in done["events"].as_array().unwrap() {
+        match e["type"].as_str().unwrap() {
+            "MapIterationStarted" => open += 1,
+            "MapIterationSucceeded" | "MapIterationFailed" => open -= 1,
+            _ => {}
+        }
+        most = most.max(open);
+    }
+    assert_eq!(most, 2);
+
+    // With a stricter threshold the Choice routes to the Fail state, naming the share.
+    let strict =
+        std::fs::read_to_string(repo_root().join("examples/nyc-taxi/flows/nightly.asl.json"))
+            .unwrap()
+            .replace("\"NumericGreaterThan\": 5", "\"NumericGreaterThan\": -1");
+    let failed = run_to_end(&server, json!({"workflow": "strict", "definition": strict}));
+    assert_eq!(failed["status"], "FAILED");
+    assert_eq!(failed["error"], "TooManyInvalidRows");
+    assert!(
+        failed["cause"].as_str().unwrap().contains(" percent of "),
+        "{failed}"
+    );
+}

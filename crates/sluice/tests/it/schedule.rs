@@ -1,0 +1,124 @@
+//! Schedules under `sluice up`: ticks start workflow executions, a tick never
+//! starts two across a kill -9 and restart, and ticks missed while the server
+//! was down follow the schedule's policy (catch-up fires them, skip does not).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::support::*;
+
+const PROJECT: &str = r#"
+version = 1
+name = "ticks"
+
+[workflows.tick]
+definition = "flows/tick.asl.json"
+
+[schedules.catching_up]
+expression = "rate(1 second)"
+workflow = "tick"
+input = '{"schedule": "catching_up", "at": "<aws.scheduler.scheduled-time>"}'
+missed = "catch-up"
+catch_up_limit = 100
+
+[schedules.skipping]
+expression = "rate(1 second)"
+workflow = "tick"
+input = '{"schedule": "skipping", "at": "<aws.scheduler.scheduled-time>"}'
+"#;
+
+const TICK: &str = r#"{"StartAt": "Stamp", "States": {"Stamp": {"Type": "Pass", "Parameters": {"schedule.$": "$.schedule", "at.$": "$.at", "ran.$": "$$.Execution.StartTime"}, "End": true}}}"#;
+
+fn executions(server: &Server) -> Vec<Value> {
+    let body: Value = ureq::get(&format!("{}/v1/executions?limit=10000", server.base))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    body["executions"].as_array().unwrap().clone()
+}
+
+/// Ticks (scheduled times) of one schedule's succeeded executions, sorted.
+fn ticks(all: &[Value], schedule: &str) -> Vec<DateTime<Utc>> {
+    let mut ticks: Vec<DateTime<Utc>> = all
+        .iter()
+        .filter(|e| e["status"] == "SUCCEEDED" && e["output"]["schedule"] == schedule)
+        .map(|e| e["output"]["at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    ticks.sort();
+    ticks
+}
+
+fn wait_for(server: &Server, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let all = executions(server);
+        if done(&all) {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+    std::fs::write(dir.path().join("flows/tick.asl.json"), TICK).unwrap();
+    std::fs::write(dir.path().join("sluice.toml"), PROJECT).unwrap();
+    let (ok, out, err) = cli(&dir.path().join("sluice.toml"), &["check"]);
+    assert!(ok && out.contains("1 workflows, 2 schedules"), "{out}{err}");
+
+    let mut server = Server::start(dir.path());
+    wait_for(&server, "three ticks of each schedule", |all| {
+        ticks(all, "catching_up").len() >= 3 && ticks(all, "skipping").len() >= 3
+    });
+    server.kill9();
+    let down_at = Utc::now();
+    std::thread::sleep(Duration::from_secs(4));
+    let server = Server::start(dir.path());
+    let up_at = Utc::now();
+    let all = wait_for(&server, "ticks after the restart", |all| {
+        let after = |s| {
+            ticks(all, s)
+                .last()
+                .is_some_and(|t| *t > up_at + chrono::TimeDelta::seconds(2))
+        };
+        after("catching_up") && after("skipping")
+    });
+
+    // Every tick of the catch-up schedule ran exactly once: one second apart,
+    // with the seconds the server was down filled in after it came back.
+    let caught = ticks(&all, "catching_up");
+    for pair in caught.windows(2) {
+        assert_eq!(
+            pair[1] - pair[0],
+            chrono::TimeDelta::seconds(1),
+            "{caught:?}"
+        );
+    }
+    assert!(caught.first().unwrap() < &down_at && caught.last().unwrap() > &up_at);
+
+    // The skipping schedule ran each tick at most once and left the downtime out.
+    let skipped = ticks(&all, "skipping");
+    let mut unique = skipped.clone();
+    unique.dedup();
+    assert_eq!(unique, skipped, "a tick ran twice");
+    let gap = skipped.windows(2).map(|p| p[1] - p[0]).max().unwrap();
+    assert!(
+        gap >= chrono::TimeDelta::seconds(3),
+        "no ticks were skipped: {skipped:?}"
+    );
+
+    // The scheduled time reached the execution through the input template.
+    let e = all
+        .iter()
+        .find(|e| e["output"]["schedule"] == "catching_up")
+        .unwrap();
+    assert_eq!(e["workflow"], "tick");
+    assert!(e["output"]["at"].as_str().unwrap().ends_with('Z'), "{e}");
+}
