@@ -340,6 +340,31 @@ pub struct Project {
     pub workflows: BTreeMap<String, Workflow>,
     /// Schedules by name.
     pub schedules: BTreeMap<String, ScheduleSpec>,
+    /// Event rules by name.
+    pub rules: BTreeMap<String, Rule>,
+}
+
+/// A validated event rule.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// Rule name.
+    pub name: String,
+    /// The pattern as written.
+    pub pattern_text: String,
+    /// The compiled pattern.
+    pub pattern: sluice_rules::Pattern,
+    /// The workflow a matching event starts.
+    pub workflow: String,
+    /// What the rule is for.
+    pub description: Option<String>,
+}
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.pattern_text == other.pattern_text
+            && self.workflow == other.workflow
+    }
 }
 
 /// A workflow: a Step Functions definition (validated by sluice-flow when the project opens).
@@ -492,13 +517,14 @@ impl Project {
 
 /// The sections whose entries are deserialized one by one, so that a wrong type in one
 /// entry does not hide the problems of the others.
-const ENTRY_SECTIONS: [&str; 6] = [
+const ENTRY_SECTIONS: [&str; 7] = [
     "buckets",
     "tables",
     "triggers",
     "pipelines",
     "workflows",
     "schedules",
+    "rules",
 ];
 
 /// Deserializes the project entry by entry, reporting every type error (serde stops at the
@@ -585,6 +611,11 @@ fn deserialize_piecewise(
                 "schedules" => entry::<raw::RawSchedule>(t, span, &prefix, unknown).map(|b| {
                     if let Some(p) = project.as_mut() {
                         p.schedules.insert(name.clone(), b);
+                    }
+                }),
+                "rules" => entry::<raw::RawRule>(t, span, &prefix, unknown).map(|b| {
+                    if let Some(p) = project.as_mut() {
+                        p.rules.insert(name.clone(), b);
                     }
                 }),
                 _ => entry::<raw::RawPipeline>(t, span, &prefix, unknown).map(|b| {
@@ -1094,6 +1125,35 @@ fn validate(
         }
     }
 
+    let mut rules = BTreeMap::new();
+    for (name, r) in raw.rules {
+        let path = vec![key("rules"), key(&name)];
+        if !workflows.contains_key(&r.workflow) {
+            c.add(
+                [path.clone(), vec![key("workflow")]].concat(),
+                format!(
+                    "workflow {:?} is not declared under [workflows]",
+                    r.workflow
+                ),
+            );
+        }
+        match sluice_rules::Pattern::parse(&r.pattern) {
+            Ok(pattern) => {
+                rules.insert(
+                    name.clone(),
+                    Rule {
+                        name,
+                        pattern_text: r.pattern,
+                        pattern,
+                        workflow: r.workflow,
+                        description: r.description,
+                    },
+                );
+            }
+            Err(e) => c.add([path, vec![key("pattern")]].concat(), e.to_string()),
+        }
+    }
+
     Project {
         name: raw.name.unwrap_or_else(|| "sluice".to_string()),
         data_dir: raw.data_dir.unwrap_or_else(|| ".sluice".to_string()),
@@ -1106,6 +1166,7 @@ fn validate(
         pipelines,
         workflows,
         schedules,
+        rules,
     }
 }
 

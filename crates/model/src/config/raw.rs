@@ -44,6 +44,9 @@ pub struct RawProject {
     /// Schedules by name: cron or rate expressions that start a workflow with a fixed input.
     #[serde(default)]
     pub schedules: BTreeMap<String, RawSchedule>,
+    /// Event rules by name: EventBridge event patterns that start a workflow with the matching event as its input.
+    #[serde(default)]
+    pub rules: BTreeMap<String, RawRule>,
 }
 
 /// The HTTP API and the worker pool.
@@ -289,4 +292,17 @@ pub struct RawSchedule {
     pub missed: Option<String>,
     /// With `missed = "catch-up"`: at most this many missed ticks run, the newest. Default 10.
     pub catch_up_limit: Option<usize>,
+}
+
+/// An event rule: events matching an EventBridge event pattern start a workflow, with the event as its input.
+///
+/// Events are shaped as EventBridge delivers them: objects written and deleted are `source = "aws.s3"`, `detail-type = "Object Created"` / `"Object Deleted"` with `detail.bucket.name` and `detail.object.key`; executions ending are `source = "aws.states"`, `detail-type = "Step Functions Execution Status Change"`; custom events come from `POST /v1/events`.
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct RawRule {
+    /// The event pattern (JSON text), e.g. `'{"source": ["aws.s3"], "detail": {"bucket": {"name": ["raw"]}}}'`.
+    pub pattern: String,
+    /// Workflow to start: a name under `[workflows]`.
+    pub workflow: String,
+    /// What the rule is for, for people.
+    pub description: Option<String>,
 }

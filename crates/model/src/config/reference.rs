@@ -22,6 +22,7 @@ const SECTIONS: &[(&str, &str)] = &[
     ("RawAcceptance", "[pipelines.NAME.acceptance]"),
     ("RawWorkflow", "[workflows.NAME]"),
     ("RawSchedule", "[schedules.NAME]"),
+    ("RawRule", "[rules.NAME]"),
 ];
 
 /// The reference of every field of `sluice.toml`, as Markdown.

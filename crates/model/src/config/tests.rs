@@ -230,3 +230,25 @@ fn schedules_start_declared_workflows_with_a_fixed_input() {
     let out = errors(&format!("{GOOD}{SCHEDULED}timezone = \"Mars/Olympus\"\n"));
     assert!(out.contains("not an IANA time zone"), "{out}");
 }
+
+#[test]
+fn rules_route_events_to_declared_workflows_and_bad_patterns_say_why_as_aws_does() {
+    let rule = r#"
+[rules.uploads]
+pattern = '{"source": ["aws.s3"], "detail": {"bucket": {"name": ["raw"]}}}'
+workflow = "nightly"
+"#;
+    let project = parse(&format!("{GOOD}{SCHEDULED}{rule}")).unwrap();
+    let r = &project.rules["uploads"];
+    assert!(
+        r.pattern.matches(
+            &serde_json::json!({"source": "aws.s3", "detail": {"bucket": {"name": "raw"}}})
+        )
+    );
+    let bad_rule = rule
+        .replace("[\"raw\"]}}}", "\"raw\"}}}")
+        .replace("workflow = \"nightly\"", "workflow = \"none\"");
+    let out = errors(&format!("{GOOD}{SCHEDULED}{bad_rule}"));
+    assert!(out.contains("Event pattern is not valid. Reason:"), "{out}");
+    assert!(out.contains("workflow \"none\" is not declared"), "{out}");
+}
