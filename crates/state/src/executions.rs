@@ -125,6 +125,20 @@ pub trait ExecutionStore: Send + Sync {
     fn skip_schedule_ticks(&self, schedule: &str, tick: DateTime<Utc>) -> Result<()>;
     /// The newest tick of a schedule fired or skipped.
     fn last_schedule_tick(&self, schedule: &str) -> Result<Option<DateTime<Utc>>>;
+
+    /// Records a custom event (the JSON of its EventBridge envelope); returns its sequence number.
+    fn put_custom_event(&self, id: &str, body: &str, time: DateTime<Utc>) -> Result<i64>;
+    /// Custom events after sequence number `after`, oldest first: (seq, envelope JSON).
+    fn custom_events_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>>;
+    /// Object events after sequence number `after`, oldest first.
+    fn object_events_after(&self, after: i64, limit: usize) -> Result<Vec<crate::StoredEvent>>;
+    /// The newest sequence number of a stream (`objects` or `custom`), 0 when empty.
+    fn stream_head(&self, stream: &str) -> Result<i64>;
+    /// How far rules have routed a stream: None before the first time.
+    fn routing_cursor(&self, stream: &str) -> Result<Option<i64>>;
+    /// Moves a stream's cursor to `seq` and creates the executions its events
+    /// started, in one transaction: an event is routed once, whatever restarts.
+    fn route_events(&self, stream: &str, seq: i64, executions: &[Execution]) -> Result<()>;
 }
 
 /// Writes one running execution's events and steps with group commit: they

@@ -150,6 +150,16 @@ CREATE TABLE IF NOT EXISTS schedule_ticks (
     recorded_at INTEGER NOT NULL,
     PRIMARY KEY (schedule, tick)
 );
+CREATE TABLE IF NOT EXISTS custom_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    body TEXT NOT NULL,
+    time INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS routing_cursors (
+    stream TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS execution_steps (
     execution_id TEXT NOT NULL REFERENCES executions(id),
     key TEXT NOT NULL,
@@ -299,10 +309,10 @@ fn check_job(parsed: (Job, String, String)) -> Result<Job> {
     Ok(job)
 }
 
-const EVENT_COLUMNS: &str =
+pub(crate) const EVENT_COLUMNS: &str =
     "seq, id, kind, source, time, correlation_id, bucket, key, size, sha256, version";
 
-fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, String, String, Event)> {
+pub(crate) fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, String, String, Event)> {
     let id: String = row.get(1)?;
     let kind: String = row.get(2)?;
     let correlation: String = row.get(5)?;
@@ -328,7 +338,7 @@ fn event_from_row(row: &Row<'_>) -> rusqlite::Result<(i64, String, String, Event
     ))
 }
 
-fn check_event(parsed: (i64, String, String, Event)) -> Result<StoredEvent> {
+pub(crate) fn check_event(parsed: (i64, String, String, Event)) -> Result<StoredEvent> {
     let (seq, id, kind, event) = parsed;
     parse_uuid(&id, "events.id")?;
     if EventKind::parse(&kind).is_none() {

@@ -1,9 +1,9 @@
 //! [`ExecutionStore`] on SQLite: executions, their histories and saved steps.
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Row, params};
+use rusqlite::{OptionalExtension as _, Row, params};
 
-use super::{SqliteStore, from_micros, micros};
+use super::{EVENT_COLUMNS, SqliteStore, check_event, event_from_row, from_micros, micros};
 use crate::{Error, Execution, ExecutionEvent, ExecutionStatus, ExecutionStore, Result};
 
 const COLUMNS: &str =
@@ -255,6 +255,85 @@ impl ExecutionStore for SqliteStore {
         })
     }
 
+    fn put_custom_event(&self, id: &str, body: &str, time: DateTime<Utc>) -> Result<i64> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT INTO custom_events (id, body, time) VALUES (?1, ?2, ?3)",
+                params![id, body, micros(time)],
+            )?;
+            Ok(conn.last_insert_rowid())
+        })
+    }
+
+    fn custom_events_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT seq, body FROM custom_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows =
+                stmt.query_map(params![after, limit as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn object_events_after(&self, after: i64, limit: usize) -> Result<Vec<crate::StoredEvent>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after, limit as i64], event_from_row)?;
+            rows.map(|r| check_event(r?)).collect()
+        })
+    }
+
+    fn stream_head(&self, stream: &str) -> Result<i64> {
+        let table = match stream {
+            "objects" => "events",
+            "custom" => "custom_events",
+            other => {
+                return Err(Error::NotFound {
+                    what: "event stream",
+                    id: other.to_owned(),
+                });
+            }
+        };
+        self.with(|conn| {
+            Ok(conn.query_row(
+                &format!("SELECT COALESCE(MAX(seq), 0) FROM {table}"),
+                [],
+                |r| r.get(0),
+            )?)
+        })
+    }
+
+    fn routing_cursor(&self, stream: &str) -> Result<Option<i64>> {
+        self.with(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT seq FROM routing_cursors WHERE stream = ?1",
+                    [stream],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    fn route_events(&self, stream: &str, seq: i64, executions: &[Execution]) -> Result<()> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            tx.execute(
+                "INSERT INTO routing_cursors (stream, seq) VALUES (?1, ?2)
+                 ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq",
+                params![stream, seq],
+            )?;
+            for e in executions {
+                insert_execution(&tx, e)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn execution_steps(&self, execution: &str) -> Result<Vec<(String, String)>> {
         self.with(|conn| {
             let mut stmt =
@@ -430,6 +509,39 @@ mod tests {
         );
         assert_eq!(store.list_executions(10).unwrap().len(), 1);
         assert_eq!(store.last_schedule_tick("other").unwrap(), None);
+    }
+
+    #[test]
+    fn routed_events_start_their_executions_with_the_cursor_in_one_transaction() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        assert_eq!(store.routing_cursor("custom").unwrap(), None);
+        let t = Utc::now();
+        let a = store
+            .put_custom_event("ev-a", r#"{"source":"my.app"}"#, t)
+            .unwrap();
+        let b = store
+            .put_custom_event("ev-b", r#"{"source":"other"}"#, t)
+            .unwrap();
+        assert!(
+            store.put_custom_event("ev-a", "{}", t).is_err(),
+            "an event id is unique"
+        );
+        assert_eq!(store.stream_head("custom").unwrap(), b);
+        assert_eq!(store.stream_head("objects").unwrap(), 0);
+        let pending = store.custom_events_after(0, 10).unwrap();
+        assert_eq!(pending.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [a, b]);
+        store.route_events("custom", b, &[execution("e1")]).unwrap();
+        assert_eq!(store.routing_cursor("custom").unwrap(), Some(b));
+        assert!(store.custom_events_after(b, 10).unwrap().is_empty());
+        // A batch that cannot be created whole leaves the cursor where it was.
+        store.put_custom_event("ev-c", "{}", t).unwrap();
+        assert!(
+            store
+                .route_events("custom", b + 1, &[execution("e1")])
+                .is_err()
+        );
+        assert_eq!(store.routing_cursor("custom").unwrap(), Some(b));
+        assert!(store.stream_head("nope").is_err());
     }
 
     #[test]
