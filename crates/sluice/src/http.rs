@@ -10,6 +10,7 @@
 //! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
 //! | `POST /v1/executions` `{"workflow": …, "input": …, "definition": …}` | start a durable execution of a `[workflows]` entry, or of the definition sent; 201 with its id |
 //! | `GET /v1/executions`, `GET /v1/executions/{id}` | executions; one with its event history |
+//! | `POST /v1/events` `{"Entries": […]}` | PutEvents: custom events for the `[rules]` (also `POST /` with `X-Amz-Target: AWSEvents.PutEvents`, as boto3 and the aws CLI send it) |
 //! | `GET /v1/status` | job counts: pending, running, done, dead |
 //! | `GET /v1/health` | liveness |
 
@@ -93,6 +94,8 @@ pub fn router(platform: Arc<Platform>) -> axum::Router {
         .route("/v1/tables/{table}/compact", post(compact))
         .route("/v1/executions", get(executions).post(start_execution))
         .route("/v1/executions/{id}", get(execution))
+        .route("/v1/events", post(put_events))
+        .route("/", post(aws_json))
         .with_state(platform)
 }
 
@@ -256,13 +259,86 @@ async fn start_execution(
     let execution = crate::workflows::create(&p, &workflow, &text, &input)
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     let started = crate::workflows::execution_json(&execution);
-    let id = execution.id.clone();
-    tokio::spawn(async move {
-        if let Err(e) = crate::workflows::run(p, execution).await {
-            tracing::error!(execution = %id, error = %format!("{e:#}"), "the execution could not be run");
-        }
-    });
+    crate::workflows::spawn(p, execution);
     Ok((StatusCode::CREATED, Json(started)))
+}
+
+/// PutEvents: each entry is checked and recorded for routing, or gets its error.
+fn put_events_answer(
+    p: &Platform,
+    body: &serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let entries = body["Entries"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    if entries.is_empty() || entries.len() > 10 {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "1 validation error detected: Value at 'entries' failed to satisfy constraint: Member must have length between 1 and 10 (it has {})",
+                entries.len()
+            ),
+        ));
+    }
+    let mut failed = 0;
+    let mut results = Vec::new();
+    for entry in entries {
+        match crate::routing::custom_envelope(entry, &p.project.s3.region) {
+            Ok(envelope) => {
+                crate::routing::put_custom(p, &envelope)?;
+                results.push(json!({"EventId": envelope["id"]}));
+            }
+            Err((code, message)) => {
+                failed += 1;
+                results.push(json!({"ErrorCode": code, "ErrorMessage": message}));
+            }
+        }
+    }
+    Ok(json!({"FailedEntryCount": failed, "Entries": results}))
+}
+
+async fn put_events(
+    State(p): State<Arc<Platform>>,
+    Json(body): Json<serde_json::Value>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    Ok(Json(put_events_answer(&p, &body)?))
+}
+
+/// The AWS JSON 1.1 protocol of EventBridge (PutEvents), as the AWS SDKs speak it.
+async fn aws_json(
+    State(p): State<Arc<Platform>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let amz = |status: StatusCode, value: serde_json::Value| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/x-amz-json-1.1")],
+            value.to_string(),
+        )
+            .into_response()
+    };
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if target != "AWSEvents.PutEvents" {
+        return amz(
+            StatusCode::BAD_REQUEST,
+            json!({"__type": "UnknownOperationException", "message": format!("sluice answers AWSEvents.PutEvents here, not {target:?}")}),
+        );
+    }
+    let Ok(request) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return amz(
+            StatusCode::BAD_REQUEST,
+            json!({"__type": "SerializationException", "message": "the body is not JSON"}),
+        );
+    };
+    match put_events_answer(&p, &request) {
+        Ok(answer) => amz(StatusCode::OK, answer),
+        Err(ApiError(status, message)) => amz(
+            status,
+            json!({"__type": if status == StatusCode::BAD_REQUEST { "ValidationException" } else { "InternalException" }, "message": message}),
+        ),
+    }
 }
 
 async fn executions(

@@ -8,6 +8,7 @@ mod demo;
 mod http;
 mod platform;
 mod render;
+mod routing;
 mod s3;
 mod schedules;
 mod system;
@@ -402,14 +403,15 @@ fn run(cli: Cli) -> Result<()> {
             platform::compile_contracts(&project)?;
             workflows::check_definitions(&project)?;
             println!(
-                "{}: ok ({} buckets, {} tables, {} triggers, {} pipelines, {} workflows, {} schedules)",
+                "{}: ok ({} buckets, {} tables, {} triggers, {} pipelines, {} workflows, {} schedules, {} rules)",
                 cli.project.display(),
                 project.buckets.len(),
                 project.tables.len(),
                 project.triggers.len(),
                 project.pipelines.len(),
                 project.workflows.len(),
-                project.schedules.len()
+                project.schedules.len(),
+                project.rules.len()
             );
             Ok(())
         }
@@ -637,6 +639,7 @@ async fn up(
     platform.s3_keys = keys;
     let platform = Arc::new(platform);
     let _owned = platform.own_data_dir()?;
+    routing::init_cursors(&platform)?;
     let resumed = workflows::resume_running(&platform)?;
     if resumed > 0 {
         tracing::warn!(
@@ -676,6 +679,7 @@ async fn up(
             .await
     });
     let scheduler = tokio::spawn(schedules::run(platform.clone(), shutdown.clone()));
+    let router = tokio::spawn(routing::run(platform.clone(), shutdown.clone()));
     let pool = tokio::spawn(worker::run_pool(
         platform.clone(),
         workers,
@@ -722,6 +726,7 @@ async fn up(
     shutdown.cancel();
     let _ = pool.await;
     let _ = scheduler.await;
+    let _ = router.await;
     if let Some(w) = watcher {
         let _ = w.await;
     }

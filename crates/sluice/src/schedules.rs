@@ -123,12 +123,7 @@ fn tick(
         let execution = workflows::new_execution(&id, &spec.workflow, &workflow.definition, &input);
         if store.fire_schedule_tick(&spec.name, *at, &execution)? {
             tracing::info!(schedule = %spec.name, tick = %at, execution = %id, "schedule fired");
-            let platform = platform.clone();
-            tokio::spawn(async move {
-                if let Err(e) = workflows::run(platform, execution).await {
-                    tracing::error!(execution = %id, error = %format!("{e:#}"), "the scheduled execution could not be run");
-                }
-            });
+            workflows::spawn(platform.clone(), execution);
         }
     }
     let last = plan.fire.last().copied().unwrap_or(after).max(now);

@@ -171,7 +171,25 @@ pub async fn run(platform: Arc<Platform>, mut execution: Execution) -> Result<Ou
     execution.cause = outcome.cause.clone();
     execution.stopped_at = Some(Utc::now());
     platform.executions.finish_execution(&execution)?;
+    // Rules can route the end of an execution (another workflow, say).
+    let status = crate::routing::execution_status_envelope(&execution, &platform.project.s3.region);
+    crate::routing::put_custom(&platform, &status)?;
     Ok(outcome)
+}
+
+/// Runs an execution in the background of this process (which owns the data directory).
+pub fn spawn(platform: Arc<Platform>, execution: Execution) {
+    let id = execution.id.clone();
+    tokio::spawn(async move {
+        match run(platform, execution).await {
+            Ok(outcome) => {
+                tracing::info!(execution = %id, status = ?outcome.status, "execution ended")
+            }
+            Err(e) => {
+                tracing::error!(execution = %id, error = %format!("{e:#}"), "the execution could not be run")
+            }
+        }
+    });
 }
 
 /// Resumes, in the background, every execution a stopped process left running.
@@ -179,18 +197,7 @@ pub fn resume_running(platform: &Arc<Platform>) -> Result<usize> {
     let running = platform.executions.running_executions()?;
     let count = running.len();
     for execution in running {
-        let platform = platform.clone();
-        tokio::spawn(async move {
-            let id = execution.id.clone();
-            match run(platform, execution).await {
-                Ok(outcome) => {
-                    tracing::info!(execution = %id, status = ?outcome.status, "resumed execution ended")
-                }
-                Err(e) => {
-                    tracing::error!(execution = %id, error = %format!("{e:#}"), "cannot resume the execution")
-                }
-            }
-        });
+        spawn(platform.clone(), execution);
     }
     Ok(count)
 }

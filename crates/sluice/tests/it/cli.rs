@@ -73,7 +73,9 @@ fn init_writes_a_project_that_checks() {
     let (ok, out, err) = cli(&dir.path().join("sluice.toml"), &["check"]);
     assert!(ok, "{out}{err}");
     assert!(
-        out.contains("ok (1 buckets, 5 tables, 3 triggers, 2 pipelines, 1 workflows, 1 schedules)"),
+        out.contains(
+            "ok (1 buckets, 5 tables, 3 triggers, 2 pipelines, 1 workflows, 1 schedules, 0 rules)"
+        ),
         "{out}"
     );
     let (ok, _, err) = cli(

@@ -3,6 +3,7 @@
 
 mod cli;
 mod compaction;
+mod routing;
 mod rules;
 mod s3;
 mod schedule;

@@ -71,7 +71,10 @@ fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
     std::fs::write(dir.path().join("flows/tick.asl.json"), TICK).unwrap();
     std::fs::write(dir.path().join("sluice.toml"), PROJECT).unwrap();
     let (ok, out, err) = cli(&dir.path().join("sluice.toml"), &["check"]);
-    assert!(ok && out.contains("1 workflows, 2 schedules"), "{out}{err}");
+    assert!(
+        ok && out.contains("1 workflows, 2 schedules, 0 rules"),
+        "{out}{err}"
+    );
 
     let mut server = Server::start(dir.path());
     wait_for(&server, "three ticks of each schedule", |all| {

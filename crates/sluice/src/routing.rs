@@ -1,0 +1,236 @@
+//! Event rules: every event, shaped as EventBridge delivers it, is tested
+//! against the `[rules]` of the project; each match starts the rule's workflow
+//! with the event as its input.
+//!
+//! Events are routed from the state store, not from the write path: object
+//! events (whoever wrote them: `sluice put`, HTTP, S3, the watched folder) and
+//! custom events (`PutEvents`, execution status changes) are read in sequence
+//! after a cursor per stream, and the cursor moves in the same transaction
+//! that creates the executions, so an event is routed exactly once across
+//! crashes and restarts. Events recorded before the first start with rules
+//! are not routed (as with a new EventBridge rule).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde_json::{Value, json};
+use sluice_model::event::EventKind;
+use sluice_state::{Execution, StoredEvent};
+use tokio_util::sync::CancellationToken;
+
+use crate::platform::Platform;
+use crate::workflows;
+
+/// The account id events carry (EventBridge requires one; sluice has no accounts).
+pub const ACCOUNT: &str = "000000000000";
+
+/// Events read per transaction.
+const BATCH: usize = 256;
+
+/// The EventBridge envelope of an object event, as S3 sends it.
+pub fn object_envelope(e: &StoredEvent, region: &str) -> Value {
+    let event = &e.event;
+    let created = event.kind == EventKind::ObjectCreated;
+    let mut object = json!({"key": event.object.key, "sequencer": event.object.version});
+    if created {
+        object["size"] = json!(event.object.size);
+    }
+    json!({
+        "version": "0",
+        "id": event.id.to_string(),
+        "detail-type": if created { "Object Created" } else { "Object Deleted" },
+        "source": "aws.s3",
+        "account": ACCOUNT,
+        "time": time(event.time),
+        "region": region,
+        "resources": [format!("arn:aws:s3:::{}", event.object.bucket)],
+        "detail": {
+            "version": "0",
+            "bucket": {"name": event.object.bucket},
+            "object": object,
+            "request-id": event.correlation_id.to_string(),
+            "requester": event.source,
+            "reason": if created { "PutObject" } else { "DeleteObject" },
+        },
+    })
+}
+
+/// An envelope's time as EventBridge writes it.
+pub fn time(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Records a custom event (PutEvents, an execution's status change) for routing.
+pub fn put_custom(platform: &Platform, envelope: &Value) -> sluice_state::Result<i64> {
+    let id = envelope["id"].as_str().unwrap_or_default();
+    platform
+        .executions
+        .put_custom_event(id, &envelope.to_string(), Utc::now())
+}
+
+/// Starts the streams' cursors where they are, the first time there are rules:
+/// called before `sluice up` reports ready, so every event after that is routed.
+pub fn init_cursors(platform: &Platform) -> sluice_state::Result<()> {
+    if platform.project.rules.is_empty() {
+        return Ok(());
+    }
+    let store = &platform.executions;
+    for stream in ["objects", "custom"] {
+        if store.routing_cursor(stream)?.is_none() {
+            store.route_events(stream, store.stream_head(stream)?, &[])?;
+        }
+    }
+    Ok(())
+}
+
+/// Routes events to the rules' workflows until `shutdown`.
+pub async fn run(platform: Arc<Platform>, shutdown: CancellationToken) {
+    if platform.project.rules.is_empty() {
+        return;
+    }
+    loop {
+        let mut busy = false;
+        for stream in ["objects", "custom"] {
+            match route(&platform, stream) {
+                Ok(n) => busy |= n == BATCH,
+                Err(e) => {
+                    tracing::error!(stream, error = %format!("{e:#}"), "routing events failed; retrying")
+                }
+            }
+        }
+        if !busy {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                () = shutdown.cancelled() => return,
+            }
+        }
+    }
+}
+
+/// Routes one batch of a stream; returns how many events it read.
+fn route(platform: &Arc<Platform>, stream: &str) -> anyhow::Result<usize> {
+    let store = &platform.executions;
+    let Some(after) = store.routing_cursor(stream)? else {
+        init_cursors(platform)?;
+        return Ok(0);
+    };
+    let region = &platform.project.s3.region;
+    let events: Vec<(i64, Value)> = match stream {
+        "objects" => store
+            .object_events_after(after, BATCH)?
+            .into_iter()
+            .map(|e| (e.seq, object_envelope(&e, region)))
+            .collect(),
+        _ => store
+            .custom_events_after(after, BATCH)?
+            .into_iter()
+            .map(|(seq, body)| (seq, serde_json::from_str(&body).unwrap_or(Value::Null)))
+            .collect(),
+    };
+    let Some(&(last, _)) = events.last() else {
+        return Ok(0);
+    };
+    let mut started: Vec<Execution> = Vec::new();
+    for (_, envelope) in &events {
+        for rule in platform.project.rules.values() {
+            if rule.pattern.matches(envelope) {
+                let workflow = &platform.project.workflows[&rule.workflow];
+                let id = uuid::Uuid::now_v7().to_string();
+                tracing::info!(rule = %rule.name, event = %envelope["id"], execution = %id, "rule matched");
+                started.push(workflows::new_execution(
+                    &id,
+                    &rule.workflow,
+                    &workflow.definition,
+                    envelope,
+                ));
+            }
+        }
+    }
+    store.route_events(stream, last, &started)?;
+    for execution in started {
+        workflows::spawn(platform.clone(), execution);
+    }
+    Ok(events.len())
+}
+
+/// One entry of a PutEvents call, checked as EventBridge checks it; Err is
+/// the entry's error code and message.
+pub fn custom_envelope(entry: &Value, region: &str) -> Result<Value, (&'static str, String)> {
+    let field = |name: &str| entry.get(name).and_then(Value::as_str);
+    let source = field("Source").ok_or((
+        "InvalidArgument",
+        "Parameter Source is not valid. Reason: Source is a required argument.".to_string(),
+    ))?;
+    let detail_type = field("DetailType").ok_or((
+        "InvalidArgument",
+        "Parameter DetailType is not valid. Reason: DetailType is a required argument.".to_string(),
+    ))?;
+    let detail_text = field("Detail").ok_or((
+        "InvalidArgument",
+        "Parameter Detail is not valid. Reason: Detail is a required argument.".to_string(),
+    ))?;
+    let detail: Value = match serde_json::from_str(detail_text) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return Err(("MalformedDetail", "Detail is malformed.".to_string()));
+        }
+    };
+    if source.starts_with("aws.") {
+        return Err((
+            "NotAuthorizedForSourceException",
+            format!("Not authorized for the source {source}"),
+        ));
+    }
+    let when = match entry.get("Time") {
+        None | Some(Value::Null) => Utc::now(),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .and_then(|s| DateTime::from_timestamp(s as i64, 0))
+            .unwrap_or_else(Utc::now),
+        Some(Value::String(s)) => DateTime::parse_from_rfc3339(s)
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or_else(|_| Utc::now()),
+        Some(_) => Utc::now(),
+    };
+    Ok(json!({
+        "version": "0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "detail-type": detail_type,
+        "source": source,
+        "account": ACCOUNT,
+        "time": time(when),
+        "region": region,
+        "resources": entry.get("Resources").cloned().unwrap_or_else(|| json!([])),
+        "detail": detail,
+    }))
+}
+
+/// The status change event Step Functions sends when an execution ends.
+pub fn execution_status_envelope(e: &Execution, region: &str) -> Value {
+    let millis = |t: DateTime<Utc>| t.timestamp_millis();
+    let arn =
+        |kind: &str, tail: &str| format!("arn:sluice:states:{region}:{ACCOUNT}:{kind}:{tail}");
+    json!({
+        "version": "0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "detail-type": "Step Functions Execution Status Change",
+        "source": "aws.states",
+        "account": ACCOUNT,
+        "time": time(e.stopped_at.unwrap_or_else(Utc::now)),
+        "region": region,
+        "resources": [arn("execution", &format!("{}:{}", e.workflow, e.id))],
+        "detail": {
+            "executionArn": arn("execution", &format!("{}:{}", e.workflow, e.id)),
+            "stateMachineArn": arn("stateMachine", &e.workflow),
+            "name": e.id,
+            "status": e.status.as_str(),
+            "startDate": millis(e.started_at),
+            "stopDate": e.stopped_at.map(millis),
+            "input": e.input,
+            "output": e.output,
+            "error": e.error,
+            "cause": e.cause,
+        },
+    })
+}
