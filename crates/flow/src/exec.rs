@@ -56,6 +56,10 @@ pub struct TaskCall {
     pub credentials: Option<Value>,
     pub state: String,
     pub execution: String,
+    /// Names this attempt of this task within the execution, the same when a
+    /// resumed execution calls it again: an idempotency key for resources that
+    /// start something (a nested execution, say).
+    pub key: String,
 }
 
 /// What Task states can call (pipelines, SQL, HTTP, nested workflows).
@@ -888,6 +892,7 @@ impl Run<'_> {
             credentials: None,
             state: state.name.clone(),
             execution: self.info.id.clone(),
+            key: key.clone(),
         };
         // The call is on record (TaskScheduled) before it is made.
         self.commit()?;

@@ -9,6 +9,7 @@
 //! |---|---|---|
 //! | `arn:aws:states:::http:invoke` | `ApiEndpoint`, `Method`, `Headers`, `QueryParameters`, `RequestBody` | `StatusCode`, `StatusText`, `Headers`, `ResponseBody` |
 //! | `sluice:sql` | `Sql` | `Rows` (JSON objects), `RowCount` |
+//! | `arn:aws:states:::states:startExecution` (`.sync`, `.sync:2`) | `StateMachineArn` (a `[workflows]` name, or an ARN ending in `:stateMachine:NAME`), `Input` | started: `ExecutionArn`, `StartDate`; `.sync`: the child's `Status`, `Output`, … |
 //!
 //! Other resources fail with `States.TaskFailed`, naming the resource.
 
@@ -266,10 +267,17 @@ impl Resources for ProjectResources {
             match call.resource.as_str() {
                 "arn:aws:states:::http:invoke" => self.http_invoke(&call).await,
                 "sluice:sql" => self.sql(&call).await,
+                "arn:aws:states:::states:startExecution" => self.start_execution(&call, None).await,
+                "arn:aws:states:::states:startExecution.sync" => {
+                    self.start_execution(&call, Some(1)).await
+                }
+                "arn:aws:states:::states:startExecution.sync:2" => {
+                    self.start_execution(&call, Some(2)).await
+                }
                 other => Err(Failure::new(
                     "States.TaskFailed",
                     format!(
-                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke and sluice:sql)",
+                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke, arn:aws:states:::states:startExecution[.sync[:2]] and sluice:sql)",
                         call.state
                     ),
                 )),
@@ -346,6 +354,99 @@ impl ProjectResources {
                 &format!("States.Http.StatusCode.{}", status.as_u16()),
                 result.to_string(),
             ))
+        }
+    }
+
+    /// A nested execution of a project's workflow. Its id derives from the
+    /// calling task's key, so a resumed parent finds the child it started
+    /// instead of starting another; `sync` waits for it (`.sync:2` hands back
+    /// its input and output as JSON, `.sync` as JSON text, as AWS does).
+    async fn start_execution(&self, call: &TaskCall, sync: Option<u8>) -> Result<Value, Failure> {
+        let p = &call.input;
+        let arn = p["StateMachineArn"].as_str().ok_or_else(|| {
+            Failure::new(
+                "States.Runtime",
+                format!(
+                    "state '{}': startExecution needs Parameters.StateMachineArn",
+                    call.state
+                ),
+            )
+        })?;
+        let name = arn.rsplit_once(":stateMachine:").map_or(arn, |(_, n)| n);
+        let workflow = self.platform.project.workflows.get(name).ok_or_else(|| {
+            Failure::new(
+                "StepFunctions.StateMachineDoesNotExistException",
+                format!("State Machine Does Not Exist: '{arn}' (not a workflow under [workflows])"),
+            )
+        })?;
+        let input = match &p["Input"] {
+            Value::Null => json!({}),
+            Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
+            other => other.clone(),
+        };
+        let id = {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(format!("{}\n{}", call.execution, call.key));
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            uuid::Uuid::from_bytes(bytes).to_string()
+        };
+        let store = &self.platform.executions;
+        let failed = |e: anyhow::Error| Failure::new("States.TaskFailed", format!("{e:#}"));
+        let existing = store.get_execution(&id).ok().filter(|e| e.id == id);
+        let child = match existing {
+            Some(child) => child,
+            None => {
+                let child = new_execution(&id, &workflow.name, &workflow.definition, &input);
+                store
+                    .create_execution(&child)
+                    .map_err(|e| failed(e.into()))?;
+                if sync.is_none() {
+                    spawn(self.platform.clone(), child.clone());
+                } else {
+                    Box::pin(run(self.platform.clone(), child.clone()))
+                        .await
+                        .map_err(failed)?;
+                }
+                child
+            }
+        };
+        let arn = format!(
+            "arn:sluice:states:local:execution:{}:{}",
+            child.workflow, child.id
+        );
+        let Some(version) = sync else {
+            return Ok(json!({"ExecutionArn": arn, "StartDate": child.started_at.to_rfc3339()}));
+        };
+        // A child started by an earlier run of the parent runs in this process
+        // (resumed at start-up, or just now): wait for its end.
+        let done = loop {
+            let e = store.get_execution(&id).map_err(|e| failed(e.into()))?;
+            if e.status != ExecutionStatus::Running {
+                break e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        };
+        let mut described = execution_json(&done);
+        described["ExecutionArn"] = json!(arn);
+        let text = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
+        let result = json!({
+            "ExecutionArn": arn,
+            "Name": done.id,
+            "StateMachineArn": format!("arn:sluice:states:local:stateMachine:{}", done.workflow),
+            "Status": done.status.as_str(),
+            "StartDate": done.started_at.to_rfc3339(),
+            "StopDate": done.stopped_at.map(|t| t.to_rfc3339()),
+            "Input": if version == 2 { described["input"].clone() } else { Value::String(done.input.clone()) },
+            "Output": if version == 2 { described.get("output").cloned().unwrap_or(Value::Null) } else { text(&done.output) },
+        });
+        if done.status == ExecutionStatus::Succeeded {
+            Ok(result)
+        } else {
+            let mut cause = result;
+            cause["Error"] = json!(done.error);
+            cause["Cause"] = json!(done.cause);
+            Err(Failure::new("States.TaskFailed", cause.to_string()))
         }
     }
 

@@ -542,3 +542,126 @@ fn the_taxi_nightly_workflow_summarizes_each_partition_or_stops_on_dirty_data() 
         "{failed}"
     );
 }
+
+/// A project with workflows `parent`, `child` (calls the endpoint) and `broken` (fails).
+fn nested_project(base: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+    let mut call = http_task(
+        &format!("{base}/child"),
+        "POST",
+        json!({"RequestBody": {"n.$": "$.n"}}),
+    );
+    call["ResultPath"] = json!(null);
+    call["Next"] = json!("Double");
+    let child = json!({"StartAt": "Call", "States": {
+        "Call": call,
+        "Double": {"Type": "Pass", "Parameters": {"doubled.$": "States.MathAdd($.n, $.n)"}, "End": true}}});
+    let broken = json!({"StartAt": "Fail", "States": {"Fail": {"Type": "Fail", "Error": "Broken", "Cause": "on purpose"}}});
+    let parent = json!({"StartAt": "Child", "States": {
+        "Child": {"Type": "Task", "Resource": "arn:aws:states:::states:startExecution.sync:2",
+                  "Parameters": {"StateMachineArn": "arn:aws:states:us-east-1:123456789012:stateMachine:child", "Input": {"n.$": "$.n"}},
+                  "ResultSelector": {"doubled.$": "$.Output.doubled", "status.$": "$.Status"},
+                  "ResultPath": "$.child", "Next": "Broken"},
+        "Broken": {"Type": "Task", "Resource": "arn:aws:states:::states:startExecution.sync",
+                   "Parameters": {"StateMachineArn": "broken"},
+                   "Catch": [{"ErrorEquals": ["States.TaskFailed"], "ResultPath": "$.broken", "Next": "Missing"}], "End": true},
+        "Missing": {"Type": "Task", "Resource": "arn:aws:states:::states:startExecution",
+                    "Parameters": {"StateMachineArn": "nope"},
+                    "Catch": [{"ErrorEquals": ["States.ALL"], "ResultPath": "$.missing", "Next": "Done"}], "End": true},
+        "Done": {"Type": "Pass", "End": true}}});
+    for (name, def) in [("child", child), ("broken", broken), ("parent", parent)] {
+        std::fs::write(
+            dir.path().join(format!("flows/{name}.asl.json")),
+            def.to_string(),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "version = 1\n[workflows.parent]\ndefinition = \"flows/parent.asl.json\"\n\
+         [workflows.child]\ndefinition = \"flows/child.asl.json\"\n\
+         [workflows.broken]\ndefinition = \"flows/broken.asl.json\"\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// Nested executions (startExecution.sync:2, .sync, and a missing state
+/// machine), and a parent killed while its child runs: after the restart the
+/// child resumes, the parent finds it instead of starting another, and both end.
+#[test]
+fn nested_executions_run_once_even_when_the_parent_is_killed_while_the_child_runs() {
+    let endpoint = Endpoint::start(Some("/child"));
+    let project = nested_project(&endpoint.base);
+    let toml = project.path().join("sluice.toml");
+    let mut child = std::process::Command::new(BIN)
+        .arg("-p")
+        .arg(&toml)
+        .args(["workflow", "start", "parent", "--input", r#"{"n": 21}"#])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    endpoint
+        .held
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the child execution reached its HTTP task");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let server = Server::start(project.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let all = loop {
+        let body: Value = ureq::get(&format!("{}/v1/executions", server.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let all = body["executions"].as_array().unwrap().clone();
+        if all.iter().all(|e| e["status"] != "RUNNING")
+            && all.iter().any(|e| e["workflow"] == "parent")
+        {
+            break all;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still running: {all:#?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let of = |w: &str| {
+        all.iter()
+            .filter(|e| e["workflow"] == w)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        of("child").len(),
+        1,
+        "one child, not one per parent run: {all:#?}"
+    );
+    assert_eq!(of("broken").len(), 1);
+    assert_eq!(
+        endpoint.count("/child"),
+        2,
+        "the cut-off call, then the resumed one"
+    );
+    let parent = of("parent")[0];
+    assert_eq!(parent["status"], "SUCCEEDED", "{parent}");
+    let output = &parent["output"];
+    assert_eq!(
+        output["child"],
+        json!({"doubled": 42, "status": "SUCCEEDED"})
+    );
+    assert_eq!(output["broken"]["Error"], "States.TaskFailed");
+    let cause: Value = serde_json::from_str(output["broken"]["Cause"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        (cause["Status"].as_str(), cause["Error"].as_str()),
+        (Some("FAILED"), Some("Broken"))
+    );
+    assert_eq!(
+        output["missing"]["Error"],
+        "StepFunctions.StateMachineDoesNotExistException"
+    );
+}
