@@ -156,6 +156,10 @@ pub trait StateStore: Send + Sync {
     fn list_jobs(&self, limit: usize) -> Result<Vec<Job>>;
     /// Counts of jobs by status.
     fn job_counts(&self) -> Result<JobCounts>;
+    /// The jobs an event started.
+    fn jobs_for_event(&self, event: EventId) -> Result<Vec<Job>>;
+    /// The runs (attempts) of a job, oldest first.
+    fn runs_of_job(&self, job: JobId) -> Result<Vec<Run>>;
 
     /// Dead-lettered jobs not yet replayed, newest first.
     fn list_dlq(&self) -> Result<Vec<Job>>;

@@ -890,6 +890,26 @@ impl StateStore for SqliteStore {
         })
     }
 
+    fn jobs_for_event(&self, event: EventId) -> Result<Vec<Job>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {JOB_COLUMNS} FROM jobs WHERE event_id = ?1 ORDER BY created_at, id"
+            ))?;
+            let rows = stmt.query_map([event.to_string()], job_from_row)?;
+            rows.map(|r| check_job(r?)).collect()
+        })
+    }
+
+    fn runs_of_job(&self, job: JobId) -> Result<Vec<Run>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ?1 ORDER BY started_at, id"
+            ))?;
+            let rows = stmt.query_map([job.0.to_string()], run_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
     fn job_counts(&self) -> Result<JobCounts> {
         self.with(|conn| {
             let mut counts = JobCounts::default();

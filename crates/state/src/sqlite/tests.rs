@@ -45,6 +45,19 @@ fn an_event_and_its_jobs_are_recorded_together_and_leased_once() {
 }
 
 #[test]
+fn an_events_jobs_and_their_runs_are_found_from_the_event() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    let e = event("a.csv");
+    store.record_event(&e, &[job(3)]).unwrap();
+    store.record_event(&event("b.csv"), &[job(3)]).unwrap();
+    let jobs = store.jobs_for_event(e.id).unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(jobs[0].event_id, e.id.0);
+    assert!(store.runs_of_job(jobs[0].id).unwrap().is_empty());
+    assert!(store.jobs_for_event(EventId::new()).unwrap().is_empty());
+}
+
+#[test]
 fn a_failed_attempt_waits_for_its_backoff_then_dead_letters() {
     let store = SqliteStore::open_in_memory().unwrap();
     store.record_event(&event("a.csv"), &[job(2)]).unwrap();
