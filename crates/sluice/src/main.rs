@@ -228,6 +228,7 @@ enum WorkflowCommand {
     /// Start a durable execution in the project and run it here to its end: every state
     /// transition is committed to the state store before the next begins, so if this
     /// process dies, the next `sluice up` resumes the execution at the state it was in.
+    /// Meanwhile this process runs a worker, for the pipelines the workflow's tasks queue.
     /// Prints the execution (id, status, output or error and cause); exits 1 unless it
     /// succeeded. While `sluice up` serves the project, ask it instead:
     /// curl -X POST http://127.0.0.1:8080/v1/executions -d '{"definition": …, "input": …}'
@@ -910,7 +911,13 @@ async fn workflow_start(cli: &Cli, definition: &Path, input: &str) -> Result<()>
     let execution = workflows::create(&platform, &name, &text, &input)?;
     eprintln!("execution {} of {name} started", execution.id);
     let id = execution.id.clone();
-    workflows::run(platform.clone(), execution).await?;
+    // Pipeline tasks go through the job queue: this process runs workers meanwhile.
+    let shutdown = CancellationToken::new();
+    let pool = tokio::spawn(worker::run_pool(platform.clone(), 1, shutdown.clone()));
+    let ran = workflows::run(platform.clone(), execution).await;
+    shutdown.cancel();
+    let _ = pool.await;
+    ran?;
     let finished = platform.executions.get_execution(&id)?;
     println!("{}", workflows::execution_json(&finished));
     if finished.status != sluice_state::ExecutionStatus::Succeeded {

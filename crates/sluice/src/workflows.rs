@@ -9,6 +9,8 @@
 //! |---|---|---|
 //! | `arn:aws:states:::http:invoke` | `ApiEndpoint`, `Method`, `Headers`, `QueryParameters`, `RequestBody` | `StatusCode`, `StatusText`, `Headers`, `ResponseBody` |
 //! | `sluice:sql` | `Sql` | `Rows` (JSON objects), `RowCount` |
+//! | `arn:aws:states:::events:putEvents` | `Entries` (as PutEvents takes them) | `Entries` (`EventId`s), `FailedEntryCount`; the events go to the `[rules]` |
+//! | `sluice:pipeline:NAME` | `Bucket`, `Key` (an object in the landing zone) | the pipeline's job and its last run: `Status`, `Attempts`, `Run` (rows in, valid, quarantined) |
 //! | `arn:aws:states:::states:startExecution` (`.sync`, `.sync:2`) | `StateMachineArn` (a `[workflows]` name, or an ARN ending in `:stateMachine:NAME`), `Input` | started: `ExecutionArn`, `StartDate`; `.sync`: the child's `Status`, `Output`, … |
 //!
 //! Other resources fail with `States.TaskFailed`, naming the resource.
@@ -264,9 +266,13 @@ pub struct ProjectResources {
 impl Resources for ProjectResources {
     fn invoke(&self, call: TaskCall) -> BoxFuture<'_, Result<Value, Failure>> {
         async move {
+            if let Some(pipeline) = call.resource.strip_prefix("sluice:pipeline:") {
+                return self.pipeline(&call, pipeline).await;
+            }
             match call.resource.as_str() {
                 "arn:aws:states:::http:invoke" => self.http_invoke(&call).await,
                 "sluice:sql" => self.sql(&call).await,
+                "arn:aws:states:::events:putEvents" => self.put_events(&call),
                 "arn:aws:states:::states:startExecution" => self.start_execution(&call, None).await,
                 "arn:aws:states:::states:startExecution.sync" => {
                     self.start_execution(&call, Some(1)).await
@@ -277,7 +283,7 @@ impl Resources for ProjectResources {
                 other => Err(Failure::new(
                     "States.TaskFailed",
                     format!(
-                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke, arn:aws:states:::states:startExecution[.sync[:2]] and sluice:sql)",
+                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke, arn:aws:states:::states:startExecution[.sync[:2]], sluice:sql and sluice:pipeline:NAME)",
                         call.state
                     ),
                 )),
@@ -448,6 +454,163 @@ impl ProjectResources {
             cause["Cause"] = json!(done.cause);
             Err(Failure::new("States.TaskFailed", cause.to_string()))
         }
+    }
+
+    /// A pipeline run on an object, through the job queue as a trigger would
+    /// start it (retries and dead-lettering included), waited for. The event's
+    /// id derives from the calling task's key: a resumed execution waits for
+    /// the job it queued instead of queuing another.
+    async fn pipeline(&self, call: &TaskCall, name: &str) -> Result<Value, Failure> {
+        use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
+        let platform = &self.platform;
+        let Some(pipeline) = platform.project.pipelines.get(name) else {
+            return Err(Failure::new(
+                "States.TaskFailed",
+                format!(
+                    "state '{}': no pipeline {name:?} under [pipelines]",
+                    call.state
+                ),
+            ));
+        };
+        let (Some(bucket), Some(key)) = (call.input["Bucket"].as_str(), call.input["Key"].as_str())
+        else {
+            return Err(Failure::new(
+                "States.Runtime",
+                format!(
+                    "state '{}': sluice:pipeline needs Parameters.Bucket and Parameters.Key",
+                    call.state
+                ),
+            ));
+        };
+        let unavailable = |e: sluice_state::Error| Failure::new("States.TaskFailed", e.to_string());
+        let id = {
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(format!("{}\n{}", call.execution, call.key));
+            let mut bytes = [0u8; 16];
+            bytes.copy_from_slice(&digest[..16]);
+            EventId(uuid::Uuid::from_bytes(bytes))
+        };
+        if platform
+            .state
+            .jobs_for_event(id)
+            .map_err(unavailable)?
+            .is_empty()
+        {
+            let Some(meta) = platform
+                .state
+                .object_meta(bucket, key)
+                .map_err(unavailable)?
+            else {
+                return Err(Failure::new(
+                    "Sluice.NoSuchKey",
+                    format!(
+                        "state '{}': no object {bucket}/{key} in the landing zone",
+                        call.state
+                    ),
+                ));
+            };
+            let event = Event {
+                id,
+                kind: EventKind::ObjectCreated,
+                source: "sluice:workflow".into(),
+                time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
+                correlation_id: uuid::Uuid::now_v7(),
+                object: ObjectRef {
+                    bucket: meta.bucket,
+                    key: meta.key,
+                    size: meta.size,
+                    sha256: meta.sha256,
+                    version: meta.version,
+                },
+            };
+            let job = sluice_state::NewJob {
+                pipeline: name.to_owned(),
+                trigger: format!("workflow:{}", call.state),
+                max_attempts: pipeline.retry.max_attempts,
+            };
+            platform
+                .state
+                .record_event(&event, &[job])
+                .map_err(unavailable)?;
+            platform.wake.notify_waiters();
+        }
+        let job = loop {
+            let jobs = platform.state.jobs_for_event(id).map_err(unavailable)?;
+            match jobs.into_iter().next() {
+                Some(job)
+                    if matches!(
+                        job.status,
+                        sluice_state::JobStatus::Done | sluice_state::JobStatus::Dead
+                    ) =>
+                {
+                    break job;
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        };
+        let runs = platform.state.runs_of_job(job.id).map_err(unavailable)?;
+        let run = runs.last().map(|r| {
+            json!({
+                "RunId": r.id.to_string(),
+                "Status": r.status.as_str(),
+                "RowsIn": r.rows_in,
+                "RowsValid": r.rows_valid,
+                "RowsQuarantined": r.rows_quarantined,
+                "BytesWritten": r.bytes_written,
+            })
+        });
+        let result = json!({
+            "Pipeline": name,
+            "JobId": job.id.to_string(),
+            "EventId": id.to_string(),
+            "Status": job.status.as_str(),
+            "Attempts": job.attempts,
+            "Run": run,
+        });
+        if job.status == sluice_state::JobStatus::Done {
+            Ok(result)
+        } else {
+            let mut cause = result;
+            cause["Error"] = json!(job.last_error);
+            Err(Failure::new("Sluice.PipelineFailed", cause.to_string()))
+        }
+    }
+
+    /// Events for the project's rules, as EventBridge's PutEvents integration sends them.
+    fn put_events(&self, call: &TaskCall) -> Result<Value, Failure> {
+        let Some(entries) = call.input["Entries"].as_array() else {
+            return Err(Failure::new(
+                "States.Runtime",
+                format!("state '{}': events:putEvents needs Parameters.Entries", call.state),
+            ));
+        };
+        let region = &self.platform.project.s3.region;
+        let mut results = Vec::new();
+        let mut failed = 0;
+        for entry in entries {
+            // The integration takes Detail as an object, where the API takes its JSON text.
+            let mut entry = entry.clone();
+            if entry["Detail"].is_object() {
+                entry["Detail"] = json!(entry["Detail"].to_string());
+            }
+            match crate::routing::custom_envelope(&entry, region) {
+                Ok(envelope) => {
+                    crate::routing::put_custom(&self.platform, &envelope)
+                        .map_err(|e| Failure::new("States.TaskFailed", e.to_string()))?;
+                    results.push(json!({"EventId": envelope["id"]}));
+                }
+                Err((code, message)) => {
+                    failed += 1;
+                    results.push(json!({"ErrorCode": code, "ErrorMessage": message}));
+                }
+            }
+        }
+        let answer = json!({"Entries": results, "FailedEntryCount": failed});
+        if failed > 0 {
+            // As AWS's integration does: a partial failure fails the task.
+            return Err(Failure::new("EventBridge.FailedEntry", answer.to_string()));
+        }
+        Ok(answer)
     }
 
     /// A SQL statement over the lake, as `sluice query` runs it.

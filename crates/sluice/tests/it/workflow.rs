@@ -528,6 +528,9 @@ fn the_taxi_nightly_workflow_summarizes_each_partition_or_stops_on_dirty_data() 
         most = most.max(open);
     }
     assert_eq!(most, 2);
+    // The completion event went out for the rules.
+    assert_eq!(output["published"]["FailedEntryCount"], 0, "{output}");
+    assert!(output["published"]["Entries"][0]["EventId"].is_string());
 
     // With a stricter threshold the Choice routes to the Fail state, naming the share.
     let strict =
@@ -664,4 +667,65 @@ fn nested_executions_run_once_even_when_the_parent_is_killed_while_the_child_run
         output["missing"]["Error"],
         "StepFunctions.StateMachineDoesNotExistException"
     );
+}
+
+/// A pipeline as a Task: `sluice workflow start` queues the taxi pipeline's
+/// job for an object no trigger covers, runs it on its own worker, and hands
+/// back the run's counts; a missing object is an error a Catch can take.
+#[test]
+fn a_pipeline_task_ingests_an_object_and_reports_its_run() {
+    let project = taxi_project(|t| t.replace("max_invalid_pct = 40", "max_invalid_pct = 100"));
+    let toml = project.path().join("sluice.toml");
+    let file = "yellow_tripdata_2017-06.csv";
+    let (ok, _, err) = cli(
+        &toml,
+        &[
+            "put",
+            shared_data(&format!("nyc_tlc/{file}")).to_str().unwrap(),
+            &format!("raw/manual/{file}"),
+        ],
+    );
+    assert!(ok, "{err}");
+    let definition = json!({"StartAt": "Ingest", "States": {
+        "Ingest": {"Type": "Task", "Resource": "sluice:pipeline:taxi",
+                   "Parameters": {"Bucket": "raw", "Key.$": "States.Format('manual/{}', $.file)"},
+                   "ResultSelector": {"status.$": "$.Status", "run.$": "$.Run"},
+                   "ResultPath": "$.ingest", "Next": "Missing"},
+        "Missing": {"Type": "Task", "Resource": "sluice:pipeline:taxi",
+                    "Parameters": {"Bucket": "raw", "Key": "manual/nope.csv"},
+                    "Catch": [{"ErrorEquals": ["Sluice.NoSuchKey"], "ResultPath": "$.missing", "Next": "Count"}], "End": true},
+        "Count": {"Type": "Task", "Resource": "sluice:sql",
+                  "Parameters": {"Sql": "SELECT count(*) AS n FROM silver.trips"},
+                  "ResultSelector": {"n.$": "$.Rows[0].n"}, "ResultPath": "$.count", "End": true}}});
+    let flow = project.path().join("ingest.asl.json");
+    std::fs::write(&flow, definition.to_string()).unwrap();
+    let (ok, out, err) = cli(
+        &toml,
+        &[
+            "workflow",
+            "start",
+            flow.to_str().unwrap(),
+            "--input",
+            &json!({"file": file}).to_string(),
+        ],
+    );
+    assert!(ok, "{out}\n{err}");
+    let done: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let output = &done["output"];
+    assert_eq!(output["ingest"]["status"], "done");
+    let run = &output["ingest"]["run"];
+    let rows = std::fs::read_to_string(shared_data(&format!("nyc_tlc/{file}")))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .count() as i64
+        - 1;
+    assert_eq!(as_i64(&run["RowsIn"]), rows);
+    assert_eq!(
+        as_i64(&run["RowsValid"]) + as_i64(&run["RowsQuarantined"]),
+        rows
+    );
+    assert_eq!(as_i64(&output["count"]["n"]), as_i64(&run["RowsValid"]));
+    assert_eq!(output["missing"]["Error"], "Sluice.NoSuchKey");
 }
