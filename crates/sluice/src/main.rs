@@ -911,6 +911,8 @@ async fn workflow_start(cli: &Cli, definition: &Path, input: &str) -> Result<()>
     let execution = workflows::create(&platform, &name, &text, &input)?;
     eprintln!("execution {} of {name} started", execution.id);
     let id = execution.id.clone();
+    // Events this execution raises are routed by the next `sluice up`.
+    routing::init_cursors(&platform)?;
     // Pipeline tasks go through the job queue: this process runs workers meanwhile.
     let shutdown = CancellationToken::new();
     let pool = tokio::spawn(worker::run_pool(platform.clone(), 1, shutdown.clone()));

@@ -84,6 +84,60 @@ pub fn init_cursors(platform: &Platform) -> sluice_state::Result<()> {
     Ok(())
 }
 
+/// Records an event sluice itself raises (an execution or a run ending, a
+/// schedule's tick) for routing, when the project has rules to route it;
+/// a failure is logged, not passed on: the thing it reports already happened.
+pub fn emit(platform: &Platform, envelope: Value) {
+    if platform.project.rules.is_empty() {
+        return;
+    }
+    if let Err(e) = put_custom(platform, &envelope) {
+        tracing::warn!(error = %e, detail_type = %envelope["detail-type"], "cannot record the event for the rules");
+    }
+}
+
+/// The event a pipeline run's end raises.
+pub fn run_status_envelope(run: &sluice_state::Run, region: &str) -> Value {
+    json!({
+        "version": "0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "detail-type": "Pipeline Run Status Change",
+        "source": "sluice.pipelines",
+        "account": ACCOUNT,
+        "time": time(run.finished_at.unwrap_or_else(Utc::now)),
+        "region": region,
+        "resources": [format!("arn:sluice:pipelines:{region}:{ACCOUNT}:pipeline/{}", run.pipeline)],
+        "detail": {
+            "pipeline": run.pipeline,
+            "runId": run.id.to_string(),
+            "jobId": run.job_id.to_string(),
+            "eventId": run.event_id.to_string(),
+            "status": run.status.as_str().to_uppercase(),
+            "attempt": run.attempt,
+            "object": run.detail["object"],
+            "rowsIn": run.rows_in,
+            "rowsValid": run.rows_valid,
+            "rowsQuarantined": run.rows_quarantined,
+            "error": run.error,
+        },
+    })
+}
+
+/// The event a schedule's tick raises, as EventBridge's scheduled rules send it.
+pub fn tick_envelope(schedule: &str, at: DateTime<Utc>, region: &str) -> Value {
+    json!({
+        "version": "0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": ACCOUNT,
+        "time": time(at),
+        "region": region,
+        "resources": [format!("arn:sluice:scheduler:{region}:{ACCOUNT}:schedule/{schedule}")],
+        "detail": {},
+    })
+}
+
 /// Routes events to the rules' workflows until `shutdown`.
 pub async fn run(platform: Arc<Platform>, shutdown: CancellationToken) {
     if platform.project.rules.is_empty() {

@@ -123,6 +123,10 @@ fn tick(
         let execution = workflows::new_execution(&id, &spec.workflow, &workflow.definition, &input);
         if store.fire_schedule_tick(&spec.name, *at, &execution)? {
             tracing::info!(schedule = %spec.name, tick = %at, execution = %id, "schedule fired");
+            crate::routing::emit(
+                platform,
+                crate::routing::tick_envelope(&spec.name, *at, &platform.project.s3.region),
+            );
             workflows::spawn(platform.clone(), execution);
         }
     }

@@ -284,6 +284,10 @@ fn finish(platform: &Platform, worker: &str, m: Member, started_at: chrono::Date
     if let Err(e) = platform.state.save_run(&run) {
         error!(error = %e, "cannot record the run");
     }
+    crate::routing::emit(
+        platform,
+        crate::routing::run_status_envelope(&run, &platform.project.s3.region),
+    );
     let outcome = match &failure {
         None => platform.state.complete_job(job.id, worker, Utc::now()),
         Some((message, _)) => {

@@ -10,6 +10,7 @@
 //! | `arn:aws:states:::http:invoke` | `ApiEndpoint`, `Method`, `Headers`, `QueryParameters`, `RequestBody` | `StatusCode`, `StatusText`, `Headers`, `ResponseBody` |
 //! | `sluice:sql` | `Sql` | `Rows` (JSON objects), `RowCount` |
 //! | `arn:aws:states:::events:putEvents` | `Entries` (as PutEvents takes them) | `Entries` (`EventId`s), `FailedEntryCount`; the events go to the `[rules]` |
+//! | `sluice:refresh:TABLE` | | a gold model recomputed: `Table`, `Rows`, `Version` |
 //! | `sluice:pipeline:NAME` | `Bucket`, `Key` (an object in the landing zone) | the pipeline's job and its last run: `Status`, `Attempts`, `Run` (rows in, valid, quarantined) |
 //! | `arn:aws:states:::states:startExecution` (`.sync`, `.sync:2`) | `StateMachineArn` (a `[workflows]` name, or an ARN ending in `:stateMachine:NAME`), `Input` | started: `ExecutionArn`, `StartDate`; `.sync`: the child's `Status`, `Output`, … |
 //!
@@ -176,7 +177,7 @@ pub async fn run(platform: Arc<Platform>, mut execution: Execution) -> Result<Ou
     platform.executions.finish_execution(&execution)?;
     // Rules can route the end of an execution (another workflow, say).
     let status = crate::routing::execution_status_envelope(&execution, &platform.project.s3.region);
-    crate::routing::put_custom(&platform, &status)?;
+    crate::routing::emit(&platform, status);
     Ok(outcome)
 }
 
@@ -269,6 +270,9 @@ impl Resources for ProjectResources {
             if let Some(pipeline) = call.resource.strip_prefix("sluice:pipeline:") {
                 return self.pipeline(&call, pipeline).await;
             }
+            if let Some(table) = call.resource.strip_prefix("sluice:refresh:") {
+                return self.refresh(&call, table).await;
+            }
             match call.resource.as_str() {
                 "arn:aws:states:::http:invoke" => self.http_invoke(&call).await,
                 "sluice:sql" => self.sql(&call).await,
@@ -283,7 +287,7 @@ impl Resources for ProjectResources {
                 other => Err(Failure::new(
                     "States.TaskFailed",
                     format!(
-                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke, arn:aws:states:::states:startExecution[.sync[:2]], sluice:sql and sluice:pipeline:NAME)",
+                        "state '{}': sluice cannot run the resource '{other}' yet (it runs arn:aws:states:::http:invoke, arn:aws:states:::states:startExecution[.sync[:2]], sluice:sql, sluice:pipeline:NAME and sluice:refresh:TABLE)",
                         call.state
                     ),
                 )),
@@ -581,7 +585,10 @@ impl ProjectResources {
         let Some(entries) = call.input["Entries"].as_array() else {
             return Err(Failure::new(
                 "States.Runtime",
-                format!("state '{}': events:putEvents needs Parameters.Entries", call.state),
+                format!(
+                    "state '{}': events:putEvents needs Parameters.Entries",
+                    call.state
+                ),
             ));
         };
         let region = &self.platform.project.s3.region;
@@ -611,6 +618,42 @@ impl ProjectResources {
             return Err(Failure::new("EventBridge.FailedEntry", answer.to_string()));
         }
         Ok(answer)
+    }
+
+    /// Recomputes a gold model, as a pipeline's refresh step does.
+    async fn refresh(&self, call: &TaskCall, table: &str) -> Result<Value, Failure> {
+        let platform = &self.platform;
+        let t = platform
+            .project
+            .tables
+            .get(table)
+            .filter(|t| t.layer == sluice_model::config::Layer::Gold)
+            .ok_or_else(|| {
+                Failure::new(
+                    "States.TaskFailed",
+                    format!(
+                        "state '{}': {table:?} is not a gold table under [tables]",
+                        call.state
+                    ),
+                )
+            })?;
+        let failed =
+            |e: String| Failure::new("Sluice.RefreshFailed", format!("refresh {table}: {e}"));
+        let session = platform
+            .lake_session()
+            .await
+            .map_err(|e| failed(format!("{e:#}")))?;
+        let report = sluice_lake::gold::refresh(
+            &platform.paths,
+            &session,
+            table,
+            &platform.locations[table],
+            t.sql.as_deref().unwrap_or_default(),
+            t.description.as_deref(),
+        )
+        .await
+        .map_err(|e| failed(e.to_string()))?;
+        Ok(json!({"Table": table, "Rows": report.rows, "Version": report.version}))
     }
 
     /// A SQL statement over the lake, as `sluice query` runs it.

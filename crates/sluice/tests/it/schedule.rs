@@ -16,6 +16,14 @@ name = "ticks"
 [workflows.tick]
 definition = "flows/tick.asl.json"
 
+[workflows.seen]
+definition = "flows/seen.asl.json"
+
+# Each tick of `skipping` is also an event the rules see.
+[rules.skipping_ticks]
+pattern = '{"source": ["aws.events"], "detail-type": ["Scheduled Event"], "resources": [{"suffix": "schedule/skipping"}]}'
+workflow = "seen"
+
 [schedules.catching_up]
 expression = "rate(1 second)"
 workflow = "tick"
@@ -69,10 +77,15 @@ fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("flows")).unwrap();
     std::fs::write(dir.path().join("flows/tick.asl.json"), TICK).unwrap();
+    std::fs::write(
+        dir.path().join("flows/seen.asl.json"),
+        r#"{"StartAt": "Seen", "States": {"Seen": {"Type": "Pass", "Parameters": {"type.$": "$.detail-type"}, "End": true}}}"#,
+    )
+    .unwrap();
     std::fs::write(dir.path().join("sluice.toml"), PROJECT).unwrap();
     let (ok, out, err) = cli(&dir.path().join("sluice.toml"), &["check"]);
     assert!(
-        ok && out.contains("1 workflows, 2 schedules, 0 rules"),
+        ok && out.contains("2 workflows, 2 schedules, 1 rules"),
         "{out}{err}"
     );
 
@@ -115,6 +128,17 @@ fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
     assert!(
         gap >= chrono::TimeDelta::seconds(3),
         "no ticks were skipped: {skipped:?}"
+    );
+
+    // The skipping schedule's ticks reached the rule as Scheduled Events.
+    let seen = all
+        .iter()
+        .filter(|e| e["workflow"] == "seen" && e["output"]["type"] == "Scheduled Event")
+        .count();
+    assert!(
+        seen >= 3 && seen <= skipped.len(),
+        "{seen} of {}",
+        skipped.len()
     );
 
     // The scheduled time reached the execution through the input template.

@@ -528,6 +528,14 @@ fn the_taxi_nightly_workflow_summarizes_each_partition_or_stops_on_dirty_data() 
         most = most.max(open);
     }
     assert_eq!(most, 2);
+    // The gold models were refreshed (in parallel) to what their SQL gives now.
+    let daily = as_i64(&server.scalar("SELECT count(*) FROM gold.daily_revenue"));
+    assert!(daily > 0);
+    assert_eq!(as_i64(&output["gold"]["dailyRevenueRows"]), daily);
+    assert_eq!(
+        as_i64(&output["gold"]["zoneRevenueRows"]),
+        as_i64(&server.scalar("SELECT count(*) FROM gold.zone_revenue"))
+    );
     // The completion event went out for the rules.
     assert_eq!(output["published"]["FailedEntryCount"], 0, "{output}");
     assert!(output["published"]["Entries"][0]["EventId"].is_string());
@@ -674,7 +682,17 @@ fn nested_executions_run_once_even_when_the_parent_is_killed_while_the_child_run
 /// back the run's counts; a missing object is an error a Catch can take.
 #[test]
 fn a_pipeline_task_ingests_an_object_and_reports_its_run() {
-    let project = taxi_project(|t| t.replace("max_invalid_pct = 40", "max_invalid_pct = 100"));
+    // A rule routes the end of every pipeline run to an `echo` workflow.
+    let project = taxi_project(|t| {
+        t.replace("max_invalid_pct = 40", "max_invalid_pct = 100")
+            + "\n[workflows.echo]\ndefinition = \"flows/echo.asl.json\"\n\
+               [rules.runs]\npattern = '{\"source\": [\"sluice.pipelines\"], \"detail-type\": [\"Pipeline Run Status Change\"]}'\nworkflow = \"echo\"\n"
+    });
+    std::fs::write(
+        project.path().join("flows/echo.asl.json"),
+        r#"{"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "OutputPath": "$.detail", "End": true}}}"#,
+    )
+    .unwrap();
     let toml = project.path().join("sluice.toml");
     let file = "yellow_tripdata_2017-06.csv";
     let (ok, _, err) = cli(
@@ -728,4 +746,35 @@ fn a_pipeline_task_ingests_an_object_and_reports_its_run() {
     );
     assert_eq!(as_i64(&output["count"]["n"]), as_i64(&run["RowsValid"]));
     assert_eq!(output["missing"]["Error"], "Sluice.NoSuchKey");
+
+    // The next `sluice up` routes the run's end to the rule's workflow.
+    let server = Server::start(project.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let echo = loop {
+        let body: Value = ureq::get(&format!("{}/v1/executions", server.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let found = body["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["workflow"] == "echo" && e["status"] == "SUCCEEDED")
+            .cloned();
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no echo execution: {body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let detail = &echo["output"];
+    assert_eq!(detail["pipeline"], "taxi");
+    assert_eq!(detail["status"], "SUCCEEDED");
+    assert_eq!(as_i64(&detail["rowsIn"]), rows);
+    assert_eq!(detail["object"], format!("raw/manual/{file}"));
 }
