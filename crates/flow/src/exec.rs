@@ -23,6 +23,10 @@ use crate::path::Scope;
 pub struct Failure {
     pub error: Option<String>,
     pub cause: Option<String>,
+    /// The event the failing state records if this failure ends it (is not
+    /// retried): `MapStateFailed`, `ParallelStateFailed`.
+    #[serde(skip)]
+    then: Option<&'static str>,
 }
 
 impl Failure {
@@ -30,7 +34,22 @@ impl Failure {
         Failure {
             error: Some(error.to_owned()),
             cause: Some(cause.into()),
+            then: None,
         }
+    }
+
+    /// A failure with an error name or a cause, or neither.
+    pub fn of(error: Option<String>, cause: Option<String>) -> Failure {
+        Failure {
+            error,
+            cause,
+            then: None,
+        }
+    }
+
+    fn then(mut self, event: &'static str) -> Failure {
+        self.then = Some(event);
+        self
     }
 
     /// True when a Retry or Catch entry's `ErrorEquals` takes this failure.
@@ -207,10 +226,10 @@ fn saved_result(result: &Result<Value, Failure>) -> Value {
 fn restored_result(saved: Value) -> Result<Value, Failure> {
     match saved {
         Value::Object(mut m) if m.contains_key("ok") => Ok(m.remove("ok").unwrap_or_default()),
-        other => Err(Failure {
-            error: other["error"].as_str().map(str::to_owned),
-            cause: other["cause"].as_str().map(str::to_owned),
-        }),
+        other => Err(Failure::of(
+            other["error"].as_str().map(str::to_owned),
+            other["cause"].as_str().map(str::to_owned),
+        )),
     }
 }
 
@@ -534,6 +553,14 @@ impl Run<'_> {
                     .iter()
                     .find(|c| failure.matches(&c.error_equals))
                 {
+                    let mut failure = failure;
+                    if let Some(event) = failure.then.take() {
+                        self.event(
+                            0,
+                            event,
+                            json!({"error": failure.error, "cause": failure.cause}),
+                        );
+                    }
                     let error_output = failure.output();
                     let mut output = input.clone();
                     match &c.result_path {
@@ -563,6 +590,14 @@ impl Run<'_> {
                     );
                     return Ok((output, Step::Next(c.next.clone())));
                 }
+            }
+            let mut failure = failure;
+            if let Some(event) = failure.then.take() {
+                self.event(
+                    0,
+                    event,
+                    json!({"error": failure.error, "cause": failure.cause}),
+                );
             }
             return Err(failure);
         }
@@ -622,11 +657,7 @@ impl Run<'_> {
                         )),
                     })
                 };
-                let failure = Failure {
-                    error: text(error)?,
-                    cause: text(cause)?,
-                };
-                return Err(failure);
+                return Err(Failure::of(text(error)?, text(cause)?));
             }
             Kind::Choice { choices, default } => {
                 let mut next = None;
@@ -903,10 +934,9 @@ impl Run<'_> {
                 let sleep = self.interpreter.clock.sleep(Duration::from_secs_f64(secs));
                 match futures::future::select(invoke, sleep).await {
                     futures::future::Either::Left((r, _)) => r,
-                    futures::future::Either::Right(_) => Err(Failure {
-                        error: Some("States.Timeout".into()),
-                        cause: None,
-                    }),
+                    futures::future::Either::Right(_) => {
+                        Err(Failure::of(Some("States.Timeout".into()), None))
+                    }
                 }
             }
         };
@@ -951,14 +981,7 @@ impl Run<'_> {
                 self.event(0, "ParallelStateSucceeded", Value::Null);
                 Ok(Value::Array(results))
             }
-            Err(f) => {
-                self.event(
-                    0,
-                    "ParallelStateFailed",
-                    json!({"error": f.error, "cause": f.cause}),
-                );
-                Err(f)
-            }
+            Err(f) => Err(f.then("ParallelStateFailed")),
         }
     }
 
@@ -999,8 +1022,14 @@ impl Run<'_> {
             if state.query_language == QueryLanguage::JsonAta {
                 f.error = Some("States.QueryEvaluationError".into());
             }
-            return Err(f);
+            self.event(
+                0,
+                "EvaluationFailed",
+                json!({"state": state.name, "error": f.error, "cause": f.cause}),
+            );
+            return Err(f.then("MapStateFailed"));
         };
+        self.event(0, "MapStateStarted", json!({"length": items.len()}));
         let amount = |a: &Option<Amount>,
                       field: &str,
                       float: bool|
@@ -1038,7 +1067,6 @@ impl Run<'_> {
             "ToleratedFailurePercentage",
             true,
         )?;
-        self.event(0, "MapStateStarted", json!({"length": items.len()}));
         if tolerated_count.is_some_and(|n| n < 0.0) {
             return Err(fail("ToleratedFailureCount cannot be negative.".into()));
         }
@@ -1055,6 +1083,29 @@ impl Run<'_> {
             total.max(1)
         };
         let tolerant = tolerated_count.is_some() || tolerated_pct.is_some();
+        // A distributed Map runs its iterations as a Map Run: the parent's
+        // history shows the run, not each iteration's states.
+        let muted;
+        let runner: &Run<'_> = if spec.distributed {
+            muted = Run {
+                interpreter: self.interpreter,
+                info: self.info.clone(),
+                input: self.input.clone(),
+                reads_input: self.reads_input,
+                start: self.start,
+                history: self.history.muted(),
+            };
+            self.event(0, "MapRunStarted", Value::Null);
+            &muted
+        } else {
+            self
+        };
+        let run_failed = |f: Failure| {
+            if spec.distributed {
+                self.event(0, "MapRunFailed", Value::Null);
+            }
+            f.then("MapStateFailed")
+        };
         let runs = inputs
             .into_iter()
             .enumerate()
@@ -1063,30 +1114,30 @@ impl Run<'_> {
                 let frame = frame.branch(format!("{key}/"), Some((index, item)));
                 async move {
                     // An iteration an earlier run finished is not run again.
-                    if let Some(saved) = self.recall(&key)? {
+                    if let Some(saved) = runner.recall(&key)? {
                         return restored_result(saved);
                     }
-                    self.event(
+                    runner.event(
                         0,
                         "MapIterationStarted",
                         json!({"name": state.name, "index": index}),
                     );
-                    let r = self.machine(&spec.processor, item_input, frame).await;
-                    if self.history.is_durable()
+                    let r = runner.machine(&spec.processor, item_input, frame).await;
+                    if runner.history.is_durable()
                         && r.as_ref()
                             .err()
                             .is_none_or(|f| f.error.as_deref() != Some("States.Runtime"))
                     {
-                        self.remember(&key, &saved_result(&r))?;
-                        self.commit()?;
+                        runner.remember(&key, &saved_result(&r))?;
+                        runner.commit()?;
                     }
                     match &r {
-                        Ok(_) => self.event(
+                        Ok(_) => runner.event(
                             0,
                             "MapIterationSucceeded",
                             json!({"name": state.name, "index": index}),
                         ),
-                        Err(_) => self.event(
+                        Err(_) => runner.event(
                             0,
                             "MapIterationFailed",
                             json!({"name": state.name, "index": index}),
@@ -1107,19 +1158,18 @@ impl Run<'_> {
                     let over_pct =
                         tolerated_pct.is_none_or(|p| failed as f64 * 100.0 / total as f64 > p);
                     if over_count && over_pct {
-                        self.event(0, "MapStateFailed", Value::Null);
-                        return Err(Failure::new(
+                        return Err(run_failed(Failure::new(
                             "States.ExceedToleratedFailureThreshold",
                             "The specified tolerance threshold was exceeded",
-                        ));
+                        )));
                     }
                     results.push(f.output());
                 }
-                Err(f) => {
-                    self.event(0, "MapStateFailed", Value::Null);
-                    return Err(f);
-                }
+                Err(f) => return Err(run_failed(f)),
             }
+        }
+        if spec.distributed {
+            self.event(0, "MapRunSucceeded", Value::Null);
         }
         self.event(0, "MapStateSucceeded", Value::Null);
         Ok(Value::Array(results))
@@ -1239,10 +1289,7 @@ impl Run<'_> {
                         _ => None,
                     })
                 };
-                return Err(Failure {
-                    error: text(error)?,
-                    cause: text(cause)?,
-                });
+                return Err(Failure::of(text(error)?, text(cause)?));
             }
             Kind::Choice { choices, default } => {
                 let mut chosen = None;

@@ -1,6 +1,7 @@
 //! Third-party vectors recorded against AWS (../shared/conformance): the
 //! asl-validator definitions (valid or not), Step Functions executions and
-//! Choice operators. Each test prints its pass rate (`--nocapture`) and fails
+//! Choice operators, and the event types of each execution's history. Each test
+//! prints its pass rate (`--nocapture`) and fails
 //! on any case outside the listed known gaps, so a regression cannot hide.
 
 use std::path::PathBuf;
@@ -92,12 +93,26 @@ const EXECUTION_GAPS: &[&str] = &[];
 async fn step_functions_executions_end_as_aws_recorded() {
     let cases = load("stepfunctions/asl_executions.json");
     let (mut pass, mut total, mut pass_ata, mut total_ata) = (0, 0, 0, 0);
+    let (mut histories_same, mut histories_total) = (0, 0);
+    let mut history_diffs = Vec::new();
     let mut wrong = Vec::new();
     for case in cases.as_array().unwrap() {
         let id = case["id"].as_str().unwrap();
         let jsonata = is_jsonata(&case["definition"]);
         let expected = &case["expected"];
         let got = run(&case["definition"], case["input"].clone()).await;
+        if let (Ok(o), Some(types)) = (&got, case["history_event_types"].as_array()) {
+            let ours: Vec<&str> = o.history.iter().map(|e| e.kind.as_str()).collect();
+            let theirs: Vec<&str> = types.iter().filter_map(Value::as_str).collect();
+            histories_total += 1;
+            if ours == theirs {
+                histories_same += 1;
+            } else {
+                history_diffs.push(format!(
+                    "{id}\n    aws:    {theirs:?}\n    sluice: {ours:?}"
+                ));
+            }
+        }
         let ok = match &got {
             Err(_) => false,
             Ok(o) => match expected["status"].as_str() {
@@ -137,6 +152,16 @@ async fn step_functions_executions_end_as_aws_recorded() {
     println!(
         "Step Functions executions (JSONata):  {pass_ata} of {total_ata} as AWS recorded ({:.1} %)",
         pass_ata as f64 * 100.0 / total_ata.max(1) as f64
+    );
+    println!(
+        "Step Functions histories: {histories_same} of {histories_total} with AWS's event types in AWS's order ({:.1} %)",
+        histories_same as f64 * 100.0 / histories_total.max(1) as f64
+    );
+    assert!(
+        history_diffs.is_empty(),
+        "{} histories differ from AWS's:\n{}",
+        history_diffs.len(),
+        history_diffs.join("\n")
     );
     let unexpected: Vec<_> = wrong
         .iter()
