@@ -1078,15 +1078,15 @@ fn validate(
                 None
             }
         };
-        if !workflows.contains_key(&s.workflow) {
-            c.add(
-                at("workflow"),
-                format!(
-                    "workflow {:?} is not declared under [workflows]",
-                    s.workflow
-                ),
-            );
-        }
+        let workflow = target(
+            s.workflow,
+            s.pipeline,
+            false,
+            &pipelines,
+            &mut workflows,
+            &path,
+            c,
+        );
         let input = match s.input.as_deref() {
             None => serde_json::json!({}),
             Some(text) => serde_json::from_str(text).unwrap_or_else(|e| {
@@ -1117,7 +1117,7 @@ fn validate(
                 ScheduleSpec {
                     name,
                     schedule,
-                    workflow: s.workflow,
+                    workflow,
                     input,
                     missed,
                 },
@@ -1128,15 +1128,15 @@ fn validate(
     let mut rules = BTreeMap::new();
     for (name, r) in raw.rules {
         let path = vec![key("rules"), key(&name)];
-        if !workflows.contains_key(&r.workflow) {
-            c.add(
-                [path.clone(), vec![key("workflow")]].concat(),
-                format!(
-                    "workflow {:?} is not declared under [workflows]",
-                    r.workflow
-                ),
-            );
-        }
+        let workflow = target(
+            r.workflow,
+            r.pipeline,
+            true,
+            &pipelines,
+            &mut workflows,
+            &path,
+            c,
+        );
         match sluice_rules::Pattern::parse(&r.pattern) {
             Ok(pattern) => {
                 rules.insert(
@@ -1145,7 +1145,7 @@ fn validate(
                         name,
                         pattern_text: r.pattern,
                         pattern,
-                        workflow: r.workflow,
+                        workflow,
                         description: r.description,
                     },
                 );
@@ -1167,6 +1167,120 @@ fn validate(
         workflows,
         schedules,
         rules,
+    }
+}
+
+/// The workflow a schedule or rule starts: a declared one, or for a pipeline
+/// target the workflow `pipeline:NAME` that runs it (made here): a pipeline that
+/// ingests runs on the object of the event (`sluice:pipeline:NAME` with the
+/// event's bucket and key, so only object events can start it), one that only
+/// refreshes gold tables runs its refreshes, with its retry policy.
+fn target(
+    workflow: Option<String>,
+    pipeline: Option<String>,
+    events_have_objects: bool,
+    pipelines: &BTreeMap<String, Pipeline>,
+    workflows: &mut BTreeMap<String, Workflow>,
+    path: &Path,
+    c: &mut Collector,
+) -> String {
+    let at = |field: &str| [path.clone(), vec![key(field)]].concat();
+    match (workflow, pipeline) {
+        (Some(w), None) => {
+            if !workflows.contains_key(&w) {
+                c.add(
+                    at("workflow"),
+                    format!("workflow {w:?} is not declared under [workflows]"),
+                );
+            }
+            w
+        }
+        (None, Some(p)) => {
+            let Some(pipeline) = pipelines.get(&p) else {
+                c.add(
+                    at("pipeline"),
+                    format!("pipeline {p:?} is not declared under [pipelines]"),
+                );
+                return String::new();
+            };
+            let ingests = pipeline
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Ingest { .. }));
+            if ingests && !events_have_objects {
+                c.add(
+                    at("pipeline"),
+                    format!(
+                        "pipeline {p:?} ingests objects and a schedule has none to give it; target a workflow whose task names the object (sluice:pipeline:{p})"
+                    ),
+                );
+            }
+            let name = format!("pipeline:{p}");
+            let definition = if ingests {
+                serde_json::json!({
+                    "Comment": format!("pipeline {p} on the object of the event"),
+                    "StartAt": "Run",
+                    "States": {"Run": {
+                        "Type": "Task",
+                        "Resource": format!("sluice:pipeline:{p}"),
+                        "Parameters": {"Bucket.$": "$.detail.bucket.name", "Key.$": "$.detail.object.key"},
+                        "End": true
+                    }}
+                })
+            } else {
+                let tables: Vec<&str> = pipeline
+                    .steps
+                    .iter()
+                    .filter_map(|s| match s {
+                        Step::Refresh { table } => Some(table.as_str()),
+                        Step::Ingest { .. } => None,
+                    })
+                    .collect();
+                let mut states = serde_json::Map::new();
+                for (i, table) in tables.iter().enumerate() {
+                    let mut state = serde_json::json!({
+                        "Type": "Task",
+                        "Resource": format!("sluice:refresh:{table}"),
+                        "ResultPath": null,
+                        "Retry": [{
+                            "ErrorEquals": ["Sluice.RefreshFailed"],
+                            "MaxAttempts": pipeline.retry.max_attempts.saturating_sub(1),
+                            "IntervalSeconds": pipeline.retry.backoff.as_secs().max(1),
+                            "MaxDelaySeconds": pipeline.retry.max_backoff.as_secs().max(1),
+                            "BackoffRate": 2.0
+                        }]
+                    });
+                    match tables.get(i + 1) {
+                        Some(next) => state["Next"] = serde_json::json!(format!("Refresh {next}")),
+                        None => state["End"] = serde_json::json!(true),
+                    }
+                    states.insert(format!("Refresh {table}"), state);
+                }
+                if tables.is_empty() {
+                    states.insert("Nothing".into(), serde_json::json!({"Type": "Succeed"}));
+                }
+                let start = tables
+                    .first()
+                    .map(|t| format!("Refresh {t}"))
+                    .unwrap_or_else(|| "Nothing".into());
+                serde_json::json!({
+                    "Comment": format!("pipeline {p}: its gold refreshes"),
+                    "StartAt": start,
+                    "States": states
+                })
+            };
+            workflows.entry(name.clone()).or_insert_with(|| Workflow {
+                name: name.clone(),
+                file: format!("(pipeline {p})"),
+                definition: definition.to_string(),
+                description: Some(format!("runs pipeline {p}")),
+            });
+            name
+        }
+        (Some(_), Some(_)) | (None, None) => {
+            c.add(path.clone(), "give exactly one of `workflow` or `pipeline`");
+            String::new()
+        }
     }
 }
 

@@ -174,7 +174,18 @@ fn route(platform: &Arc<Platform>, stream: &str) -> anyhow::Result<usize> {
         "objects" => store
             .object_events_after(after, BATCH)?
             .into_iter()
-            .map(|e| (e.seq, object_envelope(&e, region)))
+            .map(|e| {
+                // Events sluice records to run a pipeline again on an object already
+                // there (a replay, a workflow's pipeline task) are not writes: rules
+                // do not see them, or a rule running a pipeline would start itself.
+                let rerun = matches!(e.event.source.as_str(), "sluice:replay" | "sluice:workflow");
+                let envelope = if rerun {
+                    Value::Null
+                } else {
+                    object_envelope(&e, region)
+                };
+                (e.seq, envelope)
+            })
             .collect(),
         _ => store
             .custom_events_after(after, BATCH)?
@@ -187,6 +198,9 @@ fn route(platform: &Arc<Platform>, stream: &str) -> anyhow::Result<usize> {
     };
     let mut started: Vec<Execution> = Vec::new();
     for (_, envelope) in &events {
+        if envelope.is_null() {
+            continue;
+        }
         for rule in platform.project.rules.values() {
             if rule.pattern.matches(envelope) {
                 let workflow = &platform.project.workflows[&rule.workflow];

@@ -284,8 +284,10 @@ pub struct RawSchedule {
     pub expression: String,
     /// IANA time zone the expression is read in, e.g. `America/New_York`. Default `UTC`.
     pub timezone: Option<String>,
-    /// Workflow to start: a name under `[workflows]`.
-    pub workflow: String,
+    /// Workflow to start: a name under `[workflows]` (or give `pipeline`).
+    pub workflow: Option<String>,
+    /// Pipeline to run instead: one that only refreshes gold tables (one that ingests needs an object; give it one in a workflow's `sluice:pipeline:NAME` task).
+    pub pipeline: Option<String>,
     /// The execution's input, as JSON text. Default `{}`.
     pub input: Option<String>,
     /// Ticks missed while sluice was down: `skip` them (default) or `catch-up`, oldest first.
@@ -301,8 +303,10 @@ pub struct RawSchedule {
 pub struct RawRule {
     /// The event pattern (JSON text), e.g. `'{"source": ["aws.s3"], "detail": {"bucket": {"name": ["raw"]}}}'`.
     pub pattern: String,
-    /// Workflow to start: a name under `[workflows]`.
-    pub workflow: String,
+    /// Workflow to start: a name under `[workflows]` (or give `pipeline`).
+    pub workflow: Option<String>,
+    /// Pipeline to run instead, on the object of the event (or, for one that only refreshes gold tables, on any event).
+    pub pipeline: Option<String>,
     /// What the rule is for, for people.
     pub description: Option<String>,
 }

@@ -252,3 +252,50 @@ workflow = "nightly"
     assert!(out.contains("Event pattern is not valid. Reason:"), "{out}");
     assert!(out.contains("workflow \"none\" is not declared"), "{out}");
 }
+
+#[test]
+fn pipelines_are_targets_through_the_workflow_that_runs_them() {
+    let targets = r#"
+[pipelines.gold]
+steps = [{ refresh = "daily" }]
+[schedules.hourly]
+expression = "rate(1 hour)"
+pipeline = "gold"
+[rules.landed]
+pattern = '{"source": ["aws.s3"]}'
+pipeline = "taxi"
+"#;
+    let project = parse(&format!("{GOOD}{targets}")).unwrap();
+    assert_eq!(project.schedules["hourly"].workflow, "pipeline:gold");
+    assert_eq!(project.rules["landed"].workflow, "pipeline:taxi");
+    let refresh: serde_json::Value =
+        serde_json::from_str(&project.workflows["pipeline:gold"].definition).unwrap();
+    assert_eq!(
+        refresh["States"]["Refresh daily"]["Resource"],
+        "sluice:refresh:daily"
+    );
+    let ingest: serde_json::Value =
+        serde_json::from_str(&project.workflows["pipeline:taxi"].definition).unwrap();
+    assert_eq!(ingest["States"]["Run"]["Resource"], "sluice:pipeline:taxi");
+    assert_eq!(
+        ingest["States"]["Run"]["Parameters"]["Key.$"],
+        "$.detail.object.key"
+    );
+
+    // A schedule has no object for a pipeline that ingests; a target is one thing.
+    let bad = targets
+        .replace("pipeline = \"gold\"", "pipeline = \"taxi\"")
+        .replace(
+            "pipeline = \"taxi\"\n\"#",
+            "pipeline = \"taxi\"\nworkflow = \"x\"\n\"#",
+        );
+    let out = errors(&format!("{GOOD}{bad}workflow = \"x\"\n"));
+    assert!(
+        out.contains("ingests objects and a schedule has none to give it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("give exactly one of `workflow` or `pipeline`"),
+        "{out}"
+    );
+}

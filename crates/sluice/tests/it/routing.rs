@@ -185,3 +185,46 @@ fn events_are_routed_once_to_the_rules_workflows() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+/// A rule whose target is a pipeline runs it on the object of the event, as
+/// a trigger would, through the workflow `pipeline:NAME`.
+#[test]
+fn a_rule_runs_a_pipeline_on_the_object_of_its_event() {
+    let project = taxi_project(|t| {
+        t + "\n[rules.manual]\npattern = '{\"source\": [\"aws.s3\"], \"detail-type\": [\"Object Created\"], \"detail\": {\"object\": {\"key\": [{\"prefix\": \"manual/\"}]}}}'\npipeline = \"taxi\"\n"
+    });
+    let server = Server::start(project.path());
+    let file = "yellow_tripdata_2016-09.csv";
+    let resp = server.put_file(
+        "raw",
+        &format!("manual/{file}"),
+        &shared_data(&format!("nyc_tlc/{file}")),
+    );
+    assert_eq!(resp["jobs"], 0, "no trigger covers manual/: {resp}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let all = executions(&server);
+        if let Some(e) = all
+            .iter()
+            .find(|e| e["workflow"] == "pipeline:taxi" && e["status"] != "RUNNING")
+        {
+            break e.clone();
+        }
+        assert!(Instant::now() < deadline, "{all:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(done["status"], "SUCCEEDED", "{done}");
+    let valid = as_i64(&done["output"]["Run"]["RowsValid"]);
+    assert!(valid > 0, "{done}");
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM silver.trips")),
+        valid
+    );
+    // The pipeline's own re-run of the object is not a write: the rule does not start itself.
+    std::thread::sleep(Duration::from_millis(500));
+    let runs = executions(&server)
+        .iter()
+        .filter(|e| e["workflow"] == "pipeline:taxi")
+        .count();
+    assert_eq!(runs, 1);
+}
