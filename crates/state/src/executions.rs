@@ -139,6 +139,13 @@ pub trait ExecutionStore: Send + Sync {
     /// Moves a stream's cursor to `seq` and creates the executions its events
     /// started, in one transaction: an event is routed once, whatever restarts.
     fn route_events(&self, stream: &str, seq: i64, executions: &[Execution]) -> Result<()>;
+    /// The dead-letter queue of workflows: executions that failed or timed
+    /// out and were not redriven, newest first.
+    fn failed_executions(&self, limit: usize) -> Result<Vec<Execution>>;
+    /// Redrives a failed execution: records `new` (same workflow and input) and
+    /// takes the failed one out of the dead-letter queue, in one transaction.
+    /// Err(Conflict-like NotFound) when it is not failed or was redriven already.
+    fn redrive_execution(&self, failed: &str, new: &Execution) -> Result<()>;
 }
 
 /// Writes one running execution's events and steps with group commit: they

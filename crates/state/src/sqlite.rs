@@ -131,7 +131,8 @@ CREATE TABLE IF NOT EXISTS executions (
     error TEXT,
     cause TEXT,
     started_at INTEGER NOT NULL,
-    stopped_at INTEGER
+    stopped_at INTEGER,
+    redriven_as TEXT
 );
 CREATE INDEX IF NOT EXISTS executions_status ON executions(status, started_at);
 CREATE TABLE IF NOT EXISTS execution_events (
@@ -233,6 +234,9 @@ fn migrate(conn: &Connection) -> Result<()> {
     };
     if !has_column("upload_parts", "sha256")? {
         conn.execute_batch("ALTER TABLE upload_parts ADD COLUMN sha256 TEXT NOT NULL DEFAULT ''")?;
+    }
+    if !has_column("executions", "redriven_as")? {
+        conn.execute_batch("ALTER TABLE executions ADD COLUMN redriven_as TEXT")?;
     }
     if !has_column("upload_parts", "slot_offset")? {
         conn.execute_batch("ALTER TABLE upload_parts ADD COLUMN slot_offset INTEGER")?;

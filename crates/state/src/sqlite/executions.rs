@@ -334,6 +334,38 @@ impl ExecutionStore for SqliteStore {
         })
     }
 
+    fn failed_executions(&self, limit: usize) -> Result<Vec<Execution>> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM executions
+                 WHERE status IN ('FAILED', 'TIMED_OUT') AND redriven_as IS NULL
+                 ORDER BY stopped_at DESC, id DESC LIMIT ?1"
+            ))?;
+            let rows = stmt.query_map([limit as i64], execution_from_row)?;
+            Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+    }
+
+    fn redrive_execution(&self, failed: &str, new: &Execution) -> Result<()> {
+        self.with(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let taken = tx.execute(
+                "UPDATE executions SET redriven_as = ?2
+                 WHERE id = ?1 AND status IN ('FAILED', 'TIMED_OUT') AND redriven_as IS NULL",
+                params![failed, new.id],
+            )?;
+            if taken == 0 {
+                return Err(Error::NotFound {
+                    what: "failed execution not yet redriven",
+                    id: failed.to_owned(),
+                });
+            }
+            insert_execution(&tx, new)?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
     fn execution_steps(&self, execution: &str) -> Result<Vec<(String, String)>> {
         self.with(|conn| {
             let mut stmt =
@@ -542,6 +574,33 @@ mod tests {
         );
         assert_eq!(store.routing_cursor("custom").unwrap(), Some(b));
         assert!(store.stream_head("nope").is_err());
+    }
+
+    #[test]
+    fn failed_executions_wait_in_the_dead_letter_queue_until_redriven_once() {
+        let store = SqliteStore::open_in_memory().unwrap();
+        store.create_execution(&execution("e1")).unwrap();
+        assert!(
+            store.failed_executions(10).unwrap().is_empty(),
+            "running is not failed"
+        );
+        let mut failed = execution("e1");
+        failed.status = ExecutionStatus::Failed;
+        failed.stopped_at = Some(Utc::now());
+        store.finish_execution(&failed).unwrap();
+        assert_eq!(store.failed_executions(10).unwrap()[0].id, "e1");
+        store.redrive_execution("e1", &execution("e2")).unwrap();
+        assert!(store.failed_executions(10).unwrap().is_empty());
+        assert!(
+            store.redrive_execution("e1", &execution("e3")).is_err(),
+            "once"
+        );
+        assert!(
+            store.redrive_execution("e2", &execution("e4")).is_err(),
+            "e2 runs"
+        );
+        assert_eq!(store.running_executions().unwrap()[0].id, "e2");
+        assert_eq!(store.list_executions(10).unwrap().len(), 2);
     }
 
     #[test]
