@@ -293,15 +293,18 @@ enum QuarantineCommand {
 
 #[derive(Subcommand)]
 enum DlqCommand {
-    /// List dead-lettered jobs with their last error.
+    /// List dead-lettered jobs with their last error, and workflow executions that failed
+    /// or timed out, with their error and cause.
     ///
     /// Example: sluice dlq list
     List,
-    /// Queue a dead-lettered job again; it runs through the same path as the first time.
+    /// Queue a dead-lettered job again (it runs through the same path as the first time),
+    /// or redrive a failed execution: a new execution of the same definition with the same
+    /// input, run by `sluice up`.
     ///
     /// Example: sluice dlq replay 0193a1b2-...
     Replay {
-        /// Job id (from `sluice dlq list`).
+        /// Job id or execution id (from `sluice dlq list`).
         id: String,
     },
 }
@@ -574,11 +577,43 @@ fn run(cli: Cli) -> Result<()> {
                         ]);
                     }
                     println!("{t}\n({} dead-lettered job{})", dead.len(), if dead.len() == 1 { "" } else { "s" });
+                    let failed = platform.executions.failed_executions(1000)?;
+                    if !failed.is_empty() {
+                        let mut t = render::table(vec!["execution".into(), "workflow".into(), "status".into(), "failed at".into(), "error".into(), "cause".into()]);
+                        for e in &failed {
+                            t.add_row(vec![
+                                e.id.clone(),
+                                e.workflow.clone(),
+                                e.status.as_str().to_string(),
+                                e.stopped_at.map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string()).unwrap_or_default(),
+                                e.error.clone().unwrap_or_default(),
+                                e.cause.clone().unwrap_or_default(),
+                            ]);
+                        }
+                        println!("{t}\n({} failed execution{})", failed.len(), if failed.len() == 1 { "" } else { "s" });
+                    }
                 }
                 DlqCommand::Replay { id } => {
-                    let job: sluice_state::JobId = id.parse().with_context(|| format!("{id:?} is not a job id"))?;
-                    let new = platform.state.replay_dlq(job, chrono::Utc::now())?;
-                    println!("replaying job {job} as job {new}; it runs when `sluice up` is running");
+                    let failed = platform.executions.failed_executions(100_000)?;
+                    match failed.iter().find(|e| e.id == *id) {
+                        Some(e) => {
+                            let new_id = uuid::Uuid::now_v7().to_string();
+                            let input: serde_json::Value = serde_json::from_str(&e.input)?;
+                            let new = workflows::new_execution(&new_id, &e.workflow, &e.definition, &input);
+                            platform.executions.redrive_execution(&e.id, &new)?;
+                            println!("redriving execution {} as execution {new_id}; it runs when `sluice up` is running", e.id);
+                        }
+                        None if platform.executions.get_execution(id).is_ok_and(|e| e.id == *id) => {
+                            bail!("execution {id} is not in the dead-letter queue: only a failed execution not redriven before can be redriven (see `sluice dlq list`)");
+                        }
+                        None => {
+                            let job: sluice_state::JobId = id
+                                .parse()
+                                .with_context(|| format!("{id:?} is neither a failed execution nor a job id"))?;
+                            let new = platform.state.replay_dlq(job, chrono::Utc::now())?;
+                            println!("replaying job {job} as job {new}; it runs when `sluice up` is running");
+                        }
+                    }
                 }
             }
             Ok(())
@@ -641,7 +676,7 @@ async fn up(
     let platform = Arc::new(platform);
     let _owned = platform.own_data_dir()?;
     routing::init_cursors(&platform)?;
-    let resumed = workflows::resume_running(&platform)?;
+    let resumed = workflows::pick_up(&platform)?;
     if resumed > 0 {
         tracing::warn!(
             executions = resumed,
@@ -681,6 +716,7 @@ async fn up(
     });
     let scheduler = tokio::spawn(schedules::run(platform.clone(), shutdown.clone()));
     let router = tokio::spawn(routing::run(platform.clone(), shutdown.clone()));
+    let pickup = tokio::spawn(workflows::pick_up_loop(platform.clone(), shutdown.clone()));
     let pool = tokio::spawn(worker::run_pool(
         platform.clone(),
         workers,
@@ -728,6 +764,7 @@ async fn up(
     let _ = pool.await;
     let _ = scheduler.await;
     let _ = router.await;
+    let _ = pickup.await;
     if let Some(w) = watcher {
         let _ = w.await;
     }

@@ -54,6 +54,8 @@ pub struct Platform {
     pub tables: sluice_lake::delta::TableCache,
     /// Tables with a background compaction under way.
     compacting: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Workflow executions this process is running (each runs in one place).
+    pub running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// Loads and validates a project file (or the `sluice.toml` of a project directory),
@@ -193,6 +195,7 @@ impl Platform {
             table_locks,
             tables: Default::default(),
             compacting: Default::default(),
+            running: Default::default(),
             s3_keys,
             project,
             project_dir,

@@ -115,9 +115,45 @@ pub fn check_definitions(project: &sluice_model::config::Project) -> Result<()> 
     Ok(())
 }
 
+/// Marks an execution as run by this process until dropped.
+struct Claim {
+    platform: Arc<Platform>,
+    id: String,
+}
+
+impl Claim {
+    /// None when this process already runs the execution.
+    fn take(platform: &Arc<Platform>, id: &str) -> Option<Claim> {
+        let mut running = platform.running.lock().unwrap_or_else(|p| p.into_inner());
+        running.insert(id.to_owned()).then(|| Claim {
+            platform: platform.clone(),
+            id: id.to_owned(),
+        })
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut running = self
+            .platform
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        running.remove(&self.id);
+    }
+}
+
 /// Runs an execution to its end, from where its record says it was: a new
-/// one from its start, one cut off by a crash at the state it was in.
-pub async fn run(platform: Arc<Platform>, mut execution: Execution) -> Result<Outcome> {
+/// one from its start, one cut off by a crash at the state it was in. None
+/// when this process is running it already.
+pub async fn run(platform: Arc<Platform>, execution: Execution) -> Result<Option<Outcome>> {
+    let Some(_claim) = Claim::take(&platform, &execution.id) else {
+        return Ok(None);
+    };
+    run_claimed(platform, execution).await.map(Some)
+}
+
+async fn run_claimed(platform: Arc<Platform>, mut execution: Execution) -> Result<Outcome> {
     let machine = sluice_flow::parse_definition(&execution.definition)
         .with_context(|| format!("the definition of execution {}", execution.id))?;
     let input: Value = serde_json::from_str(&execution.input)
@@ -186,9 +222,10 @@ pub fn spawn(platform: Arc<Platform>, execution: Execution) {
     let id = execution.id.clone();
     tokio::spawn(async move {
         match run(platform, execution).await {
-            Ok(outcome) => {
+            Ok(Some(outcome)) => {
                 tracing::info!(execution = %id, status = ?outcome.status, "execution ended")
             }
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(execution = %id, error = %format!("{e:#}"), "the execution could not be run")
             }
@@ -196,14 +233,38 @@ pub fn spawn(platform: Arc<Platform>, execution: Execution) {
     });
 }
 
-/// Resumes, in the background, every execution a stopped process left running.
-pub fn resume_running(platform: &Arc<Platform>) -> Result<usize> {
+/// Runs, in the background, every execution on record as running that this
+/// process does not run yet: at start-up those a stopped process left (they
+/// resume where they were), then those other processes record (`sluice dlq
+/// replay`, say). Returns how many it started.
+pub fn pick_up(platform: &Arc<Platform>) -> Result<usize> {
     let running = platform.executions.running_executions()?;
-    let count = running.len();
+    let mut started = 0;
     for execution in running {
-        spawn(platform.clone(), execution);
+        let mine = platform
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&execution.id);
+        if !mine {
+            spawn(platform.clone(), execution);
+            started += 1;
+        }
     }
-    Ok(count)
+    Ok(started)
+}
+
+/// Picks up executions recorded by other processes until `shutdown`.
+pub async fn pick_up_loop(platform: Arc<Platform>, shutdown: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            () = shutdown.cancelled() => return,
+        }
+        if let Err(e) = pick_up(&platform) {
+            tracing::warn!(error = %format!("{e:#}"), "cannot look for executions to run");
+        }
+    }
 }
 
 /// An execution as the CLI and the HTTP API show it (DescribeExecution's fields).
@@ -414,6 +475,7 @@ impl ProjectResources {
                 if sync.is_none() {
                     spawn(self.platform.clone(), child.clone());
                 } else {
+                    // None: picked up meanwhile; its end is waited for below.
                     Box::pin(run(self.platform.clone(), child.clone()))
                         .await
                         .map_err(failed)?;

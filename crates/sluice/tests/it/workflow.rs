@@ -171,7 +171,8 @@ fn workflow_run_explains_what_it_cannot_do_here() {
 
 /// A small HTTP endpoint the workflows call: it counts requests by path, answers
 /// JSON, holds the first request to `hold` without an answer (the process that
-/// sent it is killed meanwhile) and answers 404 to `/missing`.
+/// sent it is killed meanwhile), answers 404 to `/missing` and 500 to the first
+/// request to `/flaky`.
 struct Endpoint {
     base: String,
     calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -219,6 +220,10 @@ impl Endpoint {
                 }
                 let (status, answer) = match path.as_str() {
                     "/missing" => ("404 Not Found", json!({"message": "no such thing"})),
+                    "/flaky" if first => (
+                        "500 Internal Server Error",
+                        json!({"message": "try again later"}),
+                    ),
                     _ => (
                         "200 OK",
                         json!({"path": path, "target": target, "rows": 1000, "received": String::from_utf8_lossy(&body)}),
@@ -777,4 +782,86 @@ fn a_pipeline_task_ingests_an_object_and_reports_its_run() {
     assert_eq!(detail["status"], "SUCCEEDED");
     assert_eq!(as_i64(&detail["rowsIn"]), rows);
     assert_eq!(detail["object"], format!("raw/manual/{file}"));
+}
+
+/// A failed execution waits in the dead-letter queue with its cause; `sluice
+/// dlq replay` redrives it once (a new execution with the same input, picked up
+/// by the running `sluice up`), and it leaves the queue.
+#[test]
+fn failed_executions_wait_in_the_dlq_and_are_redriven_once() {
+    let endpoint = Endpoint::start(None);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("flows")).unwrap();
+    let mut call = http_task(
+        &format!("{}/flaky", endpoint.base),
+        "POST",
+        json!({"RequestBody": {"day.$": "$.day"}}),
+    );
+    call["Catch"] =
+        json!([{"ErrorEquals": ["States.ALL"], "ResultPath": "$.failure", "Next": "Stop"}]);
+    call["End"] = json!(true);
+    let flow = json!({"StartAt": "Sync", "States": {
+        "Sync": call,
+        "Stop": {"Type": "Fail", "Error": "SyncFailed", "CausePath": "$.failure.Cause"}}});
+    std::fs::write(dir.path().join("flows/sync.asl.json"), flow.to_string()).unwrap();
+    std::fs::write(
+        dir.path().join("sluice.toml"),
+        "version = 1\n[workflows.sync]\ndefinition = \"flows/sync.asl.json\"\n",
+    )
+    .unwrap();
+    let toml = dir.path().join("sluice.toml");
+    let server = Server::start(dir.path());
+
+    let failed = run_to_end(
+        &server,
+        json!({"workflow": "sync", "input": {"day": "2024-01-15"}}),
+    );
+    assert_eq!(failed["status"], "FAILED");
+    assert_eq!(failed["error"], "SyncFailed");
+    assert!(
+        failed["cause"]
+            .as_str()
+            .unwrap()
+            .contains("try again later"),
+        "{failed}"
+    );
+    let id = failed["id"].as_str().unwrap().to_string();
+    let (ok, out, err) = cli(&toml, &["dlq", "list"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&id) && out.contains("SyncFailed") && out.contains("1 failed execution"),
+        "{out}"
+    );
+
+    let (ok, out, err) = cli(&toml, &["dlq", "replay", &id]);
+    assert!(ok, "{err}");
+    assert!(out.contains("redriving"), "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let redriven = loop {
+        let body: Value = ureq::get(&format!("{}/v1/executions", server.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        let done = body["executions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["id"] != id.as_str() && e["status"] != "RUNNING")
+            .cloned();
+        if let Some(e) = done {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "{body}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(redriven["status"], "SUCCEEDED", "{redriven}");
+    assert_eq!(redriven["input"], json!({"day": "2024-01-15"}));
+    assert_eq!(endpoint.count("/flaky"), 2);
+    let (_, out, _) = cli(&toml, &["dlq", "list"]);
+    assert!(!out.contains(&id), "{out}");
+    let (ok, _, err) = cli(&toml, &["dlq", "replay", &id]);
+    assert!(!ok, "a redriven execution is not redriven twice");
+    assert!(err.contains("not in the dead-letter queue"), "{err}");
 }
