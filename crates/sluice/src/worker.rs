@@ -419,6 +419,9 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
                 let t = &platform.project.tables[table];
                 let sql = t.sql.as_deref().unwrap_or_default();
                 let refreshed = async {
+                    // Two refreshes of one gold table at once would conflict in Delta: one waits.
+                    let lock = platform.table_lock(table);
+                    let _alone = lock.write().await;
                     let session = platform
                         .lake_session()
                         .await

@@ -319,6 +319,16 @@ pub fn execution_with_history(platform: &Platform, id: &str) -> Result<Value, sl
     Ok(v)
 }
 
+/// The id of what a task call starts (a nested execution, a pipeline's event):
+/// the same for every call of that attempt of that task, resumed or not.
+fn task_uuid(call: &TaskCall) -> uuid::Uuid {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(format!("{}\n{}", call.execution, call.key));
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    uuid::Uuid::from_bytes(bytes)
+}
+
 /// What Task states of a project's workflows can call.
 pub struct ProjectResources {
     platform: Arc<Platform>,
@@ -455,13 +465,7 @@ impl ProjectResources {
             Value::String(s) => serde_json::from_str(s).unwrap_or(Value::String(s.clone())),
             other => other.clone(),
         };
-        let id = {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(format!("{}\n{}", call.execution, call.key));
-            let mut bytes = [0u8; 16];
-            bytes.copy_from_slice(&digest[..16]);
-            uuid::Uuid::from_bytes(bytes).to_string()
-        };
+        let id = task_uuid(call).to_string();
         let store = &self.platform.executions;
         let failed = |e: anyhow::Error| Failure::new("States.TaskFailed", format!("{e:#}"));
         let existing = store.get_execution(&id).ok().filter(|e| e.id == id);
@@ -549,13 +553,7 @@ impl ProjectResources {
             ));
         };
         let unavailable = |e: sluice_state::Error| Failure::new("States.TaskFailed", e.to_string());
-        let id = {
-            use sha2::Digest as _;
-            let digest = sha2::Sha256::digest(format!("{}\n{}", call.execution, call.key));
-            let mut bytes = [0u8; 16];
-            bytes.copy_from_slice(&digest[..16]);
-            EventId(uuid::Uuid::from_bytes(bytes))
-        };
+        let id = EventId(task_uuid(call));
         if platform
             .state
             .jobs_for_event(id)
@@ -701,6 +699,9 @@ impl ProjectResources {
             })?;
         let failed =
             |e: String| Failure::new("Sluice.RefreshFailed", format!("refresh {table}: {e}"));
+        // As a pipeline's refresh step does: one refresh of a table at a time.
+        let lock = platform.table_lock(table);
+        let _alone = lock.write().await;
         let session = platform
             .lake_session()
             .await
