@@ -28,6 +28,28 @@ pub const ACCOUNT: &str = "000000000000";
 /// Events read per transaction.
 const BATCH: usize = 256;
 
+/// An EventBridge event: the envelope every rule pattern sees.
+fn envelope(
+    source: &str,
+    detail_type: &str,
+    at: DateTime<Utc>,
+    region: &str,
+    resources: Value,
+    detail: Value,
+) -> Value {
+    json!({
+        "version": "0",
+        "id": uuid::Uuid::now_v7().to_string(),
+        "detail-type": detail_type,
+        "source": source,
+        "account": ACCOUNT,
+        "time": time(at),
+        "region": region,
+        "resources": resources,
+        "detail": detail,
+    })
+}
+
 /// The EventBridge envelope of an object event, as S3 sends it.
 pub fn object_envelope(e: &StoredEvent, region: &str) -> Value {
     let event = &e.event;
@@ -36,24 +58,28 @@ pub fn object_envelope(e: &StoredEvent, region: &str) -> Value {
     if created {
         object["size"] = json!(event.object.size);
     }
-    json!({
-        "version": "0",
-        "id": event.id.to_string(),
-        "detail-type": if created { "Object Created" } else { "Object Deleted" },
-        "source": "aws.s3",
-        "account": ACCOUNT,
-        "time": time(event.time),
-        "region": region,
-        "resources": [format!("arn:aws:s3:::{}", event.object.bucket)],
-        "detail": {
+    let mut e = envelope(
+        "aws.s3",
+        if created {
+            "Object Created"
+        } else {
+            "Object Deleted"
+        },
+        event.time,
+        region,
+        json!([format!("arn:aws:s3:::{}", event.object.bucket)]),
+        json!({
             "version": "0",
             "bucket": {"name": event.object.bucket},
             "object": object,
             "request-id": event.correlation_id.to_string(),
             "requester": event.source,
             "reason": if created { "PutObject" } else { "DeleteObject" },
-        },
-    })
+        }),
+    );
+    // The event keeps the id it was recorded with.
+    e["id"] = json!(event.id.to_string());
+    e
 }
 
 /// An envelope's time as EventBridge writes it.
@@ -98,16 +124,16 @@ pub fn emit(platform: &Platform, envelope: Value) {
 
 /// The event a pipeline run's end raises.
 pub fn run_status_envelope(run: &sluice_state::Run, region: &str) -> Value {
-    json!({
-        "version": "0",
-        "id": uuid::Uuid::now_v7().to_string(),
-        "detail-type": "Pipeline Run Status Change",
-        "source": "sluice.pipelines",
-        "account": ACCOUNT,
-        "time": time(run.finished_at.unwrap_or_else(Utc::now)),
-        "region": region,
-        "resources": [format!("arn:sluice:pipelines:{region}:{ACCOUNT}:pipeline/{}", run.pipeline)],
-        "detail": {
+    envelope(
+        "sluice.pipelines",
+        "Pipeline Run Status Change",
+        run.finished_at.unwrap_or_else(Utc::now),
+        region,
+        json!([format!(
+            "arn:sluice:pipelines:{region}:{ACCOUNT}:pipeline/{}",
+            run.pipeline
+        )]),
+        json!({
             "pipeline": run.pipeline,
             "runId": run.id.to_string(),
             "jobId": run.job_id.to_string(),
@@ -119,23 +145,22 @@ pub fn run_status_envelope(run: &sluice_state::Run, region: &str) -> Value {
             "rowsValid": run.rows_valid,
             "rowsQuarantined": run.rows_quarantined,
             "error": run.error,
-        },
-    })
+        }),
+    )
 }
 
 /// The event a schedule's tick raises, as EventBridge's scheduled rules send it.
 pub fn tick_envelope(schedule: &str, at: DateTime<Utc>, region: &str) -> Value {
-    json!({
-        "version": "0",
-        "id": uuid::Uuid::now_v7().to_string(),
-        "detail-type": "Scheduled Event",
-        "source": "aws.events",
-        "account": ACCOUNT,
-        "time": time(at),
-        "region": region,
-        "resources": [format!("arn:sluice:scheduler:{region}:{ACCOUNT}:schedule/{schedule}")],
-        "detail": {},
-    })
+    envelope(
+        "aws.events",
+        "Scheduled Event",
+        at,
+        region,
+        json!([format!(
+            "arn:sluice:scheduler:{region}:{ACCOUNT}:schedule/{schedule}"
+        )]),
+        json!({}),
+    )
 }
 
 /// Routes events to the rules' workflows until `shutdown`.
@@ -261,17 +286,14 @@ pub fn custom_envelope(entry: &Value, region: &str) -> Result<Value, (&'static s
             .unwrap_or_else(|_| Utc::now()),
         Some(_) => Utc::now(),
     };
-    Ok(json!({
-        "version": "0",
-        "id": uuid::Uuid::now_v7().to_string(),
-        "detail-type": detail_type,
-        "source": source,
-        "account": ACCOUNT,
-        "time": time(when),
-        "region": region,
-        "resources": entry.get("Resources").cloned().unwrap_or_else(|| json!([])),
-        "detail": detail,
-    }))
+    Ok(envelope(
+        source,
+        detail_type,
+        when,
+        region,
+        entry.get("Resources").cloned().unwrap_or_else(|| json!([])),
+        detail,
+    ))
 }
 
 /// The status change event Step Functions sends when an execution ends.
@@ -279,16 +301,13 @@ pub fn execution_status_envelope(e: &Execution, region: &str) -> Value {
     let millis = |t: DateTime<Utc>| t.timestamp_millis();
     let arn =
         |kind: &str, tail: &str| format!("arn:sluice:states:{region}:{ACCOUNT}:{kind}:{tail}");
-    json!({
-        "version": "0",
-        "id": uuid::Uuid::now_v7().to_string(),
-        "detail-type": "Step Functions Execution Status Change",
-        "source": "aws.states",
-        "account": ACCOUNT,
-        "time": time(e.stopped_at.unwrap_or_else(Utc::now)),
-        "region": region,
-        "resources": [arn("execution", &format!("{}:{}", e.workflow, e.id))],
-        "detail": {
+    envelope(
+        "aws.states",
+        "Step Functions Execution Status Change",
+        e.stopped_at.unwrap_or_else(Utc::now),
+        region,
+        json!([arn("execution", &format!("{}:{}", e.workflow, e.id))]),
+        json!({
             "executionArn": arn("execution", &format!("{}:{}", e.workflow, e.id)),
             "stateMachineArn": arn("stateMachine", &e.workflow),
             "name": e.id,
@@ -299,6 +318,6 @@ pub fn execution_status_envelope(e: &Execution, region: &str) -> Value {
             "output": e.output,
             "error": e.error,
             "cause": e.cause,
-        },
-    })
+        }),
+    )
 }

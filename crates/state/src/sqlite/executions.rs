@@ -128,21 +128,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn append_execution_event(&self, execution: &str, e: &ExecutionEvent) -> Result<()> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO execution_events (execution_id, id, previous_id, time, kind, details)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?;
-            stmt.execute(params![
-                execution,
-                e.id as i64,
-                e.previous_id as i64,
-                micros(e.time),
-                e.kind,
-                e.details,
-            ])?;
-            Ok(())
-        })
+        self.append_execution_batch(execution, std::slice::from_ref(e), &[])
     }
 
     fn append_execution_batch(
@@ -201,14 +187,7 @@ impl ExecutionStore for SqliteStore {
     }
 
     fn save_execution_step(&self, execution: &str, key: &str, value: &str) -> Result<()> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare_cached(
-                "INSERT INTO execution_steps (execution_id, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT(execution_id, key) DO UPDATE SET value = excluded.value",
-            )?;
-            stmt.execute(params![execution, key, value])?;
-            Ok(())
-        })
+        self.append_execution_batch(execution, &[], &[(key.to_owned(), value.to_owned())])
     }
 
     fn fire_schedule_tick(
