@@ -316,7 +316,7 @@ impl Interpreter {
             }
         };
         // The end is on record before the outcome is handed back.
-        if let Err(why) = run.history.commit() {
+        if let Err(why) = run.history.commit(true).await {
             let f = store_failure(why);
             return Outcome {
                 status: Status::Failed,
@@ -383,8 +383,16 @@ impl Run<'_> {
     }
 
     /// Makes what was recorded so far durable before the execution goes on.
-    fn commit(&self) -> Result<(), Failure> {
-        self.history.commit().map_err(store_failure)
+    /// Commits at the end of a Map iteration or Parallel branch (others may run).
+    async fn commit_branch(&self) -> Result<(), Failure> {
+        self.history.commit(false).await.map_err(store_failure)
+    }
+
+    /// `frame` is where the commit is made: at the top level no other branch
+    /// of the execution runs, in a Map iteration or Parallel branch others may.
+    async fn commit(&self, frame: &Frame) -> Result<(), Failure> {
+        let alone = frame.scope.is_empty();
+        self.history.commit(alone).await.map_err(store_failure)
     }
 
     fn context(
@@ -465,7 +473,7 @@ impl Run<'_> {
                                 saved["variables"] = Value::Object(frame.variables.clone());
                             }
                             self.remember(&key, &saved)?;
-                            self.commit()?;
+                            self.commit(&frame).await?;
                         }
                         (output, step)
                     }
@@ -864,7 +872,7 @@ impl Run<'_> {
                     .unwrap_or(DateTime::<Utc>::MAX_UTC);
                 if self.history.is_durable() {
                     self.remember(&key, &json!(until.to_rfc3339()))?;
-                    self.commit()?;
+                    self.commit(frame).await?;
                 }
                 until
             }
@@ -926,7 +934,7 @@ impl Run<'_> {
             key: key.clone(),
         };
         // The call is on record (TaskScheduled) before it is made.
-        self.commit()?;
+        self.commit(frame).await?;
         let invoke = self.interpreter.resources.invoke(call);
         let result = match secs {
             None => invoke.await,
@@ -971,7 +979,7 @@ impl Run<'_> {
                 let r = self.machine(b, input.clone(), frame).await;
                 if r.is_ok() && self.history.is_durable() {
                     self.remember(&key, &saved_result(&r))?;
-                    self.commit()?;
+                    self.commit_branch().await?;
                 }
                 r
             }
@@ -1129,7 +1137,7 @@ impl Run<'_> {
                             .is_none_or(|f| f.error.as_deref() != Some("States.Runtime"))
                     {
                         runner.remember(&key, &saved_result(&r))?;
-                        runner.commit()?;
+                        runner.commit_branch().await?;
                     }
                     match &r {
                         Ok(_) => runner.event(

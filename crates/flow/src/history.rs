@@ -3,6 +3,7 @@
 //! and, for a durable execution, the [`Store`] that keeps it and the results
 //! of the steps already done.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
@@ -31,6 +32,9 @@ pub struct Event {
 /// so far is durable. The interpreter commits when a state ends (before the
 /// next one begins), before it calls a task, before it sleeps in a Wait state,
 /// when a Map iteration or Parallel branch ends, and when the execution ends.
+/// [`History::commit`] calls `commit` off the async threads, one at a time:
+/// branches that commit meanwhile wait for the next call, which takes what
+/// they all kept (group commit).
 pub trait Store: Send + Sync {
     /// Keeps one event of the history.
     fn record(&self, event: &Event) -> Result<(), String>;
@@ -52,6 +56,22 @@ pub struct History {
     /// Records no events (the iterations of a distributed Map, whose events
     /// AWS keeps in child executions, not in the parent's history).
     muted: bool,
+    /// Group commit of the store (shared by the execution's branches).
+    commits: Arc<Commits>,
+}
+
+/// Counts what was kept and what is durable, so that one store commit serves
+/// every branch waiting on it.
+#[derive(Default)]
+struct Commits {
+    /// Writes handed to the store (events and steps).
+    kept: AtomicU64,
+    /// Writes known durable.
+    durable: AtomicU64,
+    /// Held by the branch committing the store.
+    writing: tokio::sync::Mutex<()>,
+    /// Wakes the branches waiting for a commit.
+    done: tokio::sync::Notify,
 }
 
 impl History {
@@ -63,6 +83,7 @@ impl History {
             store: Some(store),
             broken: Arc::default(),
             muted: false,
+            commits: Arc::default(),
         }
     }
 
@@ -107,10 +128,14 @@ impl History {
             kind: kind.to_owned(),
             details,
         };
-        if let Some(store) = &self.store
-            && let Err(why) = store.record(&event)
-        {
-            self.fail(why);
+        if let Some(store) = &self.store {
+            match store.record(&event) {
+                // Counted once handed over: a commit that sees the count includes it.
+                Ok(()) => {
+                    self.commits.kept.fetch_add(1, Ordering::SeqCst);
+                }
+                Err(why) => self.fail(why),
+            }
         }
         events.push(event);
         id
@@ -133,18 +158,66 @@ impl History {
     pub fn remember(&self, key: &str, value: &Value) -> Result<(), String> {
         match &self.store {
             None => Ok(()),
-            Some(store) => store.remember(key, value),
+            Some(store) => {
+                store.remember(key, value)?;
+                self.commits.kept.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
         }
     }
 
-    /// Makes everything recorded and remembered so far durable.
-    pub fn commit(&self) -> Result<(), String> {
+    /// Makes everything recorded and remembered so far durable. Branches
+    /// committing at once share store commits: one commits, in a blocking
+    /// thread, all that was kept; the others wait for it. `alone` says no other
+    /// branch of the execution can be running (a top-level state): the commit
+    /// is then made on this thread, which saves handing it to another.
+    pub async fn commit(&self, alone: bool) -> Result<(), String> {
         if let Some(why) = self.broken() {
             return Err(why);
         }
-        match &self.store {
-            None => Ok(()),
-            Some(store) => store.commit(),
+        let Some(store) = &self.store else {
+            return Ok(());
+        };
+        let c = &self.commits;
+        let mine = c.kept.load(Ordering::SeqCst);
+        loop {
+            if c.durable.load(Ordering::SeqCst) >= mine {
+                return Ok(());
+            }
+            let done = c.done.notified();
+            tokio::pin!(done);
+            done.as_mut().enable();
+            match c.writing.try_lock() {
+                Ok(_writing) => {
+                    if c.durable.load(Ordering::SeqCst) >= mine {
+                        return Ok(());
+                    }
+                    // Everything counted so far is in the store's buffer.
+                    let upto = c.kept.load(Ordering::SeqCst);
+                    let written = if alone {
+                        store.commit()
+                    } else {
+                        let store = store.clone();
+                        tokio::task::spawn_blocking(move || store.commit())
+                            .await
+                            .map_err(|e| format!("the commit did not finish: {e}"))
+                            .and_then(|r| r)
+                    };
+                    if let Err(why) = &written {
+                        self.fail(why.clone());
+                    } else {
+                        c.durable.fetch_max(upto, Ordering::SeqCst);
+                    }
+                    c.done.notify_waiters();
+                    return written;
+                }
+                Err(_) => {
+                    done.await;
+                    if let Some(why) = self.broken() {
+                        return Err(why);
+                    }
+                }
+            }
         }
     }
 
