@@ -32,10 +32,78 @@ pub fn check(text: &str) -> Result<(), String> {
         .and_then(|i| i.strip_suffix(' '))
         .filter(|i| !i.is_empty() && !i.starts_with(char::is_whitespace))
         .ok_or_else(|| format!("'{text}': a JSONata expression is written \"{{% expression %}}\", one space inside each brace"))?;
+    if let Some(number) = number_with_bare_dot(expression) {
+        return Err(format!(
+            "'{text}': JSONata syntax error: '{number}' is not a number (write {}0 or {})",
+            number,
+            number.trim_end_matches('.')
+        ));
+    }
     let arena = bumpalo::Bump::new();
     jsonata_rs::JsonAta::new(expression, &arena)
         .map(|_| ())
         .map_err(|e| format!("'{text}': JSONata syntax error: {e}"))
+}
+
+/// A number literal ending in a dot (`420.`), outside strings and names:
+/// JSONata's grammar wants digits after the dot, and jsonata-rs lets it pass.
+/// `1..5` (a range) and `a1.b` (a name, then a path) are not numbers.
+fn number_with_bare_dot(expression: &str) -> Option<String> {
+    let chars: Vec<char> = expression.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if matches!(c, '"' | '\'' | '`') {
+            // Skip a string or a quoted name, with its escapes.
+            i += 1;
+            while i < chars.len() && chars[i] != c {
+                i += if chars[i] == '\\' { 2 } else { 1 };
+            }
+            i += 1;
+            continue;
+        }
+        if c == '/' {
+            // A regex where a value is expected (after an operand, '/' divides).
+            let before = chars[..i].iter().rev().find(|c| !c.is_whitespace());
+            let divides = before.is_some_and(|b| {
+                b.is_alphanumeric() || matches!(b, '_' | '$' | ')' | ']' | '}' | '"' | '\'' | '`')
+            });
+            i += 1;
+            if !divides {
+                while i < chars.len() && chars[i] != '/' {
+                    i += if chars[i] == '\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            continue;
+        }
+        let starts_number = c.is_ascii_digit()
+            && (i == 0
+                || !(chars[i - 1].is_alphanumeric() || matches!(chars[i - 1], '_' | '$' | '.')));
+        if !starts_number {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && chars[i].is_ascii_digit() {
+            i += 1;
+        }
+        if chars.get(i) == Some(&'.')
+            && chars
+                .get(i + 1)
+                .is_none_or(|n| !n.is_ascii_digit() && *n != '.')
+        {
+            return Some(chars[start..=i].iter().collect());
+        }
+        // A fraction: skip its digits so the dot is not seen again.
+        if chars.get(i) == Some(&'.') && chars.get(i + 1).is_some_and(char::is_ascii_digit) {
+            i += 1;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+        }
+    }
+    None
 }
 
 /// Evaluates one expression (without its braces); `None` when JSONata yields nothing.
@@ -180,6 +248,30 @@ pub fn fill(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn numbers_need_digits_after_their_dot() {
+        assert!(
+            check("{% 420. %}")
+                .unwrap_err()
+                .contains("'420.' is not a number")
+        );
+        assert!(check("{% [1, 2.] %}").is_err());
+        assert!(check("{% $x / 2. %}").is_err());
+        for fine in [
+            "{% 420.5 %}",
+            "{% [1..5] %}",
+            "{% $states.input.a1.b %}",
+            "{% 'price: 3.' & $x %}",
+            "{% $x.`1.` %}",
+            "{% 1.5e3 %}",
+            "{% $arr[0].name %}",
+            "{% $match($x, /^[a-z0-9.]+\\.[a-z]{2,}$/) %}",
+            "{% $x / 2 %}",
+        ] {
+            assert!(check(fine).is_ok(), "{fine}: {:?}", check(fine));
+        }
+    }
 
     #[test]
     fn surround_and_syntax_are_checked() {
