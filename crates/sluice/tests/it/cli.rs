@@ -229,6 +229,11 @@ fn the_demo_runs_end_to_end_and_accounts_for_every_dirty_row() {
         line.split_whitespace().last().unwrap().parse().unwrap()
     };
     assert_eq!(number_after("rows in"), 5000);
+    // The project's nightly workflow ran on what the pipelines produced.
+    assert!(
+        stdout.contains("nightly workflow (flows/nightly.asl.json): SUCCEEDED"),
+        "{stdout}"
+    );
     let dirt: i64 = stdout
         .lines()
         .find_map(|l| l.trim_start().strip_prefix("dirt generated: "))

@@ -549,6 +549,13 @@ fn the_taxi_nightly_workflow_summarizes_each_partition_or_stops_on_dirty_data() 
     assert_eq!(output["published"]["FailedEntryCount"], 0, "{output}");
     assert!(output["published"]["Entries"][0]["EventId"].is_string());
 
+    // A threshold in the input overrides the default 5 %.
+    let stricter = run_to_end(
+        &server,
+        json!({"workflow": "nightly", "input": {"maxInvalidPct": 4}}),
+    );
+    assert_eq!(stricter["error"], "TooManyInvalidRows", "{stricter}");
+
     // With a stricter threshold the Choice routes to the Fail state, naming the share.
     let strict =
         std::fs::read_to_string(repo_root().join("examples/nyc-taxi/flows/nightly.asl.json"))
