@@ -149,3 +149,37 @@ fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
     assert_eq!(e["workflow"], "tick");
     assert!(e["output"]["at"].as_str().unwrap().ends_with('Z'), "{e}");
 }
+
+/// A schedule whose target is a refresh-only pipeline runs its refreshes
+/// (through the generated workflow `pipeline:NAME`).
+#[test]
+fn a_schedule_runs_a_refresh_only_pipeline() {
+    let project = taxi_project(|t| {
+        t + "\n[pipelines.gold]\nsteps = [{ refresh = \"daily_revenue\" }, { refresh = \"zone_revenue\" }]\n\
+             [schedules.gold]\nexpression = \"rate(1 second)\"\npipeline = \"gold\"\n"
+    });
+    let server = Server::start(project.path());
+    let all = wait_for(&server, "a run of pipeline:gold", |all| {
+        all.iter()
+            .any(|e| e["workflow"] == "pipeline:gold" && e["status"] == "SUCCEEDED")
+    });
+    let run = all
+        .iter()
+        .find(|e| e["workflow"] == "pipeline:gold" && e["status"] == "SUCCEEDED")
+        .unwrap();
+    let id = run["id"].as_str().unwrap();
+    let shown: Value = ureq::get(&format!("{}/v1/executions/{id}", server.base))
+        .call()
+        .unwrap()
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let entered: Vec<&str> = shown["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "TaskStateEntered")
+        .map(|e| e["details"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(entered, ["Refresh daily_revenue", "Refresh zone_revenue"]);
+}
