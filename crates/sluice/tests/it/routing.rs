@@ -36,24 +36,14 @@ workflow = "audit"
 
 const ECHO: &str = r#"{"StartAt": "Echo", "States": {"Echo": {"Type": "Pass", "Parameters": {"source.$": "$.source", "type.$": "$.detail-type", "detail.$": "$.detail"}, "End": true}}}"#;
 
-fn executions(server: &Server) -> Vec<Value> {
-    let body: Value = ureq::get(&format!("{}/v1/executions?limit=1000", server.base))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    body["executions"].as_array().unwrap().clone()
-}
-
 fn settled(server: &Server, count: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let all = executions(server);
+        let all = server.executions();
         if all.len() >= count && all.iter().all(|e| e["status"] != "RUNNING") {
             // Give the router a moment to show it starts nothing more.
             std::thread::sleep(Duration::from_millis(500));
-            let again = executions(server);
+            let again = server.executions();
             if again.len() == all.len() {
                 return again;
             }
@@ -174,7 +164,7 @@ fn events_are_routed_once_to_the_rules_workflows() {
     server.kill9();
     let server = Server::start(dir.path());
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(executions(&server).len(), 4);
+    assert_eq!(server.executions().len(), 4);
 
     // The plain HTTP form, and a batch too large.
     let resp = ureq::post(&format!("{}/v1/events", server.base))
@@ -201,18 +191,15 @@ fn a_rule_runs_a_pipeline_on_the_object_of_its_event() {
         &shared_data(&format!("nyc_tlc/{file}")),
     );
     assert_eq!(resp["jobs"], 0, "no trigger covers manual/: {resp}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let done = loop {
-        let all = executions(&server);
-        if let Some(e) = all
-            .iter()
-            .find(|e| e["workflow"] == "pipeline:taxi" && e["status"] != "RUNNING")
-        {
-            break e.clone();
-        }
-        assert!(Instant::now() < deadline, "{all:#?}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let all = server.wait_for_executions("the pipeline's execution", |all| {
+        all.iter()
+            .any(|e| e["workflow"] == "pipeline:taxi" && e["status"] != "RUNNING")
+    });
+    let done = all
+        .iter()
+        .find(|e| e["workflow"] == "pipeline:taxi")
+        .unwrap()
+        .clone();
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
     let valid = as_i64(&done["output"]["Run"]["RowsValid"]);
     assert!(valid > 0, "{done}");
@@ -222,7 +209,8 @@ fn a_rule_runs_a_pipeline_on_the_object_of_its_event() {
     );
     // The pipeline's own re-run of the object is not a write: the rule does not start itself.
     std::thread::sleep(Duration::from_millis(500));
-    let runs = executions(&server)
+    let runs = server
+        .executions()
         .iter()
         .filter(|e| e["workflow"] == "pipeline:taxi")
         .count();

@@ -2,7 +2,7 @@
 //! starts two across a kill -9 and restart, and ticks missed while the server
 //! was down follow the schedule's policy (catch-up fires them, skip does not).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -39,16 +39,6 @@ input = '{"schedule": "skipping", "at": "<aws.scheduler.scheduled-time>"}'
 
 const TICK: &str = r#"{"StartAt": "Stamp", "States": {"Stamp": {"Type": "Pass", "Parameters": {"schedule.$": "$.schedule", "at.$": "$.at", "ran.$": "$$.Execution.StartTime"}, "End": true}}}"#;
 
-fn executions(server: &Server) -> Vec<Value> {
-    let body: Value = ureq::get(&format!("{}/v1/executions?limit=10000", server.base))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap();
-    body["executions"].as_array().unwrap().clone()
-}
-
 /// Ticks (scheduled times) of one schedule's succeeded executions, sorted.
 fn ticks(all: &[Value], schedule: &str) -> Vec<DateTime<Utc>> {
     let mut ticks: Vec<DateTime<Utc>> = all
@@ -58,18 +48,6 @@ fn ticks(all: &[Value], schedule: &str) -> Vec<DateTime<Utc>> {
         .collect();
     ticks.sort();
     ticks
-}
-
-fn wait_for(server: &Server, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let all = executions(server);
-        if done(&all) {
-            return all;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 #[test]
@@ -90,7 +68,7 @@ fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
     );
 
     let mut server = Server::start(dir.path());
-    wait_for(&server, "three ticks of each schedule", |all| {
+    server.wait_for_executions("three ticks of each schedule", |all| {
         ticks(all, "catching_up").len() >= 3 && ticks(all, "skipping").len() >= 3
     });
     server.kill9();
@@ -98,7 +76,7 @@ fn schedules_fire_once_per_tick_across_a_kill_and_follow_their_missed_policy() {
     std::thread::sleep(Duration::from_secs(4));
     let server = Server::start(dir.path());
     let up_at = Utc::now();
-    let all = wait_for(&server, "ticks after the restart", |all| {
+    let all = server.wait_for_executions("ticks after the restart", |all| {
         let after = |s| {
             ticks(all, s)
                 .last()
@@ -159,7 +137,7 @@ fn a_schedule_runs_a_refresh_only_pipeline() {
              [schedules.gold]\nexpression = \"rate(1 second)\"\npipeline = \"gold\"\n"
     });
     let server = Server::start(project.path());
-    let all = wait_for(&server, "a run of pipeline:gold", |all| {
+    let all = server.wait_for_executions("a run of pipeline:gold", |all| {
         all.iter()
             .any(|e| e["workflow"] == "pipeline:gold" && e["status"] == "SUCCEEDED")
     });

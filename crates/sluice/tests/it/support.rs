@@ -231,6 +231,52 @@ impl Server {
         body["runs"].as_array().unwrap().clone()
     }
 
+    /// The workflow executions the server lists, newest first.
+    pub fn executions(&self) -> Vec<Value> {
+        let body: Value = ureq::get(&format!("{}/v1/executions?limit=10000", self.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap();
+        body["executions"].as_array().unwrap().clone()
+    }
+
+    /// One execution with its event history.
+    pub fn execution(&self, id: &str) -> Value {
+        ureq::get(&format!("{}/v1/executions/{id}", self.base))
+            .call()
+            .unwrap()
+            .body_mut()
+            .read_json()
+            .unwrap()
+    }
+
+    /// Polls the executions until `done` holds (at most 120 s); returns them.
+    pub fn wait_for_executions(&self, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let all = self.executions();
+            if done(&all) {
+                return all;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {all:#?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Polls one execution until it is no longer running; returns it with its history.
+    pub fn wait_for_execution(&self, id: &str) -> Value {
+        self.wait_for_executions(&format!("execution {id} to end"), |all| {
+            all.iter()
+                .any(|e| e["id"] == id && e["status"] != "RUNNING")
+        });
+        self.execution(id)
+    }
+
     /// Runs a CLI command against this server's project.
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
         cli(&self.project, args)

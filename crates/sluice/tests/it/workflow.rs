@@ -293,15 +293,6 @@ fn durable_flow(base: &str) -> Value {
     }})
 }
 
-fn execution(server: &Server, id: &str) -> Value {
-    ureq::get(&format!("{}/v1/executions/{id}", server.base))
-        .call()
-        .unwrap()
-        .body_mut()
-        .read_json()
-        .unwrap()
-}
-
 /// The durability test: kill -9 the process running an execution in
 /// the middle of a Task; `sluice up` resumes it at that Task, and no Task that
 /// had completed runs again.
@@ -356,15 +347,7 @@ fn an_execution_killed_mid_task_resumes_at_that_state_after_restart() {
     assert_eq!(last["type"], "TaskScheduled", "{last}");
 
     let server = Server::start(project.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let done = loop {
-        let e = execution(&server, &id);
-        if e["status"] != "RUNNING" {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "still running: {e}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let done = server.wait_for_execution(&id);
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
     // Extract completed before the kill and did not run again; Load, cut off, ran again.
     assert_eq!(
@@ -429,15 +412,7 @@ fn executions_started_over_http_run_sql_and_http_tasks() {
     assert_eq!(resp.status(), 201);
     let started: Value = resp.body_mut().read_json().unwrap();
     let id = started["id"].as_str().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let done = loop {
-        let e = execution(&server, id);
-        if e["status"] != "RUNNING" {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "still running: {e}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let done = server.wait_for_execution(id);
     assert_eq!(done["status"], "SUCCEEDED", "{done}");
     assert_eq!(done["workflow"], "checks");
     assert_eq!(done["output"]["sql"], json!({"answer": 42, "rows": 1}));
@@ -467,16 +442,7 @@ fn run_to_end(server: &Server, body: Value) -> Value {
         .unwrap();
     assert_eq!(resp.status(), 201);
     let started: Value = resp.body_mut().read_json().unwrap();
-    let id = started["id"].as_str().unwrap().to_string();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-    loop {
-        let e = execution(server, &id);
-        if e["status"] != "RUNNING" {
-            return e;
-        }
-        assert!(std::time::Instant::now() < deadline, "still running: {e}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    server.wait_for_execution(started["id"].as_str().unwrap())
 }
 
 /// The taxi example's nightly workflow (examples/nyc-taxi/flows/nightly.asl.json)
@@ -638,26 +604,10 @@ fn nested_executions_run_once_even_when_the_parent_is_killed_while_the_child_run
     child.wait().unwrap();
 
     let server = Server::start(project.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let all = loop {
-        let body: Value = ureq::get(&format!("{}/v1/executions", server.base))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        let all = body["executions"].as_array().unwrap().clone();
-        if all.iter().all(|e| e["status"] != "RUNNING")
+    let all = server.wait_for_executions("the parent and its child to end", |all| {
+        all.iter().all(|e| e["status"] != "RUNNING")
             && all.iter().any(|e| e["workflow"] == "parent")
-        {
-            break all;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still running: {all:#?}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    });
     let of = |w: &str| {
         all.iter()
             .filter(|e| e["workflow"] == w)
@@ -765,29 +715,11 @@ fn a_pipeline_task_ingests_an_object_and_reports_its_run() {
 
     // The next `sluice up` routes the run's end to the rule's workflow.
     let server = Server::start(project.path());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let echo = loop {
-        let body: Value = ureq::get(&format!("{}/v1/executions", server.base))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        let found = body["executions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["workflow"] == "echo" && e["status"] == "SUCCEEDED")
-            .cloned();
-        if let Some(e) = found {
-            break e;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no echo execution: {body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let echo_done = |e: &&Value| e["workflow"] == "echo" && e["status"] == "SUCCEEDED";
+    let all = server.wait_for_executions("the echo execution", |all| {
+        all.iter().any(|e| echo_done(&e))
+    });
+    let echo = all.iter().find(echo_done).unwrap();
     let detail = &echo["output"];
     assert_eq!(detail["pipeline"], "taxi");
     assert_eq!(detail["status"], "SUCCEEDED");
@@ -847,26 +779,11 @@ fn failed_executions_wait_in_the_dlq_and_are_redriven_once() {
     let (ok, out, err) = cli(&toml, &["dlq", "replay", &id]);
     assert!(ok, "{err}");
     assert!(out.contains("redriving"), "{out}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let redriven = loop {
-        let body: Value = ureq::get(&format!("{}/v1/executions", server.base))
-            .call()
-            .unwrap()
-            .body_mut()
-            .read_json()
-            .unwrap();
-        let done = body["executions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|e| e["id"] != id.as_str() && e["status"] != "RUNNING")
-            .cloned();
-        if let Some(e) = done {
-            break e;
-        }
-        assert!(std::time::Instant::now() < deadline, "{body}");
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let redriven_done = |e: &&Value| e["id"] != id.as_str() && e["status"] != "RUNNING";
+    let all = server.wait_for_executions("the redriven execution", |all| {
+        all.iter().any(|e| redriven_done(&e))
+    });
+    let redriven = all.iter().find(redriven_done).unwrap();
     assert_eq!(redriven["status"], "SUCCEEDED", "{redriven}");
     assert_eq!(redriven["input"], json!({"day": "2024-01-15"}));
     assert_eq!(endpoint.count("/flaky"), 2);
