@@ -447,7 +447,7 @@ impl Platform {
     /// A SQL session over the lake with the system tables of the state store.
     pub async fn session(&self) -> Result<Session> {
         let session = self.lake_session().await?;
-        crate::system::register(&session, self.state.clone())?;
+        crate::system::register(&session, self.state.clone(), self.executions.clone())?;
         for table in self
             .project
             .tables

@@ -1,6 +1,6 @@
-//! System tables (`sluice.runs`, `sluice.jobs`, `sluice.events`, `sluice.dlq`, and one
-//! `bronze.<table>` per bronze table), read from the state store or the archive only when a
-//! query scans them.
+//! System tables (`sluice.runs`, `sluice.jobs`, `sluice.events`, `sluice.dlq`,
+//! `sluice.executions`, `sluice.custom_events`, and one `bronze.<table>` per bronze table),
+//! read from the state store or the archive only when a query scans them.
 
 use std::sync::Arc;
 
@@ -10,7 +10,7 @@ use arrow::datatypes::{DataType, Field, Schema, TimeUnit};
 use futures::FutureExt;
 use sluice_lake::objects::{Archived, Objects};
 use sluice_lake::sql::{Producer, Session};
-use sluice_state::{Job, Run, StateStore, StoredEvent};
+use sluice_state::{Execution, ExecutionStore, Job, Run, StateStore, StoredEvent};
 
 /// A system table's schema and rows.
 type Table = (Arc<Schema>, RecordBatch);
@@ -35,7 +35,39 @@ fn ints(v: impl Iterator<Item = i64>) -> ArrayRef {
 }
 
 /// Registers the system tables in `session`; each reads its rows when a query scans it.
-pub fn register(session: &Session, state: Arc<dyn StateStore>) -> Result<()> {
+pub fn register(
+    session: &Session,
+    state: Arc<dyn StateStore>,
+    executions: Arc<dyn ExecutionStore>,
+) -> Result<()> {
+    let from_executions = |f: fn(&dyn ExecutionStore) -> Result<Table>| -> Producer {
+        let executions = executions.clone();
+        Arc::new(move || {
+            let executions = executions.clone();
+            async move {
+                f(executions.as_ref())
+                    .map(|(_, b)| vec![b])
+                    .map_err(|e| format!("{e:#}"))
+            }
+            .boxed()
+        })
+    };
+    session.register_lazy(
+        "sluice",
+        "executions",
+        executions_batch(&[])?.0,
+        from_executions(|s| executions_batch(&s.list_executions(LIMIT)?)),
+    )?;
+    session.register_lazy(
+        "sluice",
+        "custom_events",
+        custom_events_batch(&[])?.0,
+        from_executions(|s| {
+            let head = s.stream_head("custom")?;
+            let after = head.saturating_sub(LIMIT as i64);
+            custom_events_batch(&s.custom_events_after(after, LIMIT)?)
+        }),
+    )?;
     let from_state = |f: fn(&dyn StateStore) -> Result<Table>| -> Producer {
         let state = state.clone();
         Arc::new(move || {
@@ -80,6 +112,72 @@ pub fn register(session: &Session, state: Arc<dyn StateStore>) -> Result<()> {
         from_state(|s| events_batch(&s.list_events(LIMIT)?)),
     )?;
     Ok(())
+}
+
+fn executions_batch(executions: &[Execution]) -> Result<Table> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("execution_id", DataType::Utf8, false),
+        Field::new("workflow", DataType::Utf8, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("started_at", ts(), false),
+        Field::new("stopped_at", ts(), true),
+        Field::new("error", DataType::Utf8, true),
+        Field::new("cause", DataType::Utf8, true),
+        Field::new("input", DataType::Utf8, false),
+        Field::new("output", DataType::Utf8, true),
+    ]));
+    let e = executions;
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            strings(e.iter().map(|x| Some(x.id.as_str()))),
+            strings(e.iter().map(|x| Some(x.workflow.as_str()))),
+            strings(e.iter().map(|x| Some(x.status.as_str()))),
+            times(e.iter().map(|x| Some(x.started_at.timestamp_micros()))),
+            times(e.iter().map(|x| x.stopped_at.map(|t| t.timestamp_micros()))),
+            strings(e.iter().map(|x| x.error.as_deref())),
+            strings(e.iter().map(|x| x.cause.as_deref())),
+            strings(e.iter().map(|x| Some(x.input.as_str()))),
+            strings(e.iter().map(|x| x.output.as_deref())),
+        ],
+    )?;
+    Ok((schema, batch))
+}
+
+/// Custom events (PutEvents, status changes, ticks): envelope fields, detail as JSON text.
+fn custom_events_batch(events: &[(i64, String)]) -> Result<Table> {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("seq", DataType::Int64, false),
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, false),
+        Field::new("detail_type", DataType::Utf8, false),
+        Field::new("time", DataType::Utf8, false),
+        Field::new("detail", DataType::Utf8, false),
+    ]));
+    let parsed: Vec<serde_json::Value> = events
+        .iter()
+        .map(|(_, body)| serde_json::from_str(body).unwrap_or_default())
+        .collect();
+    let field = |name: &'static str| {
+        strings(
+            parsed
+                .iter()
+                .map(move |v| Some(v[name].as_str().unwrap_or_default())),
+        )
+    };
+    let details: Vec<String> = parsed.iter().map(|v| v["detail"].to_string()).collect();
+    let batch = RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            ints(events.iter().map(|(seq, _)| *seq)),
+            field("id"),
+            field("source"),
+            field("detail-type"),
+            field("time"),
+            strings(details.iter().map(|s| Some(s.as_str()))),
+        ],
+    )?;
+    Ok((schema, batch))
 }
 
 fn runs_batch(runs: &[Run]) -> Result<Table> {

@@ -160,6 +160,20 @@ fn events_are_routed_once_to_the_rules_workflows() {
     let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(answer["FailedEntryCount"], 0, "{answer}");
 
+    // Both are tables SQL can read.
+    let by_source: std::collections::BTreeMap<String, i64> = server
+        .query("SELECT source, count(*) AS n FROM sluice.custom_events GROUP BY 1")
+        .iter()
+        .map(|r| (r["source"].as_str().unwrap().to_string(), as_i64(&r["n"])))
+        .collect();
+    assert_eq!(by_source.get("shop.orders"), Some(&2), "{by_source:?}");
+    assert_eq!(by_source.get("cli.test"), Some(&1), "{by_source:?}");
+    assert_eq!(by_source.get("aws.states"), Some(&4), "{by_source:?}");
+    let succeeded = server.scalar(
+        "SELECT count(*) FROM sluice.executions WHERE status = 'SUCCEEDED' AND workflow IN ('echo', 'audit')",
+    );
+    assert_eq!(as_i64(&succeeded), 4);
+
     // A restart routes nothing again.
     server.kill9();
     let server = Server::start(dir.path());
