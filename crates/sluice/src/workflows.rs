@@ -19,7 +19,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use chrono::Utc;
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
@@ -154,10 +154,26 @@ pub async fn run(platform: Arc<Platform>, execution: Execution) -> Result<Option
 }
 
 async fn run_claimed(platform: Arc<Platform>, mut execution: Execution) -> Result<Outcome> {
-    let machine = sluice_flow::parse_definition(&execution.definition)
-        .with_context(|| format!("the definition of execution {}", execution.id))?;
-    let input: Value = serde_json::from_str(&execution.input)
-        .with_context(|| format!("the input of execution {}", execution.id))?;
+    // A record that cannot run (written by another version, or damaged) ends as
+    // failed, saying why, instead of being picked up again and again.
+    let parsed = sluice_flow::parse_definition(&execution.definition)
+        .map_err(|e| format!("its definition does not parse: {e}"))
+        .and_then(|machine| {
+            serde_json::from_str::<Value>(&execution.input)
+                .map(|input| (machine, input))
+                .map_err(|e| format!("its input is not JSON: {e}"))
+        });
+    let (machine, input) = match parsed {
+        Ok(parsed) => parsed,
+        Err(why) => {
+            execution.status = ExecutionStatus::Failed;
+            execution.error = Some("States.Runtime".into());
+            execution.cause = Some(format!("execution {} cannot run: {why}", execution.id));
+            execution.stopped_at = Some(Utc::now());
+            platform.executions.finish_execution(&execution)?;
+            anyhow::bail!("{}", execution.cause.unwrap_or_default());
+        }
+    };
     let past = platform
         .executions
         .execution_events(&execution.id)?

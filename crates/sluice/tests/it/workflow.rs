@@ -793,3 +793,34 @@ fn failed_executions_wait_in_the_dlq_and_are_redriven_once() {
     assert!(!ok, "a redriven execution is not redriven twice");
     assert!(err.contains("not in the dead-letter queue"), "{err}");
 }
+
+/// An execution record that cannot run (a damaged definition) ends as failed,
+/// saying why, instead of being picked up again and again.
+#[test]
+fn an_execution_that_cannot_run_ends_failed_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("sluice.toml"), "version = 1\n").unwrap();
+    let server = Server::start(dir.path());
+    // Written behind sluice's back, as another version or a damaged file could leave it.
+    let db = dir.path().join(".sluice/state.db");
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=10)\nc.execute(\"INSERT INTO executions (id, workflow, definition, status, input, started_at) VALUES ('damaged-1', 'w', '{\\\"StartAt\\\": ', 'RUNNING', '{}', 0)\")\nc.commit()"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let done = server.wait_for_execution("damaged-1");
+    assert_eq!(done["status"], "FAILED", "{done}");
+    assert_eq!(done["error"], "States.Runtime");
+    assert!(
+        done["cause"]
+            .as_str()
+            .unwrap()
+            .contains("its definition does not parse"),
+        "{done}"
+    );
+}
