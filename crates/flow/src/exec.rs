@@ -517,7 +517,7 @@ impl Run<'_> {
                         .await
                 }
             };
-            let failure = match attempt {
+            let mut failure = match attempt {
                 Ok((output, step, assigned)) => {
                     frame.variables.extend(assigned);
                     if !matches!(state.kind, Kind::Fail { .. }) {
@@ -531,81 +531,73 @@ impl Run<'_> {
                 }
                 Err(f) => f,
             };
-            if failure.error.as_deref() != Some("States.Runtime") {
-                if let Some(n) = state
+            let catchable = failure.error.as_deref() != Some("States.Runtime");
+            if catchable
+                && let Some(n) = state
                     .retry
                     .iter()
                     .position(|r| failure.matches(&r.error_equals))
-                {
-                    let r = &state.retry[n];
-                    if attempts[n] < r.max_attempts {
-                        let mut delay =
-                            r.interval_seconds * r.backoff_rate.powi(attempts[n] as i32);
-                        if let Some(max) = r.max_delay_seconds {
-                            delay = delay.min(max);
-                        }
-                        if r.full_jitter {
-                            delay *= rand::random::<f64>();
-                        }
-                        attempts[n] += 1;
-                        retry_count += 1;
-                        self.interpreter
-                            .clock
-                            .sleep(Duration::from_secs_f64(delay.max(0.0)))
-                            .await;
-                        continue;
+            {
+                let r = &state.retry[n];
+                if attempts[n] < r.max_attempts {
+                    let mut delay = r.interval_seconds * r.backoff_rate.powi(attempts[n] as i32);
+                    if let Some(max) = r.max_delay_seconds {
+                        delay = delay.min(max);
                     }
-                }
-                if let Some(c) = state
-                    .catch
-                    .iter()
-                    .find(|c| failure.matches(&c.error_equals))
-                {
-                    let mut failure = failure;
-                    if let Some(event) = failure.then.take() {
-                        self.event(
-                            0,
-                            event,
-                            json!({"error": failure.error, "cause": failure.cause}),
-                        );
+                    if r.full_jitter {
+                        delay *= rand::random::<f64>();
                     }
-                    let error_output = failure.output();
-                    let mut output = input.clone();
-                    match &c.result_path {
-                        Place::Replace => output = error_output.clone(),
-                        Place::Discard => {}
-                        Place::At(p) => p.set(&mut output, error_output.clone()).map_err(|e| {
-                            Failure::new("States.ResultPathMatchFailure", format!("{e}: {output}"))
-                        })?,
-                    }
-                    if let Some(assign) = &c.assign {
-                        let scope = Scope {
-                            input: &error_output,
-                            context: &Value::Null,
-                            variables: &frame.variables,
-                        };
-                        let values = assign
-                            .eval(&scope)
-                            .map_err(|e| runtime(&state.name, entered, e))?;
-                        if let Value::Object(m) = values {
-                            frame.variables.extend(m);
-                        }
-                    }
-                    self.event(
-                        0,
-                        &format!("{type_name}StateExited"),
-                        json!({"name": state.name, "output": output}),
-                    );
-                    return Ok((output, Step::Next(c.next.clone())));
+                    attempts[n] += 1;
+                    retry_count += 1;
+                    self.interpreter
+                        .clock
+                        .sleep(Duration::from_secs_f64(delay.max(0.0)))
+                        .await;
+                    continue;
                 }
             }
-            let mut failure = failure;
+            // Not retried: the failure ends this state (a Map or Parallel says so first).
             if let Some(event) = failure.then.take() {
                 self.event(
                     0,
                     event,
                     json!({"error": failure.error, "cause": failure.cause}),
                 );
+            }
+            if catchable
+                && let Some(c) = state
+                    .catch
+                    .iter()
+                    .find(|c| failure.matches(&c.error_equals))
+            {
+                let error_output = failure.output();
+                let mut output = input.clone();
+                match &c.result_path {
+                    Place::Replace => output = error_output.clone(),
+                    Place::Discard => {}
+                    Place::At(p) => p.set(&mut output, error_output.clone()).map_err(|e| {
+                        Failure::new("States.ResultPathMatchFailure", format!("{e}: {output}"))
+                    })?,
+                }
+                if let Some(assign) = &c.assign {
+                    let scope = Scope {
+                        input: &error_output,
+                        context: &Value::Null,
+                        variables: &frame.variables,
+                    };
+                    let values = assign
+                        .eval(&scope)
+                        .map_err(|e| runtime(&state.name, entered, e))?;
+                    if let Value::Object(m) = values {
+                        frame.variables.extend(m);
+                    }
+                }
+                self.event(
+                    0,
+                    &format!("{type_name}StateExited"),
+                    json!({"name": state.name, "output": output}),
+                );
+                return Ok((output, Step::Next(c.next.clone())));
             }
             return Err(failure);
         }
