@@ -7,6 +7,11 @@
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
+/// The source of an event a workflow's pipeline task records to run a pipeline
+/// on an object already in the landing zone: a re-run, not a write (rules do
+/// not route it, or a rule running a pipeline would start itself).
+pub const SOURCE_WORKFLOW_RERUN: &str = "sluice:workflow";
+
 /// Version of the event payload shape; bumped when fields change meaning.
 pub const EVENT_SCHEMA_VERSION: u32 = 1;
 
@@ -82,7 +87,8 @@ pub struct Event {
     pub id: EventId,
     /// What happened.
     pub kind: EventKind,
-    /// Who produced it (`sluice:put`, `sluice:http`, `sluice:watch`, `sluice:replay`).
+    /// Who produced it (`sluice:put`, `sluice:http`, `sluice:s3`, `sluice:watch`, or
+    /// [`SOURCE_WORKFLOW_RERUN`]).
     pub source: String,
     /// When it happened.
     pub time: DateTime<Utc>,

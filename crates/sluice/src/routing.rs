@@ -200,10 +200,8 @@ fn route(platform: &Arc<Platform>, stream: &str) -> anyhow::Result<usize> {
             .object_events_after(after, BATCH)?
             .into_iter()
             .map(|e| {
-                // Events sluice records to run a pipeline again on an object already
-                // there (a replay, a workflow's pipeline task) are not writes: rules
-                // do not see them, or a rule running a pipeline would start itself.
-                let rerun = matches!(e.event.source.as_str(), "sluice:replay" | "sluice:workflow");
+                // A workflow's re-run of an object is not a write: rules do not see it.
+                let rerun = e.event.source == sluice_model::event::SOURCE_WORKFLOW_RERUN;
                 let envelope = if rerun {
                     Value::Null
                 } else {

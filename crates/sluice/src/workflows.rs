@@ -592,7 +592,7 @@ impl ProjectResources {
             let event = Event {
                 id,
                 kind: EventKind::ObjectCreated,
-                source: "sluice:workflow".into(),
+                source: sluice_model::event::SOURCE_WORKFLOW_RERUN.into(),
                 time: chrono::SubsecRound::trunc_subsecs(Utc::now(), 6),
                 correlation_id: uuid::Uuid::now_v7(),
                 object: ObjectRef {
