@@ -511,7 +511,7 @@ fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| "workflow".into());
             let id = uuid::Uuid::now_v7().to_string();
             let info = sluice_flow::ExecutionInfo {
-                id: format!("arn:sluice:states:local:execution:{name}:{id}"),
+                id: routing::execution_arn("local", &name, &id),
                 name: id,
                 state_machine: name,
             };

@@ -294,20 +294,28 @@ pub fn custom_envelope(entry: &Value, region: &str) -> Result<Value, (&'static s
     ))
 }
 
+/// A state machine's ARN, shaped like Step Functions' (`$$.StateMachine.Id`, events).
+pub fn state_machine_arn(region: &str, workflow: &str) -> String {
+    format!("arn:sluice:states:{region}:{ACCOUNT}:stateMachine:{workflow}")
+}
+
+/// An execution's ARN (`$$.Execution.Id`, events, nested executions' results).
+pub fn execution_arn(region: &str, workflow: &str, id: &str) -> String {
+    format!("arn:sluice:states:{region}:{ACCOUNT}:execution:{workflow}:{id}")
+}
+
 /// The status change event Step Functions sends when an execution ends.
 pub fn execution_status_envelope(e: &Execution, region: &str) -> Value {
     let millis = |t: DateTime<Utc>| t.timestamp_millis();
-    let arn =
-        |kind: &str, tail: &str| format!("arn:sluice:states:{region}:{ACCOUNT}:{kind}:{tail}");
     envelope(
         "aws.states",
         "Step Functions Execution Status Change",
         e.stopped_at.unwrap_or_else(Utc::now),
         region,
-        json!([arn("execution", &format!("{}:{}", e.workflow, e.id))]),
+        json!([execution_arn(region, &e.workflow, &e.id)]),
         json!({
-            "executionArn": arn("execution", &format!("{}:{}", e.workflow, e.id)),
-            "stateMachineArn": arn("stateMachine", &e.workflow),
+            "executionArn": execution_arn(region, &e.workflow, &e.id),
+            "stateMachineArn": state_machine_arn(region, &e.workflow),
             "name": e.id,
             "status": e.status.as_str(),
             "startDate": millis(e.started_at),

@@ -199,18 +199,18 @@ async fn run_claimed(platform: Arc<Platform>, mut execution: Execution) -> Resul
         writer: ExecutionWriter::new(platform.executions.clone(), &execution.id),
         saved: steps,
     });
+    let region = &platform.project.s3.region;
     let info = ExecutionInfo {
-        id: format!(
-            "arn:sluice:states:local:execution:{}:{}",
-            execution.workflow, execution.id
-        ),
+        id: crate::routing::execution_arn(region, &execution.workflow, &execution.id),
         name: execution.id.clone(),
         state_machine: execution.workflow.clone(),
     };
+    // One HTTP client (and its connection pool) for every execution of the process.
+    static HTTP: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let interpreter = Interpreter::new(
         Arc::new(ProjectResources {
             platform: platform.clone(),
-            http: reqwest::Client::new(),
+            http: HTTP.get_or_init(reqwest::Client::new).clone(),
         }),
         Arc::new(SystemClock),
     );
@@ -503,10 +503,8 @@ impl ProjectResources {
                 child
             }
         };
-        let arn = format!(
-            "arn:sluice:states:local:execution:{}:{}",
-            child.workflow, child.id
-        );
+        let region = &self.platform.project.s3.region;
+        let arn = crate::routing::execution_arn(region, &child.workflow, &child.id);
         let Some(version) = sync else {
             return Ok(json!({"ExecutionArn": arn, "StartDate": child.started_at.to_rfc3339()}));
         };
@@ -525,7 +523,7 @@ impl ProjectResources {
         let result = json!({
             "ExecutionArn": arn,
             "Name": done.id,
-            "StateMachineArn": format!("arn:sluice:states:local:stateMachine:{}", done.workflow),
+            "StateMachineArn": crate::routing::state_machine_arn(region, &done.workflow),
             "Status": done.status.as_str(),
             "StartDate": done.started_at.to_rfc3339(),
             "StopDate": done.stopped_at.map(|t| t.to_rfc3339()),
