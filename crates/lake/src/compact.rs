@@ -8,13 +8,19 @@
 //! they hold later finds them by their `_source_object` column and rewrites them without
 //! its rows: exactly-once per source object survives compaction.
 //!
-//! **Invariant:** compaction and ingests of the same table never run at the same time
-//! (the caller holds the table's write lock): Delta does not treat a compaction's removes
-//! as conflicting with a concurrent delete of the same file.
+//! Compaction runs in two phases so ingests wait for its commit, not for its rewrite:
+//! [`prepare`] reads the small files and writes the merged ones (ingests may commit
+//! meanwhile), then [`Prepared::commit`] publishes them only if every file it merged is
+//! still active at the table's latest version, and otherwise deletes what it wrote.
+//!
+//! **Invariant:** no ingest commits between that check and the compaction's commit (the
+//! caller holds the table's write lock for [`Prepared::commit`]): Delta does not treat a
+//! compaction's removes as conflicting with a concurrent delete of the same file, so the
+//! check is what keeps a replaced object's old rows from coming back.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
-use deltalake::kernel::Add;
+use deltalake::kernel::{Add, Remove};
 use deltalake::protocol::DeltaOperation;
 
 use crate::delta::{self, FileWriter};
@@ -43,6 +49,8 @@ pub struct CompactReport {
     pub bytes_removed: u64,
     /// The commit's table version, when something was compacted.
     pub version: Option<i64>,
+    /// Nothing was committed: an ingest replaced or removed files being merged meanwhile.
+    pub superseded: bool,
 }
 
 /// Which partitions to look at.
@@ -56,7 +64,18 @@ pub enum Scope<'a> {
     WhenAnyOf(&'a BTreeSet<String>, usize),
 }
 
-/// Compacts a table's small files, one partition at a time, in one commit.
+/// Merged files written by [`prepare`], not yet visible.
+#[derive(Debug)]
+pub struct Prepared {
+    name: String,
+    url: url::Url,
+    adds: Vec<Add>,
+    removes: Vec<Remove>,
+    report: CompactReport,
+}
+
+/// Compacts a table's small files in one commit: [`prepare`] then [`Prepared::commit`].
+/// The caller keeps ingests of the table out for the whole of it.
 pub async fn compact(
     paths: &LakePaths,
     name: &str,
@@ -64,10 +83,26 @@ pub async fn compact(
     scope: Scope<'_>,
     tables: &delta::TableCache,
 ) -> Result<CompactReport, Error> {
+    match prepare(paths, name, location, scope, tables).await? {
+        Some(prepared) => prepared.commit(tables).await,
+        None => Ok(CompactReport::default()),
+    }
+}
+
+/// Writes the merged files of a table's small files, one partition at a time (None when
+/// nothing needs compacting). Nothing is visible until [`Prepared::commit`]; ingests may
+/// commit meanwhile.
+pub async fn prepare(
+    paths: &LakePaths,
+    name: &str,
+    location: &str,
+    scope: Scope<'_>,
+    tables: &delta::TableCache,
+) -> Result<Option<Prepared>, Error> {
     let mut report = CompactReport::default();
     let url = paths.url(location)?;
-    let Some(mut table) = tables.latest(name, url.clone()).await? else {
-        return Ok(report);
+    let Some(table) = tables.latest(name, url.clone()).await? else {
+        return Ok(None);
     };
     let partition_by = table
         .snapshot()
@@ -89,49 +124,101 @@ pub async fn compact(
             .iter()
             .any(|(key, files)| keys.contains(key) && files.len() >= min)
     {
-        return Ok(report);
+        return Ok(None);
     }
     groups.retain(|_, files| files.len() >= 2);
     if groups.is_empty() {
-        return Ok(report);
+        return Ok(None);
     }
     let mut adds = Vec::new();
     let mut removes = Vec::new();
-    for files in groups.values_mut() {
-        files.sort_by(|a, b| (a.modification_time, &a.path).cmp(&(b.modification_time, &b.path)));
-        // One partition at a time: one open file, so no write window is needed.
-        let mut writer =
-            FileWriter::with_target_size(name, &table, COMPACTED_FILE_BYTES)?.without_window();
-        let schema = writer.schema();
-        for file in files.iter() {
-            for batch in delta::read_file(name, &table, file, &schema).await? {
-                writer.write(batch).await?;
+    let written = async {
+        for files in groups.values_mut() {
+            files.sort_by(|a, b| {
+                (a.modification_time, &a.path).cmp(&(b.modification_time, &b.path))
+            });
+            // One partition at a time: one open file, so no write window is needed.
+            let mut writer =
+                FileWriter::with_target_size(name, &table, COMPACTED_FILE_BYTES)?.without_window();
+            let schema = writer.schema();
+            for file in files.iter() {
+                for batch in delta::read_file(name, &table, file, &schema).await? {
+                    writer.write(batch).await?;
+                }
+                removes.push(delta::remove_of(file, false));
+                report.files_removed += 1;
+                report.bytes_removed += file.size.max(0) as u64;
             }
-            removes.push(delta::remove_of(file, false));
-            report.files_removed += 1;
-            report.bytes_removed += file.size.max(0) as u64;
+            let mut written = writer.finish(&[(delta::TAG_COMPACTED, "true")]).await?;
+            for add in &mut written {
+                add.data_change = false;
+            }
+            report.files_added += written.len();
+            report.partitions += 1;
+            adds.extend(written);
         }
-        let mut written = writer.finish(&[(delta::TAG_COMPACTED, "true")]).await?;
-        for add in &mut written {
-            add.data_change = false;
-        }
-        report.files_added += written.len();
-        report.partitions += 1;
-        adds.extend(written);
+        Ok::<_, Error>(())
     }
-    let version = delta::commit(
-        name,
-        &mut table,
+    .await;
+    if let Err(e) = written {
+        delta::discard(name, &table, &adds).await?;
+        return Err(e);
+    }
+    Ok(Some(Prepared {
+        name: name.to_string(),
+        url,
         adds,
         removes,
-        Vec::new(),
-        DeltaOperation::Optimize {
-            predicate: None,
-            target_size: COMPACTED_FILE_BYTES as i64,
-        },
-    )
-    .await?;
-    tables.keep(&url, &table);
-    report.version = Some(version);
-    Ok(report)
+        report,
+    }))
+}
+
+impl Prepared {
+    /// Publishes the merged files if every file they replace is still active at the
+    /// table's latest version; otherwise (an ingest replaced or removed an object whose
+    /// rows they hold) deletes them and reports nothing compacted: the next ingest's
+    /// compaction starts again from the table as it is then.
+    pub async fn commit(self, tables: &delta::TableCache) -> Result<CompactReport, Error> {
+        let Prepared {
+            name,
+            url,
+            adds,
+            removes,
+            mut report,
+        } = self;
+        let Some(mut table) = tables.latest(&name, url.clone()).await? else {
+            return Err(Error::Internal(format!(
+                "{name} disappeared while compacting"
+            )));
+        };
+        let active: HashSet<String> = delta::active_files(&name, &table)
+            .await?
+            .into_iter()
+            .map(|add| add.path)
+            .collect();
+        if !removes.iter().all(|r| active.contains(&r.path)) {
+            delta::discard(&name, &table, &adds).await?;
+            return Ok(CompactReport {
+                superseded: true,
+                ..CompactReport::default()
+            });
+        }
+        // A failed commit leaves its files behind (unreferenced, for vacuum): the error may
+        // come after the log entry was written, and then they are the table's.
+        let version = delta::commit(
+            &name,
+            &mut table,
+            adds,
+            removes,
+            Vec::new(),
+            DeltaOperation::Optimize {
+                predicate: None,
+                target_size: COMPACTED_FILE_BYTES as i64,
+            },
+        )
+        .await?;
+        tables.keep(&url, &table);
+        report.version = Some(version);
+        Ok(report)
+    }
 }

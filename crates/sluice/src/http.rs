@@ -11,7 +11,7 @@
 //! | `POST /v1/executions` `{"workflow": …, "input": …, "definition": …}` | start a durable execution of a `[workflows]` entry, or of the definition sent; 201 with its id |
 //! | `GET /v1/executions`, `GET /v1/executions/{id}` | executions; one with its event history |
 //! | `POST /v1/events` `{"Entries": […]}` | PutEvents: custom events for the `[rules]` (also `POST /` with `X-Amz-Target: AWSEvents.PutEvents`, as boto3 and the aws CLI send it) |
-//! | `GET /v1/status` | job counts: pending, running, done, dead |
+//! | `GET /v1/status` | job counts (pending, running, done, dead); tables being compacted in the background |
 //! | `GET /v1/health` | liveness |
 
 use std::sync::Arc;
@@ -101,9 +101,10 @@ pub fn router(platform: Arc<Platform>) -> axum::Router {
 
 async fn status(State(p): State<Arc<Platform>>) -> Result<Json<serde_json::Value>, ApiError> {
     let c = p.state.job_counts()?;
-    Ok(Json(
-        json!({"jobs": {"pending": c.pending, "running": c.running, "done": c.done, "dead": c.dead}}),
-    ))
+    Ok(Json(json!({
+        "jobs": {"pending": c.pending, "running": c.running, "done": c.done, "dead": c.dead},
+        "compacting": p.compacting(),
+    })))
 }
 
 async fn put_object(
@@ -387,5 +388,6 @@ async fn compact(
     Ok(Json(json!({
         "table": table, "partitions": r.partitions, "files_removed": r.files_removed,
         "files_added": r.files_added, "bytes_removed": r.bytes_removed, "version": r.version,
+        "superseded": r.superseded,
     })))
 }

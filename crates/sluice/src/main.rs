@@ -483,6 +483,9 @@ fn run(cli: Cli) -> Result<()> {
             let started = std::time::Instant::now();
             let r = platform.compact(table, sluice_lake::compact::Scope::All).await?;
             match r.version {
+                None if r.superseded => println!(
+                    "{table}: an ingest replaced files being merged meanwhile; nothing compacted, try again"
+                ),
                 None => println!("{table}: no partition has two small files; nothing to do"),
                 Some(v) => println!(
                     "{table}: {} small files ({:.1} MiB) in {} partitions became {} files in {:.2} s (table version {v})",

@@ -472,6 +472,19 @@ impl Platform {
             .insert(table.to_string())
     }
 
+    /// Tables a background compaction is merging now, sorted.
+    pub fn compacting(&self) -> Vec<String> {
+        let mut tables: Vec<String> = self
+            .compacting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .cloned()
+            .collect();
+        tables.sort();
+        tables
+    }
+
     /// Marks the background compaction of `table` as finished.
     pub fn end_compaction(&self, table: &str) {
         self.compacting
@@ -480,7 +493,7 @@ impl Platform {
             .remove(table);
     }
 
-    /// Compacts a silver table's small files (alone: ingests of the table wait).
+    /// Compacts a silver table's small files (ingests of the table wait for its commit only).
     pub async fn compact(
         &self,
         table: &str,
@@ -498,15 +511,24 @@ impl Platform {
             );
         }
         let lock = self.table_lock(table);
+        // Ingests go on while the merged files are written and wait only for the commit,
+        // which checks that nothing merged was replaced meanwhile.
+        let prepared = {
+            let _shared = lock.read().await;
+            sluice_lake::compact::prepare(
+                &self.paths,
+                table,
+                &self.locations[table],
+                scope,
+                &self.tables,
+            )
+            .await?
+        };
+        let Some(prepared) = prepared else {
+            return Ok(Default::default());
+        };
         let _alone = lock.write().await;
-        Ok(sluice_lake::compact::compact(
-            &self.paths,
-            table,
-            &self.locations[table],
-            scope,
-            &self.tables,
-        )
-        .await?)
+        Ok(prepared.commit(&self.tables).await?)
     }
 
     /// A SQL session over the silver and gold tables only: what gold models read, without

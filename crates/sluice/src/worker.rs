@@ -335,6 +335,10 @@ fn compact_later(
                 version = r.version,
                 "compacted small files"
             ),
+            Ok(r) if r.superseded => info!(
+                table,
+                "compaction dropped: an ingest replaced files it merged; the next ingest retries"
+            ),
             Ok(_) => {}
             Err(e) => warn!(table, error = %format!("{e:#}"), "automatic compaction failed"),
         }
