@@ -74,21 +74,6 @@ pub struct Prepared {
     report: CompactReport,
 }
 
-/// Compacts a table's small files in one commit: [`prepare`] then [`Prepared::commit`].
-/// The caller keeps ingests of the table out for the whole of it.
-pub async fn compact(
-    paths: &LakePaths,
-    name: &str,
-    location: &str,
-    scope: Scope<'_>,
-    tables: &delta::TableCache,
-) -> Result<CompactReport, Error> {
-    match prepare(paths, name, location, scope, tables).await? {
-        Some(prepared) => prepared.commit(tables).await,
-        None => Ok(CompactReport::default()),
-    }
-}
-
 /// Writes the merged files of a table's small files, one partition at a time (None when
 /// nothing needs compacting). Nothing is visible until [`Prepared::commit`]; ingests may
 /// commit meanwhile.

@@ -53,7 +53,7 @@ pub struct Platform {
     /// Delta tables kept open for queries, ingests and compaction.
     pub tables: sluice_lake::delta::TableCache,
     /// Tables with a background compaction under way.
-    compacting: std::sync::Mutex<std::collections::HashSet<String>>,
+    compacting: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Workflow executions this process is running (each runs in one place).
     pub running: std::sync::Mutex<std::collections::HashSet<String>>,
 }
@@ -474,15 +474,12 @@ impl Platform {
 
     /// Tables a background compaction is merging now, sorted.
     pub fn compacting(&self) -> Vec<String> {
-        let mut tables: Vec<String> = self
-            .compacting
+        self.compacting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
             .cloned()
-            .collect();
-        tables.sort();
-        tables
+            .collect()
     }
 
     /// Marks the background compaction of `table` as finished.
