@@ -7,6 +7,7 @@
 //! - [`ingest`]: one object, or a batch of small ones, → one atomic commit to silver (+ quarantine).
 //! - [`compact`]: small files merged, per partition, keeping which object wrote which rows.
 //! - [`gold`]: SQL models recomputed as CREATE TABLE AS.
+//! - [`scan`]: a Delta table's active files as DataFusion's own Parquet scan.
 //! - [`sql`]: the DataFusion catalog (`bronze`, `silver`, `gold`, `sluice`).
 //!
 //! **Invariant:** the data plane does not know the state store. "Was this
@@ -20,6 +21,7 @@ pub mod gold;
 pub mod ingest;
 pub mod objects;
 pub mod read;
+pub mod scan;
 pub mod sql;
 pub mod validate;
 

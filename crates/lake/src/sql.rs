@@ -18,7 +18,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
 use futures::future::BoxFuture;
 
-use crate::{Error, LakePaths, delta};
+use crate::{Error, LakePaths, delta, scan};
 
 /// The catalog name every table lives in.
 pub const CATALOG: &str = "lake";
@@ -94,10 +94,9 @@ impl Session {
             else {
                 continue;
             };
-            table
-                .update_datafusion_session(&session.ctx.state())
-                .map_err(|e| Error::delta(&entry.name, e))?;
-            let provider = table.table_provider().await.map_err(sql_error)?;
+            let provider = scan::provider(&table, &session.ctx)
+                .await
+                .map_err(sql_error)?;
             session
                 .schema(&entry.schema)?
                 .register_table(entry.name.clone(), provider)

@@ -1,0 +1,441 @@
+//! A Delta table as a plain DataFusion Parquet scan.
+//!
+//! The snapshot's active files become the file groups of DataFusion's own Parquet
+//! scan, each with its partition values as DataFusion partition columns, so a query
+//! reads the files as fast as DataFusion reads any Parquet: no per-batch file-id
+//! column and no per-batch rebuild of partition columns. Files are skipped before
+//! the scan with the Delta log's statistics (partition values, min/max, null counts),
+//! and row counts from the log let `count(*)` answer without reading a file.
+//!
+//! Tables using features this scan does not apply (column mapping, deletion vectors,
+//! or any reader feature it does not know) are read by deltalake's own provider
+//! instead: [`provider`] chooses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
+use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::stats::Precision;
+use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
+use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::logical_expr::utils::conjunction;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::prelude::SessionContext;
+use deltalake::DeltaTable;
+use object_store::ObjectMeta;
+
+/// Reader features whose files this scan reads correctly as plain Parquet.
+const PLAIN_READER_FEATURES: [&str; 3] = ["timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"];
+
+/// The table provider for `table` at its loaded version: the plain Parquet scan when the
+/// table's protocol allows it, deltalake's own provider otherwise.
+/// Registers the object store the scan reads the table's files from in `ctx`.
+pub async fn provider(table: &DeltaTable, ctx: &SessionContext) -> Result<Arc<dyn TableProvider>> {
+    table
+        .update_datafusion_session(&ctx.state())
+        .map_err(delta_error)?;
+    match PlainScanTable::try_new(table)? {
+        Some(plain) => {
+            let log_store = table.log_store();
+            let runtime = ctx.runtime_env();
+            if runtime.object_store(&plain.store_url).is_err() {
+                runtime
+                    .register_object_store(plain.store_url.as_ref(), log_store.object_store(None));
+            }
+            Ok(Arc::new(plain))
+        }
+        None => table.table_provider().await,
+    }
+}
+
+/// Whether the table's files can be read as plain Parquet (no column mapping, no deletion
+/// vectors, no reader feature that changes what a file's bytes mean).
+fn reads_as_plain_parquet(protocol: &serde_json::Value) -> bool {
+    match protocol.get("minReaderVersion").and_then(|v| v.as_i64()) {
+        Some(1) => true,
+        Some(3) => protocol
+            .get("readerFeatures")
+            .and_then(|f| f.as_array())
+            .is_none_or(|features| {
+                features.iter().all(|f| {
+                    f.as_str()
+                        .is_some_and(|name| PLAIN_READER_FEATURES.contains(&name))
+                })
+            }),
+        _ => false,
+    }
+}
+
+/// A Delta table at one version, scanned by DataFusion's Parquet scan.
+#[derive(Debug)]
+struct PlainScanTable {
+    table: DeltaTable,
+    /// The table's columns in declared order (what `SELECT *` shows).
+    schema: SchemaRef,
+    /// The columns stored in the files, in declared order.
+    file_schema: SchemaRef,
+    /// Partition columns, in the table's partition order.
+    partition_fields: Vec<FieldRef>,
+    /// For each declared column, its index in the scan's schema (file columns, then
+    /// partition columns).
+    scan_index: Vec<usize>,
+    store_url: ObjectStoreUrl,
+}
+
+impl PlainScanTable {
+    fn try_new(table: &DeltaTable) -> Result<Option<Self>> {
+        let state = table.snapshot().map_err(delta_error)?;
+        let protocol = serde_json::to_value(state.protocol())
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        if !reads_as_plain_parquet(&protocol) {
+            return Ok(None);
+        }
+        let schema = with_view_types(&state.snapshot().arrow_schema());
+        let partition_columns = state.metadata().partition_columns().to_vec();
+        let file_fields: Vec<FieldRef> = schema
+            .fields()
+            .iter()
+            .filter(|f| !partition_columns.contains(f.name()))
+            .cloned()
+            .collect();
+        let mut next_file_column = 0;
+        let scan_index = schema
+            .fields()
+            .iter()
+            .map(
+                |f| match partition_columns.iter().position(|p| p == f.name()) {
+                    Some(p) => file_fields.len() + p,
+                    None => {
+                        next_file_column += 1;
+                        next_file_column - 1
+                    }
+                },
+            )
+            .collect();
+        let partition_fields = partition_columns
+            .iter()
+            .map(|name| Ok(Arc::new(schema.field_with_name(name)?.clone())))
+            .collect::<Result<Vec<FieldRef>>>()?;
+        Ok(Some(Self {
+            table: table.clone(),
+            schema,
+            file_schema: Arc::new(Schema::new(file_fields)),
+            partition_fields,
+            scan_index,
+            store_url: table.log_store().object_store_url(),
+        }))
+    }
+
+    /// Which active files may hold rows matching `filters` (all of them when the log's
+    /// statistics cannot tell), by the Delta log's per-file statistics.
+    fn prune(
+        &self,
+        session: &dyn Session,
+        filters: &[Expr],
+        log_data: &deltalake::kernel::LogDataHandler<'_>,
+    ) -> Result<Option<Vec<bool>>> {
+        let Some(predicate) = conjunction(filters.iter().cloned()) else {
+            return Ok(None);
+        };
+        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
+        let physical = session.create_physical_expr(predicate, &df_schema)?;
+        let pruning = match PruningPredicateBuilder::new()
+            .with_file_schema(self.schema.clone())
+            .try_build(physical)
+        {
+            Ok(pruning) => pruning,
+            Err(e) => {
+                tracing::debug!("no file skipping for this predicate: {e}");
+                return Ok(None);
+            }
+        };
+        if pruning.always_true() {
+            return Ok(None);
+        }
+        match pruning.prune(&InScanTypes {
+            log_data,
+            schema: &self.schema,
+            partition_columns: self
+                .partition_fields
+                .iter()
+                .map(|f| f.name().clone())
+                .collect(),
+        }) {
+            Ok(keep) => Ok(Some(keep)),
+            Err(e) => {
+                tracing::debug!("file skipping failed, reading every file: {e}");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The table's columns as the scan reads them: text and binary as view arrays, as
+/// DataFusion reads Parquet by default (`schema_force_view_types`) and as deltalake's
+/// provider showed them (cheaper to filter, join and group by: no string copies).
+fn with_view_types(schema: &Schema) -> SchemaRef {
+    let fields: Vec<FieldRef> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8 | DataType::LargeUtf8 => {
+                Arc::new(f.as_ref().clone().with_data_type(DataType::Utf8View))
+            }
+            DataType::Binary | DataType::LargeBinary => {
+                Arc::new(f.as_ref().clone().with_data_type(DataType::BinaryView))
+            }
+            _ => f.clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// The log's per-file statistics with min/max in the scan's column types (the log keeps
+/// text as `Utf8`; a predicate on the scan's `Utf8View` columns compares view literals).
+struct InScanTypes<'a, 'b> {
+    log_data: &'a deltalake::kernel::LogDataHandler<'b>,
+    schema: &'a SchemaRef,
+    partition_columns: Vec<String>,
+}
+
+impl InScanTypes<'_, '_> {
+    fn typed(&self, column: &Column, values: Option<ArrayRef>) -> Option<ArrayRef> {
+        let values = values?;
+        let field = self.schema.field_with_name(&column.name).ok()?;
+        if values.data_type() == field.data_type() {
+            return Some(values);
+        }
+        arrow::compute::cast(&values, field.data_type()).ok()
+    }
+}
+
+impl PruningStatistics for InScanTypes<'_, '_> {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.typed(column, self.log_data.min_values(column))
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.typed(column, self.log_data.max_values(column))
+    }
+
+    fn num_containers(&self) -> usize {
+        self.log_data.num_containers()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        if !self.partition_columns.contains(&column.name) {
+            return self.log_data.null_counts(column);
+        }
+        // A partition column is all nulls or none in each file: a file whose value is null
+        // holds as many nulls as rows (deltalake 1.1 reports these as unknown).
+        let counts: Option<Vec<u64>> = self
+            .log_data
+            .iter()
+            .map(|file| {
+                let is_null = file
+                    .partition_values_map()
+                    .get(&column.name)
+                    .is_none_or(|v| v.is_none());
+                match (is_null, file.num_records()) {
+                    (false, _) => Some(0),
+                    (true, rows) => rows.map(|r| r as u64),
+                }
+            })
+            .collect();
+        Some(Arc::new(UInt64Array::from(counts?)))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        let counts: UInt64Array = self
+            .log_data
+            .iter()
+            .map(|file| file.num_records().map(|r| r as u64))
+            .collect();
+        Some(Arc::new(counts))
+    }
+
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        // The log has no membership information beyond min/max: unknown.
+        None
+    }
+}
+
+fn delta_error(e: deltalake::DeltaTableError) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
+}
+
+/// A partition value from the log's string form, typed as its column.
+fn partition_value(raw: Option<&String>, field: &FieldRef) -> Result<ScalarValue> {
+    match raw {
+        None => ScalarValue::try_from(field.data_type()),
+        Some(text) => ScalarValue::try_from_string(text.clone(), field.data_type()).map_err(|e| {
+            DataFusionError::Execution(format!(
+                "partition value {text:?} of column {} is not a {}: {e}",
+                field.name(),
+                field.data_type()
+            ))
+        }),
+    }
+}
+
+/// What is known of one file without reading it: its row count from the log, and that
+/// each partition column holds one value (or only nulls).
+fn file_statistics(
+    rows: Option<usize>,
+    file_columns: usize,
+    partition_values: &[ScalarValue],
+) -> Statistics {
+    let num_rows = rows.map_or(Precision::Absent, Precision::Exact);
+    let mut column_statistics = vec![ColumnStatistics::new_unknown(); file_columns];
+    for value in partition_values {
+        let nulls = if value.is_null() {
+            num_rows
+        } else {
+            Precision::Exact(0)
+        };
+        column_statistics.push(ColumnStatistics {
+            null_count: nulls,
+            max_value: Precision::Exact(value.clone()),
+            min_value: Precision::Exact(value.clone()),
+            distinct_count: Precision::Exact(1),
+            sum_value: Precision::Absent,
+            byte_size: Precision::Absent,
+        });
+    }
+    Statistics {
+        num_rows,
+        total_byte_size: Precision::Absent,
+        column_statistics,
+    }
+}
+
+/// Deals files into `groups` groups of about equal bytes (largest first).
+fn balance(mut files: Vec<PartitionedFile>, groups: usize) -> Vec<FileGroup> {
+    files.sort_by_key(|f| std::cmp::Reverse(f.object_meta.size));
+    let groups = groups.clamp(1, files.len().max(1));
+    let mut out: Vec<(u64, Vec<PartitionedFile>)> = (0..groups).map(|_| (0, Vec::new())).collect();
+    for file in files {
+        let lightest = out
+            .iter_mut()
+            .min_by_key(|(bytes, _)| *bytes)
+            .expect("at least one group");
+        lightest.0 += file.object_meta.size;
+        lightest.1.push(file);
+    }
+    out.into_iter()
+        .filter(|(_, files)| !files.is_empty())
+        .map(|(_, files)| FileGroup::new(files))
+        .collect()
+}
+
+#[async_trait::async_trait]
+impl TableProvider for PlainScanTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Filters skip files and row groups; DataFusion still applies them to the rows.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let state = self.table.snapshot().map_err(delta_error)?;
+        let log_data = state.log_data();
+        let keep = self.prune(session, filters, &log_data)?;
+        let file_columns = self.file_schema.fields().len();
+        let mut files = Vec::with_capacity(log_data.num_files());
+        let mut table_rows = Some(0usize);
+        for (i, view) in log_data.iter().enumerate() {
+            if keep
+                .as_ref()
+                .is_some_and(|keep| !keep.get(i).copied().unwrap_or(true))
+            {
+                continue;
+            }
+            if view.deletion_vector_descriptor().is_some() {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "{} has a deletion vector, which this table's protocol does not allow",
+                    view.path()
+                )));
+            }
+            let raw: HashMap<String, Option<String>> = view.partition_values_map();
+            let partition_values = self
+                .partition_fields
+                .iter()
+                .map(|field| partition_value(raw.get(field.name()).and_then(|v| v.as_ref()), field))
+                .collect::<Result<Vec<_>>>()?;
+            let rows = view.num_records();
+            table_rows = table_rows.zip(rows).map(|(a, b)| a + b);
+            let mut file = PartitionedFile::new_from_meta(ObjectMeta {
+                location: view.object_store_path(),
+                last_modified: view.modification_datetime().map_err(delta_error)?,
+                size: u64::try_from(view.size()).unwrap_or_default(),
+                e_tag: None,
+                version: None,
+            });
+            file.statistics = Some(Arc::new(file_statistics(
+                rows,
+                file_columns,
+                &partition_values,
+            )));
+            file.partition_values = partition_values;
+            files.push(file);
+        }
+        let declared: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
+        if files.is_empty() {
+            let projected = Arc::new(self.schema.project(&declared)?);
+            return Ok(Arc::new(EmptyExec::new(projected)));
+        }
+        let projection = declared.iter().map(|&i| self.scan_index[i]).collect();
+        let table_schema = TableSchema::builder(self.file_schema.clone())
+            .with_table_partition_cols(self.partition_fields.clone())
+            .build();
+        let source = ParquetSource::new(table_schema)
+            .with_table_parquet_options(session.table_options().parquet.clone());
+        let mut statistics = Statistics::new_unknown(&Schema::new(
+            self.file_schema
+                .fields()
+                .iter()
+                .chain(self.partition_fields.iter())
+                .cloned()
+                .collect::<Vec<_>>(),
+        ));
+        statistics.num_rows = table_rows.map_or(Precision::Absent, Precision::Exact);
+        let config = FileScanConfigBuilder::new(self.store_url.clone(), Arc::new(source))
+            .with_file_groups(balance(files, session.config().target_partitions()))
+            .with_statistics(statistics)
+            .with_projection_indices(Some(projection))?
+            .with_limit(limit)
+            .build();
+        Ok(DataSourceExec::from_data_source(config))
+    }
+}
