@@ -145,6 +145,7 @@ impl PlainScanTable {
         session: &dyn Session,
         filters: &[Expr],
         log_data: &deltalake::kernel::LogDataHandler<'_>,
+        files: &[LogFile],
     ) -> Result<Option<Vec<bool>>> {
         let Some(predicate) = conjunction(filters.iter().cloned()) else {
             return Ok(None);
@@ -166,12 +167,9 @@ impl PlainScanTable {
         }
         match pruning.prune(&InScanTypes {
             log_data,
+            files,
             schema: &self.schema,
-            partition_columns: self
-                .partition_fields
-                .iter()
-                .map(|f| f.name().clone())
-                .collect(),
+            partition_fields: &self.partition_fields,
         }) {
             Ok(keep) => Ok(Some(keep)),
             Err(e) => {
@@ -179,6 +177,53 @@ impl PlainScanTable {
                 Ok(None)
             }
         }
+    }
+}
+
+/// One active file as the log describes it, read once per scan.
+struct LogFile {
+    meta: ObjectMeta,
+    /// Rows, when the log's statistics say.
+    rows: Option<usize>,
+    /// One value per partition column, in partition order (typed nulls for null values).
+    partition_values: Vec<ScalarValue>,
+}
+
+impl PlainScanTable {
+    /// The snapshot's active files, in the log's order (the order of its statistics).
+    fn log_files(&self, log_data: &deltalake::kernel::LogDataHandler<'_>) -> Result<Vec<LogFile>> {
+        let mut files = Vec::with_capacity(log_data.num_files());
+        for view in log_data.iter() {
+            if view.deletion_vector_descriptor().is_some() {
+                return Err(DataFusionError::NotImplemented(format!(
+                    "{} has a deletion vector, which this table's protocol does not allow",
+                    view.path()
+                )));
+            }
+            let partition_values = if self.partition_fields.is_empty() {
+                Vec::new()
+            } else {
+                let raw: HashMap<String, Option<String>> = view.partition_values_map();
+                self.partition_fields
+                    .iter()
+                    .map(|field| {
+                        partition_value(raw.get(field.name()).and_then(|v| v.as_ref()), field)
+                    })
+                    .collect::<Result<Vec<_>>>()?
+            };
+            files.push(LogFile {
+                meta: ObjectMeta {
+                    location: view.object_store_path(),
+                    last_modified: view.modification_datetime().map_err(delta_error)?,
+                    size: u64::try_from(view.size()).unwrap_or_default(),
+                    e_tag: None,
+                    version: None,
+                },
+                rows: view.num_records(),
+                partition_values,
+            });
+        }
+        Ok(files)
     }
 }
 
@@ -206,8 +251,10 @@ fn with_view_types(schema: &Schema) -> SchemaRef {
 /// text as `Utf8`; a predicate on the scan's `Utf8View` columns compares view literals).
 struct InScanTypes<'a, 'b> {
     log_data: &'a deltalake::kernel::LogDataHandler<'b>,
+    /// The same files, in the same order, as [`LogFile`]s.
+    files: &'a [LogFile],
     schema: &'a SchemaRef,
-    partition_columns: Vec<String>,
+    partition_fields: &'a [FieldRef],
 }
 
 impl InScanTypes<'_, '_> {
@@ -235,23 +282,21 @@ impl PruningStatistics for InScanTypes<'_, '_> {
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        if !self.partition_columns.contains(&column.name) {
+        let Some(p) = self
+            .partition_fields
+            .iter()
+            .position(|f| f.name() == &column.name)
+        else {
             return self.log_data.null_counts(column);
-        }
+        };
         // A partition column is all nulls or none in each file: a file whose value is null
         // holds as many nulls as rows (deltalake 1.1 reports these as unknown).
         let counts: Option<Vec<u64>> = self
-            .log_data
+            .files
             .iter()
-            .map(|file| {
-                let is_null = file
-                    .partition_values_map()
-                    .get(&column.name)
-                    .is_none_or(|v| v.is_none());
-                match (is_null, file.num_records()) {
-                    (false, _) => Some(0),
-                    (true, rows) => rows.map(|r| r as u64),
-                }
+            .map(|file| match file.partition_values[p].is_null() {
+                false => Some(0),
+                true => file.rows.map(|r| r as u64),
             })
             .collect();
         Some(Arc::new(UInt64Array::from(counts?)))
@@ -259,9 +304,9 @@ impl PruningStatistics for InScanTypes<'_, '_> {
 
     fn row_counts(&self) -> Option<ArrayRef> {
         let counts: UInt64Array = self
-            .log_data
+            .files
             .iter()
-            .map(|file| file.num_records().map(|r| r as u64))
+            .map(|file| file.rows.map(|r| r as u64))
             .collect();
         Some(Arc::new(counts))
     }
@@ -367,46 +412,29 @@ impl TableProvider for PlainScanTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let state = self.table.snapshot().map_err(delta_error)?;
         let log_data = state.log_data();
-        let keep = self.prune(session, filters, &log_data)?;
+        let log_files = self.log_files(&log_data)?;
+        // Files the log's statistics rule out (none when they cannot tell).
+        let keep = self
+            .prune(session, filters, &log_data, &log_files)?
+            .unwrap_or_default();
         let file_columns = self.file_schema.fields().len();
-        let mut files = Vec::with_capacity(log_data.num_files());
         let mut table_rows = Some(0usize);
-        for (i, view) in log_data.iter().enumerate() {
-            if keep
-                .as_ref()
-                .is_some_and(|keep| !keep.get(i).copied().unwrap_or(true))
-            {
-                continue;
-            }
-            if view.deletion_vector_descriptor().is_some() {
-                return Err(DataFusionError::NotImplemented(format!(
-                    "{} has a deletion vector, which this table's protocol does not allow",
-                    view.path()
+        let files: Vec<PartitionedFile> = log_files
+            .into_iter()
+            .enumerate()
+            .filter(|(i, _)| keep.get(*i).copied().unwrap_or(true))
+            .map(|(_, log_file)| {
+                table_rows = table_rows.zip(log_file.rows).map(|(a, b)| a + b);
+                let mut file = PartitionedFile::new_from_meta(log_file.meta);
+                file.statistics = Some(Arc::new(file_statistics(
+                    log_file.rows,
+                    file_columns,
+                    &log_file.partition_values,
                 )));
-            }
-            let raw: HashMap<String, Option<String>> = view.partition_values_map();
-            let partition_values = self
-                .partition_fields
-                .iter()
-                .map(|field| partition_value(raw.get(field.name()).and_then(|v| v.as_ref()), field))
-                .collect::<Result<Vec<_>>>()?;
-            let rows = view.num_records();
-            table_rows = table_rows.zip(rows).map(|(a, b)| a + b);
-            let mut file = PartitionedFile::new_from_meta(ObjectMeta {
-                location: view.object_store_path(),
-                last_modified: view.modification_datetime().map_err(delta_error)?,
-                size: u64::try_from(view.size()).unwrap_or_default(),
-                e_tag: None,
-                version: None,
-            });
-            file.statistics = Some(Arc::new(file_statistics(
-                rows,
-                file_columns,
-                &partition_values,
-            )));
-            file.partition_values = partition_values;
-            files.push(file);
-        }
+                file.partition_values = log_file.partition_values;
+                file
+            })
+            .collect();
         let declared: Vec<usize> = match projection {
             Some(p) => p.clone(),
             None => (0..self.schema.fields().len()).collect(),

@@ -7,10 +7,12 @@ use std::sync::Arc;
 
 use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Int64Type, Schema};
-use deltalake::kernel::{Add, Remove};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::kernel::Add;
 use sluice_lake::compact::{self, Scope};
-use sluice_lake::{LakePaths, delta};
+use sluice_lake::delta;
+
+mod common;
+use common::Lake;
 
 const NAME: &str = "events";
 const LOCATION: &str = "silver/events";
@@ -23,125 +25,79 @@ fn schema() -> Schema {
     ])
 }
 
-struct Lake {
-    _dir: tempfile::TempDir,
-    paths: LakePaths,
-    tables: delta::TableCache,
+/// The events table, partitioned by day, in a fresh lake.
+async fn new_lake() -> Lake {
+    Lake::new(NAME, LOCATION, &schema(), &["day"]).await
 }
 
-impl Lake {
-    async fn new() -> Lake {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = LakePaths::new(dir.path());
-        let tables = delta::TableCache::default();
-        let url = paths.url(LOCATION).unwrap();
-        let table = delta::open_or_create(NAME, url.clone(), &schema(), &["day".into()], None)
-            .await
-            .unwrap();
-        tables.keep(&url, &table);
-        Lake {
-            _dir: dir,
-            paths,
-            tables,
-        }
-    }
-
-    async fn table(&self) -> deltalake::DeltaTable {
-        let url = self.paths.url(LOCATION).unwrap();
-        self.tables.latest(NAME, url).await.unwrap().unwrap()
-    }
-
-    /// Commits an object's rows (one file), removing `replacing` in the same commit, as an
-    /// ingest does.
-    async fn put(&self, object: &str, values: &[i64], replacing: &[Add]) -> Vec<Add> {
-        let mut table = self.table().await;
-        let mut writer = delta::FileWriter::new(NAME, &table).unwrap();
-        let n = values.len();
-        let batch = RecordBatch::try_new(
-            Arc::new(schema()),
-            vec![
-                Arc::new(StringArray::from(vec!["2024-01-01"; n])),
-                Arc::new(StringArray::from(vec![object; n])),
-                Arc::new(Int64Array::from(values.to_vec())),
-            ],
-        )
-        .unwrap();
-        writer.write(batch).await.unwrap();
-        let adds = writer.finish(&[(delta::TAG_SOURCE, object)]).await.unwrap();
-        let removes: Vec<Remove> = replacing
-            .iter()
-            .map(|a| delta::remove_of(a, true))
-            .collect();
-        delta::commit(
-            NAME,
-            &mut table,
-            adds.clone(),
-            removes,
-            Vec::new(),
-            DeltaOperation::Write {
-                mode: SaveMode::Append,
-                partition_by: Some(vec!["day".into()]),
-                predicate: None,
-            },
-        )
+/// Commits an object's rows (one file), removing `replacing` in the same commit, as an
+/// ingest does.
+async fn put(lake: &Lake, object: &str, values: &[i64], replacing: &[Add]) -> Vec<Add> {
+    let n = values.len();
+    let batch = RecordBatch::try_new(
+        Arc::new(schema()),
+        vec![
+            Arc::new(StringArray::from(vec!["2024-01-01"; n])),
+            Arc::new(StringArray::from(vec![object; n])),
+            Arc::new(Int64Array::from(values.to_vec())),
+        ],
+    )
+    .unwrap();
+    lake.commit(batch, &[(delta::TAG_SOURCE, object)], replacing)
         .await
-        .unwrap();
-        self.tables.keep(&self.paths.url(LOCATION).unwrap(), &table);
-        adds
-    }
+}
 
-    /// Every (object, n) of the table's active files, with how often each appears.
-    async fn rows(&self) -> Vec<(String, i64)> {
-        let table = self.table().await;
-        let schema = Arc::new(schema());
-        let mut rows = Vec::new();
-        for add in delta::active_files(NAME, &table).await.unwrap() {
-            for batch in delta::read_file(NAME, &table, &add, &schema).await.unwrap() {
-                let objects = arrow::compute::cast(batch.column(1), &DataType::Utf8).unwrap();
-                let objects = objects.as_string::<i32>();
-                let n = batch.column(2).as_primitive::<Int64Type>();
-                for i in 0..batch.num_rows() {
-                    rows.push((objects.value(i).to_string(), n.value(i)));
-                }
-                assert_eq!(n.null_count(), 0);
+/// Every (object, n) of the table's active files, with how often each appears.
+async fn rows(lake: &Lake) -> Vec<(String, i64)> {
+    let table = lake.table().await;
+    let schema = Arc::new(schema());
+    let mut rows = Vec::new();
+    for add in delta::active_files(NAME, &table).await.unwrap() {
+        for batch in delta::read_file(NAME, &table, &add, &schema).await.unwrap() {
+            let objects = arrow::compute::cast(batch.column(1), &DataType::Utf8).unwrap();
+            let objects = objects.as_string::<i32>();
+            let n = batch.column(2).as_primitive::<Int64Type>();
+            for i in 0..batch.num_rows() {
+                rows.push((objects.value(i).to_string(), n.value(i)));
+            }
+            assert_eq!(n.null_count(), 0);
+        }
+    }
+    rows.sort();
+    rows
+}
+
+async fn active(lake: &Lake) -> BTreeSet<String> {
+    let table = lake.table().await;
+    delta::active_files(NAME, &table)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.path)
+        .collect()
+}
+
+/// Parquet files on disk, relative to the table's root.
+fn on_disk(lake: &Lake) -> BTreeSet<String> {
+    let root = lake.paths.url(LOCATION).unwrap().to_file_path().unwrap();
+    let mut found = BTreeSet::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let rel = path
+                    .strip_prefix(&root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .to_string();
+                found.insert(rel);
             }
         }
-        rows.sort();
-        rows
     }
-
-    async fn active(&self) -> BTreeSet<String> {
-        let table = self.table().await;
-        delta::active_files(NAME, &table)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|a| a.path)
-            .collect()
-    }
-
-    /// Parquet files on disk, relative to the table's root.
-    fn on_disk(&self) -> BTreeSet<String> {
-        let root = self.paths.url(LOCATION).unwrap().to_file_path().unwrap();
-        let mut found = BTreeSet::new();
-        let mut dirs = vec![root.clone()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "parquet") {
-                    let rel = path
-                        .strip_prefix(&root)
-                        .unwrap()
-                        .to_string_lossy()
-                        .to_string();
-                    found.insert(rel);
-                }
-            }
-        }
-        found
-    }
+    found
 }
 
 fn expected(objects: &[(&str, &[i64])]) -> Vec<(String, i64)> {
@@ -155,21 +111,21 @@ fn expected(objects: &[(&str, &[i64])]) -> Vec<(String, i64)> {
 
 #[tokio::test]
 async fn an_ingest_committed_while_files_are_merged_keeps_its_rows() {
-    let lake = Lake::new().await;
-    lake.put("raw/a.csv", &[1, 2], &[]).await;
-    lake.put("raw/b.csv", &[3], &[]).await;
-    lake.put("raw/c.csv", &[4, 5, 6], &[]).await;
+    let lake = new_lake().await;
+    put(&lake, "raw/a.csv", &[1, 2], &[]).await;
+    put(&lake, "raw/b.csv", &[3], &[]).await;
+    put(&lake, "raw/c.csv", &[4, 5, 6], &[]).await;
     let prepared = compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
         .await
         .unwrap()
         .expect("three small files in one partition need compacting");
     // An ingest commits between the rewrite and the compaction's commit.
-    let late = lake.put("raw/d.csv", &[7], &[]).await;
+    let late = put(&lake, "raw/d.csv", &[7], &[]).await;
     let report = prepared.commit(&lake.tables).await.unwrap();
     assert!(!report.superseded);
     assert!(report.version.is_some());
     assert_eq!((report.files_removed, report.files_added), (3, 1));
-    let active = lake.active().await;
+    let active = active(&lake).await;
     assert_eq!(
         active.len(),
         2,
@@ -177,7 +133,7 @@ async fn an_ingest_committed_while_files_are_merged_keeps_its_rows() {
     );
     assert!(active.contains(&late[0].path));
     assert_eq!(
-        lake.rows().await,
+        rows(&lake).await,
         expected(&[
             ("raw/a.csv", &[1, 2]),
             ("raw/b.csv", &[3]),
@@ -189,28 +145,28 @@ async fn an_ingest_committed_while_files_are_merged_keeps_its_rows() {
 
 #[tokio::test]
 async fn an_object_replaced_while_files_are_merged_drops_the_compaction() {
-    let lake = Lake::new().await;
-    lake.put("raw/a.csv", &[1, 2], &[]).await;
-    let b = lake.put("raw/b.csv", &[3], &[]).await;
-    lake.put("raw/c.csv", &[4, 5, 6], &[]).await;
-    let before = lake.on_disk();
+    let lake = new_lake().await;
+    put(&lake, "raw/a.csv", &[1, 2], &[]).await;
+    let b = put(&lake, "raw/b.csv", &[3], &[]).await;
+    put(&lake, "raw/c.csv", &[4, 5, 6], &[]).await;
+    let before = on_disk(&lake);
     let prepared = compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
         .await
         .unwrap()
         .expect("three small files in one partition need compacting");
     assert_eq!(
-        lake.on_disk().len(),
+        on_disk(&lake).len(),
         before.len() + 1,
         "the merged file is written"
     );
     // b.csv gets new content: its old file is removed, its new rows added.
-    let b2 = lake.put("raw/b.csv", &[30, 31], &b).await;
+    let b2 = put(&lake, "raw/b.csv", &[30, 31], &b).await;
     let report = prepared.commit(&lake.tables).await.unwrap();
     assert!(report.superseded, "{report:?}");
     assert_eq!(report.version, None);
     // Committing the merged file would have brought b.csv's old row 3 back.
     assert_eq!(
-        lake.rows().await,
+        rows(&lake).await,
         expected(&[
             ("raw/a.csv", &[1, 2]),
             ("raw/b.csv", &[30, 31]),
@@ -220,7 +176,7 @@ async fn an_object_replaced_while_files_are_merged_drops_the_compaction() {
     // The merged file is deleted; only the replacement was added on disk.
     let mut now_expected = before.clone();
     now_expected.insert(b2[0].path.clone());
-    assert_eq!(lake.on_disk(), now_expected);
+    assert_eq!(on_disk(&lake), now_expected);
     // The next compaction starts from the table as it is now.
     let report = compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
         .await
@@ -231,7 +187,7 @@ async fn an_object_replaced_while_files_are_merged_drops_the_compaction() {
         .unwrap();
     assert_eq!((report.files_removed, report.superseded), (3, false));
     assert_eq!(
-        lake.rows().await,
+        rows(&lake).await,
         expected(&[
             ("raw/a.csv", &[1, 2]),
             ("raw/b.csv", &[30, 31]),

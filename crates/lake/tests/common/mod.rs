@@ -1,0 +1,97 @@
+//! A real Delta table in a temporary data directory, shared by the lake's test binaries.
+
+// Each test binary uses its own part of this module.
+#![allow(dead_code)]
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::Schema;
+use deltalake::DeltaTable;
+use deltalake::kernel::{Add, Remove};
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use sluice_lake::{LakePaths, delta};
+
+/// One table (`name` at `location` under the lake), kept open in a [`delta::TableCache`]
+/// as the platform keeps its tables.
+pub struct Lake {
+    _dir: tempfile::TempDir,
+    pub paths: LakePaths,
+    pub tables: delta::TableCache,
+    pub name: &'static str,
+    pub location: &'static str,
+    partition_by: Vec<String>,
+}
+
+impl Lake {
+    /// Creates the table with `schema`, partitioned by `partition_by`.
+    pub async fn new(
+        name: &'static str,
+        location: &'static str,
+        schema: &Schema,
+        partition_by: &[&str],
+    ) -> Lake {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = LakePaths::new(dir.path());
+        let tables = delta::TableCache::default();
+        let partition_by: Vec<String> = partition_by.iter().map(|p| p.to_string()).collect();
+        let url = paths.url(location).unwrap();
+        let table = delta::open_or_create(name, url.clone(), schema, &partition_by, None)
+            .await
+            .unwrap();
+        tables.keep(&url, &table);
+        Lake {
+            _dir: dir,
+            paths,
+            tables,
+            name,
+            location,
+            partition_by,
+        }
+    }
+
+    /// The table at its latest version.
+    pub async fn table(&self) -> DeltaTable {
+        let url = self.paths.url(self.location).unwrap();
+        self.tables.latest(self.name, url).await.unwrap().unwrap()
+    }
+
+    /// Writes `batch` into new files tagged with `tags` and commits them, retiring
+    /// `replacing` in the same commit, as an ingest does. Returns the files added.
+    pub async fn commit(
+        &self,
+        batch: RecordBatch,
+        tags: &[(&str, &str)],
+        replacing: &[Add],
+    ) -> Vec<Add> {
+        let table = self.table().await;
+        let mut writer = delta::FileWriter::new(self.name, &table).unwrap();
+        writer.write(batch).await.unwrap();
+        let adds = writer.finish(tags).await.unwrap();
+        self.commit_adds(adds.clone(), replacing).await;
+        adds
+    }
+
+    /// Commits files already written, retiring `replacing` in the same commit.
+    pub async fn commit_adds(&self, adds: Vec<Add>, replacing: &[Add]) {
+        let mut table = self.table().await;
+        let removes: Vec<Remove> = replacing
+            .iter()
+            .map(|a| delta::remove_of(a, true))
+            .collect();
+        delta::commit(
+            self.name,
+            &mut table,
+            adds,
+            removes,
+            Vec::new(),
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: Some(self.partition_by.clone()),
+                predicate: None,
+            },
+        )
+        .await
+        .unwrap();
+        self.tables
+            .keep(&self.paths.url(self.location).unwrap(), &table);
+    }
+}
