@@ -122,9 +122,9 @@ pub async fn prepare(
             files.sort_by(|a, b| {
                 (a.modification_time, &a.path).cmp(&(b.modification_time, &b.path))
             });
-            // One partition at a time: one open file, so no write window is needed.
-            let mut writer =
-                FileWriter::with_target_size(name, &table, COMPACTED_FILE_BYTES)?.without_window();
+            // One partition per writer: its file stays open across windows, so merged files
+            // reach the target size.
+            let mut writer = FileWriter::with_target_size(name, &table, COMPACTED_FILE_BYTES)?;
             let schema = writer.schema();
             for file in files.iter() {
                 for batch in delta::read_file(name, &table, file, &schema).await? {

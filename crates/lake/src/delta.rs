@@ -566,20 +566,154 @@ pub async fn rewrite_without(
 }
 
 /// Streams batches into Parquet files (zstd) of a table; nothing is visible until [`commit`].
+///
+/// Batches are gathered into windows of about [`WINDOW_BYTES`]; a background task writes
+/// each window while the next one fills, so reading and encoding run side by side. A
+/// window is written one partition at a time, and a partition's file is finished before
+/// the next partition's starts (the last one stays open for the next window, so a stream
+/// of one partition, as compaction writes, makes files of the target size).
 pub struct FileWriter {
-    inner: RecordBatchWriter,
     table: String,
+    /// Where the table's files are: files written before a failure are deleted there.
+    store: Arc<dyn object_store::ObjectStore>,
+    schema: SchemaRef,
     rows: u64,
-    rows_in_window: usize,
-    window_rows: usize,
+    /// The window being filled, and its bytes in memory.
+    window: Vec<RecordBatch>,
+    window_bytes: usize,
+    /// The Delta writer: here between windows, inside the task writing a window otherwise.
+    encoder: Encoder,
+    /// Files finished by windows already written.
     finished: Vec<Add>,
 }
 
-/// Rows after which the open files are finished and new ones started. With one open file
-/// per partition, a file's in-progress row groups and upload buffer stay in memory until
-/// it is finished; finishing them every so many rows bounds memory whatever the size of
-/// the source (at the price of more, smaller files for very large sources).
-pub const WINDOW_ROWS: usize = 100_000;
+/// Bytes of rows (in memory, as Arrow) gathered before a window is written. Only one
+/// Parquet file is open at a time (an open file's row group holds an encoder and a zstd
+/// context per column: 31 daily partitions open at once took ~180 MiB more), so memory is
+/// two windows plus one open file whatever the number of partitions or the size of the
+/// source. Each window makes one file per partition it holds: smaller windows made more,
+/// smaller files and a slower ingest (16 MiB: 2,000 taxi rows per file and +20 % CPU;
+/// 64 MiB: 5,000), docs/benchmarks.md, session 10.
+pub const WINDOW_BYTES: usize = 64 << 20;
+
+enum Encoder {
+    Idle(Box<PartitionWriter>),
+    Busy(tokio::task::JoinHandle<WindowWritten>),
+    /// A window's write failed or its task died: the writer is gone.
+    Broken,
+}
+
+/// What the task writing a window hands back.
+struct WindowWritten {
+    writer: Box<PartitionWriter>,
+    /// The files it finished (also when it failed: they are deleted then).
+    finished: Vec<Add>,
+    result: Result<(), Error>,
+}
+
+impl Drop for FileWriter {
+    fn drop(&mut self) {
+        // A writer dropped mid-window (an ingest that failed) stops its task; the Delta
+        // writer it owns aborts its unfinished uploads.
+        if let Encoder::Busy(task) = &self.encoder {
+            task.abort();
+        }
+    }
+}
+
+/// Writes windows into files one partition at a time.
+struct PartitionWriter {
+    inner: RecordBatchWriter,
+    table: String,
+    /// Converts the partition columns (named) to comparable rows (None for unpartitioned
+    /// tables).
+    partitions: Option<(arrow::row::RowConverter, Vec<String>)>,
+    /// The partition whose file is open, if any.
+    open: Option<arrow::row::OwnedRow>,
+}
+
+impl PartitionWriter {
+    /// Writes a window's rows, partition by partition in partition order, adding the
+    /// files it finishes to `finished` (on error too: the caller deletes them).
+    async fn write_window(
+        &mut self,
+        batches: Vec<RecordBatch>,
+        finished: &mut Vec<Add>,
+    ) -> Result<(), Error> {
+        let Some((converter, columns)) = &self.partitions else {
+            for batch in batches {
+                self.write(batch).await?;
+            }
+            return Ok(());
+        };
+        let table = self.table.clone();
+        let split = |e: arrow::error::ArrowError| {
+            Error::Internal(format!("splitting rows of {table} by partition: {e}"))
+        };
+        let mut keys = Vec::with_capacity(batches.len());
+        for batch in &batches {
+            let mut values: Vec<ArrayRef> = Vec::with_capacity(columns.len());
+            for name in columns {
+                values.push(batch.column_by_name(name).cloned().ok_or_else(|| {
+                    Error::Internal(format!("rows for {table} lack partition column {name}"))
+                })?);
+            }
+            keys.push(converter.convert_columns(&values).map_err(split)?);
+        }
+        let mut rows_of: std::collections::BTreeMap<arrow::row::Row<'_>, Vec<(usize, usize)>> =
+            std::collections::BTreeMap::new();
+        for (b, rows) in keys.iter().enumerate() {
+            for (r, key) in rows.iter().enumerate() {
+                rows_of.entry(key).or_default().push((b, r));
+            }
+        }
+        if rows_of.len() == 1
+            && let Some(key) = rows_of.keys().next().map(|key| key.owned())
+        {
+            // One partition: the window's batches as they are, no copy.
+            finished.extend(self.open_partition(key).await?);
+            for batch in batches {
+                self.write(batch).await?;
+            }
+            return Ok(());
+        }
+        // One partition's rows copied out at a time, written, and dropped.
+        let refs: Vec<&RecordBatch> = batches.iter().collect();
+        for (key, indices) in rows_of {
+            let batch = arrow::compute::interleave_record_batch(&refs, &indices).map_err(split)?;
+            finished.extend(self.open_partition(key.owned()).await?);
+            self.write(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Makes `key`'s file the open one: finishes another partition's open file first
+    /// (returning its Add actions).
+    async fn open_partition(&mut self, key: arrow::row::OwnedRow) -> Result<Vec<Add>, Error> {
+        let finished = match &self.open {
+            Some(open) if *open != key => self.flush().await?,
+            _ => Vec::new(),
+        };
+        self.open = Some(key);
+        Ok(finished)
+    }
+
+    async fn write(&mut self, batch: RecordBatch) -> Result<(), Error> {
+        self.inner
+            .write(batch)
+            .await
+            .map_err(|e| Error::delta(&self.table, e))
+    }
+
+    /// Finishes the open file.
+    async fn flush(&mut self) -> Result<Vec<Add>, Error> {
+        self.open = None;
+        self.inner
+            .flush()
+            .await
+            .map_err(|e| Error::delta(&self.table, e))
+    }
+}
 
 impl FileWriter {
     /// A writer for the table's schema and partitions.
@@ -594,20 +728,47 @@ impl FileWriter {
                 ZstdLevel::try_new(3).expect("3 is a valid zstd level"),
             ))
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-            // Bytes bound a row group too: with one open file per partition, memory is
-            // partitions x this, whatever the size of the source object.
+            // Bytes bound the open file's row group too.
             .set_max_row_group_bytes(Some(ROW_GROUP_BYTES))
             .build();
         let inner = RecordBatchWriter::for_table(table)
             .map_err(|e| Error::delta(name, e))?
             .with_writer_properties(props)
             .with_target_file_size(target);
+        let schema = inner.arrow_schema();
+        let partition_by = table
+            .snapshot()
+            .map_err(|e| Error::delta(name, e))?
+            .metadata()
+            .partition_columns()
+            .to_vec();
+        let partitions = if partition_by.is_empty() {
+            None
+        } else {
+            let mut fields = Vec::new();
+            for column in &partition_by {
+                let field = schema.field_with_name(column).map_err(|e| {
+                    Error::Internal(format!("{name}: partition column {column}: {e}"))
+                })?;
+                fields.push(arrow::row::SortField::new(field.data_type().clone()));
+            }
+            let converter = arrow::row::RowConverter::new(fields)
+                .map_err(|e| Error::Internal(format!("{name}: partition columns: {e}")))?;
+            Some((converter, partition_by))
+        };
         Ok(Self {
-            inner,
             table: name.to_string(),
+            store: table.log_store().object_store(None),
+            schema,
             rows: 0,
-            rows_in_window: 0,
-            window_rows: WINDOW_ROWS,
+            window: Vec::new(),
+            window_bytes: 0,
+            encoder: Encoder::Idle(Box::new(PartitionWriter {
+                inner,
+                table: name.to_string(),
+                partitions,
+                open: None,
+            })),
             finished: Vec::new(),
         })
     }
@@ -618,28 +779,61 @@ impl FileWriter {
             return Ok(());
         }
         self.rows += batch.num_rows() as u64;
-        self.rows_in_window += batch.num_rows();
-        self.inner
-            .write(batch)
-            .await
-            .map_err(|e| Error::delta(&self.table, e))?;
-        if self.rows_in_window >= self.window_rows {
-            let adds = self
-                .inner
-                .flush()
-                .await
-                .map_err(|e| Error::delta(&self.table, e))?;
-            self.finished.extend(adds);
-            self.rows_in_window = 0;
+        self.window_bytes += batch.get_array_memory_size();
+        self.window.push(batch);
+        if self.window_bytes >= WINDOW_BYTES {
+            self.write_window().await?;
         }
         Ok(())
     }
 
-    /// Never finishes files early to bound memory: for writers that fill one partition at a
-    /// time (compaction), where files end at the target size instead.
-    pub fn without_window(mut self) -> Self {
-        self.window_rows = usize::MAX;
-        self
+    /// Hands the window to a task that writes it, once the previous window is written.
+    async fn write_window(&mut self) -> Result<(), Error> {
+        let window = std::mem::take(&mut self.window);
+        self.window_bytes = 0;
+        let mut writer = self.idle().await?;
+        self.encoder = Encoder::Busy(tokio::spawn(async move {
+            let mut finished = Vec::new();
+            let result = writer.write_window(window, &mut finished).await;
+            WindowWritten {
+                writer,
+                finished,
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    /// The Delta writer, once the window being written is done. When that write failed,
+    /// the files this writer finished are deleted (nothing will commit them) and the
+    /// error returned.
+    async fn idle(&mut self) -> Result<Box<PartitionWriter>, Error> {
+        let failure = match std::mem::replace(&mut self.encoder, Encoder::Broken) {
+            Encoder::Idle(writer) => return Ok(writer),
+            Encoder::Busy(task) => match task.await {
+                Ok(WindowWritten {
+                    writer,
+                    finished,
+                    result,
+                }) => {
+                    self.finished.extend(finished);
+                    match result {
+                        Ok(()) => return Ok(writer),
+                        Err(e) => e,
+                    }
+                }
+                Err(e) => Error::Internal(format!("writing files of {} stopped: {e}", self.table)),
+            },
+            Encoder::Broken => {
+                return Err(Error::Internal(format!(
+                    "an earlier write into {} failed",
+                    self.table
+                )));
+            }
+        };
+        let written = std::mem::take(&mut self.finished);
+        delete_files(&self.table, self.store.as_ref(), &written).await?;
+        Err(failure)
     }
 
     /// Rows written so far.
@@ -649,7 +843,7 @@ impl FileWriter {
 
     /// The table's columns, partition columns included, as batches must have them.
     pub fn schema(&self) -> SchemaRef {
-        self.inner.arrow_schema()
+        self.schema.clone()
     }
 
     /// Finishes the files; returns their Add actions, tagged with their source.
@@ -665,13 +859,18 @@ impl FileWriter {
         mut self,
         tags: HashMap<String, Option<String>>,
     ) -> Result<Vec<Add>, Error> {
+        if !self.window.is_empty() {
+            self.write_window().await?;
+        }
+        let mut writer = self.idle().await?;
         let mut adds = std::mem::take(&mut self.finished);
-        adds.extend(
-            self.inner
-                .flush()
-                .await
-                .map_err(|e| Error::delta(&self.table, e))?,
-        );
+        match writer.flush().await {
+            Ok(last) => adds.extend(last),
+            Err(e) => {
+                delete_files(&self.table, self.store.as_ref(), &adds).await?;
+                return Err(e);
+            }
+        }
         for add in &mut adds {
             add.tags
                 .get_or_insert_with(HashMap::new)
@@ -716,7 +915,15 @@ pub async fn commit(
 
 /// Deletes files written but never committed (a failed threshold, say).
 pub async fn discard(name: &str, table: &DeltaTable, adds: &[Add]) -> Result<(), Error> {
-    let store = table.log_store().object_store(None);
+    delete_files(name, table.log_store().object_store(None).as_ref(), adds).await
+}
+
+/// Deletes the files of `adds` from the table's store (those already gone are fine).
+async fn delete_files(
+    name: &str,
+    store: &dyn object_store::ObjectStore,
+    adds: &[Add],
+) -> Result<(), Error> {
     for add in adds {
         let path = deltalake::Path::from(add.path.as_str());
         match store.delete(&path).await {

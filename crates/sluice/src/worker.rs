@@ -29,8 +29,10 @@ pub const LEASE: Duration = Duration::from_secs(60);
 const HEARTBEAT: Duration = Duration::from_secs(20);
 /// How often idle workers look for jobs queued by other processes.
 const POLL: Duration = Duration::from_millis(100);
-/// Rows per batch in ingest.
-pub const BATCH_ROWS: usize = 65_536;
+/// Rows per batch in ingest. Parsing, casting and checking a batch allocate a few times its
+/// size in intermediates; 16 Ki rows (~4 MiB of taxi rows) instead of 64 Ki took ~90 MiB
+/// off a 1 GB ingest's peak memory (docs/benchmarks.md, session 10).
+pub const BATCH_ROWS: usize = 16_384;
 
 /// Runs `workers` workers until `shutdown`; in-flight jobs finish or are released.
 pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: CancellationToken) {
