@@ -23,10 +23,11 @@ use arrow::array::{
 };
 use arrow::datatypes::{DataType, Schema, SchemaRef};
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel as _;
+use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::writer::{DeltaWriter, RecordBatchWriter};
+use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
 use object_store::ObjectStoreExt as _;
@@ -660,20 +661,20 @@ impl PartitionWriter {
             }
             keys.push(converter.convert_columns(&values).map_err(split)?);
         }
-        let mut rows_of: std::collections::BTreeMap<arrow::row::Row<'_>, Vec<(usize, usize)>> =
-            std::collections::BTreeMap::new();
+        let columns = columns.clone();
+        let mut rows_of: HashMap<arrow::row::Row<'_>, Vec<(usize, usize)>> = HashMap::new();
         for (b, rows) in keys.iter().enumerate() {
             for (r, key) in rows.iter().enumerate() {
                 rows_of.entry(key).or_default().push((b, r));
             }
         }
-        if rows_of.len() == 1
-            && let Some(key) = rows_of.keys().next().map(|key| key.owned())
-        {
+        let mut rows_of: Vec<_> = rows_of.into_iter().collect();
+        rows_of.sort_unstable_by_key(|(key, _)| *key);
+        if let [(key, _)] = rows_of.as_slice() {
             // One partition: the window's batches as they are, no copy.
-            finished.extend(self.open_partition(key).await?);
+            finished.extend(self.open_partition(key.owned()).await?);
             for batch in batches {
-                self.write(batch).await?;
+                self.write_partition(batch, &columns).await?;
             }
             return Ok(());
         }
@@ -682,8 +683,36 @@ impl PartitionWriter {
         for (key, indices) in rows_of {
             let batch = arrow::compute::interleave_record_batch(&refs, &indices).map_err(split)?;
             finished.extend(self.open_partition(key.owned()).await?);
-            self.write(batch).await?;
+            self.write_partition(batch, &columns).await?;
         }
+        Ok(())
+    }
+
+    /// Writes rows that all belong to one partition, so the Delta writer need not split
+    /// them again (it would copy every column).
+    async fn write_partition(
+        &mut self,
+        batch: RecordBatch,
+        columns: &[String],
+    ) -> Result<(), Error> {
+        let mut values = Vec::with_capacity(columns.len());
+        for name in columns {
+            let value = batch
+                .column_by_name(name)
+                .and_then(|column| ScalarExt::from_array(column.as_ref(), 0))
+                .ok_or_else(|| {
+                    Error::Internal(format!(
+                        "{}: no partition value of {name} in the rows written",
+                        self.table
+                    ))
+                })?;
+            values.push((name.clone(), value));
+        }
+        let values = values.into_iter().collect();
+        self.inner
+            .write_partition(batch, &values, WriteMode::Default)
+            .await
+            .map_err(|e| Error::delta(&self.table, e))?;
         Ok(())
     }
 
