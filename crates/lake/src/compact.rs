@@ -89,12 +89,7 @@ pub async fn prepare(
     let Some(table) = tables.latest(name, url.clone()).await? else {
         return Ok(None);
     };
-    let partition_by = table
-        .snapshot()
-        .map_err(|e| Error::delta(name, e))?
-        .metadata()
-        .partition_columns()
-        .to_vec();
+    let partition_by = delta::partition_columns(name, &table)?;
     let mut groups: BTreeMap<String, Vec<Add>> = BTreeMap::new();
     for add in delta::active_files(name, &table).await? {
         if add.size < SMALL_FILE_BYTES {

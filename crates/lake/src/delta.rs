@@ -237,6 +237,16 @@ impl TableCache {
     }
 }
 
+/// The table's partition columns, in partition order.
+pub fn partition_columns(name: &str, table: &DeltaTable) -> Result<Vec<String>, Error> {
+    Ok(table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .metadata()
+        .partition_columns()
+        .to_vec())
+}
+
 /// Opens an existing table (None when nothing was ever committed there).
 pub async fn open(name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
     let table = DeltaTable::try_from_url(url)
@@ -765,12 +775,7 @@ impl FileWriter {
             .with_writer_properties(props)
             .with_target_file_size(target);
         let schema = inner.arrow_schema();
-        let partition_by = table
-            .snapshot()
-            .map_err(|e| Error::delta(name, e))?
-            .metadata()
-            .partition_columns()
-            .to_vec();
+        let partition_by = partition_columns(name, table)?;
         let partitions = if partition_by.is_empty() {
             None
         } else {

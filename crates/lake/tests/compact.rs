@@ -12,7 +12,7 @@ use sluice_lake::compact::{self, Scope};
 use sluice_lake::delta;
 
 mod common;
-use common::Lake;
+use common::{Lake, parquet_files};
 
 const NAME: &str = "events";
 const LOCATION: &str = "silver/events";
@@ -77,29 +77,6 @@ async fn active(lake: &Lake) -> BTreeSet<String> {
         .collect()
 }
 
-/// Parquet files on disk, relative to the table's root.
-fn on_disk(lake: &Lake) -> BTreeSet<String> {
-    let root = lake.paths.url(LOCATION).unwrap().to_file_path().unwrap();
-    let mut found = BTreeSet::new();
-    let mut dirs = vec![root.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "parquet") {
-                let rel = path
-                    .strip_prefix(&root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .to_string();
-                found.insert(rel);
-            }
-        }
-    }
-    found
-}
-
 fn expected(objects: &[(&str, &[i64])]) -> Vec<(String, i64)> {
     let mut rows: Vec<(String, i64)> = objects
         .iter()
@@ -149,13 +126,13 @@ async fn an_object_replaced_while_files_are_merged_drops_the_compaction() {
     put(&lake, "raw/a.csv", &[1, 2], &[]).await;
     let b = put(&lake, "raw/b.csv", &[3], &[]).await;
     put(&lake, "raw/c.csv", &[4, 5, 6], &[]).await;
-    let before = on_disk(&lake);
+    let before = parquet_files(&lake);
     let prepared = compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
         .await
         .unwrap()
         .expect("three small files in one partition need compacting");
     assert_eq!(
-        on_disk(&lake).len(),
+        parquet_files(&lake).len(),
         before.len() + 1,
         "the merged file is written"
     );
@@ -176,7 +153,7 @@ async fn an_object_replaced_while_files_are_merged_drops_the_compaction() {
     // The merged file is deleted; only the replacement was added on disk.
     let mut now_expected = before.clone();
     now_expected.insert(b2[0].path.clone());
-    assert_eq!(on_disk(&lake), now_expected);
+    assert_eq!(parquet_files(&lake), now_expected);
     // The next compaction starts from the table as it is now.
     let report = compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
         .await

@@ -10,6 +10,30 @@ use deltalake::kernel::{Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use sluice_lake::{LakePaths, delta};
 
+/// The Parquet files under the table's directory (committed or not), relative to it.
+pub fn parquet_files(lake: &Lake) -> std::collections::BTreeSet<String> {
+    let root = lake
+        .paths
+        .url(lake.location)
+        .unwrap()
+        .to_file_path()
+        .unwrap();
+    let mut found = std::collections::BTreeSet::new();
+    let mut dirs = vec![root.clone()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let relative = path.strip_prefix(&root).unwrap();
+                found.insert(relative.to_string_lossy().to_string());
+            }
+        }
+    }
+    found
+}
+
 /// One table (`name` at `location` under the lake), kept open in a [`delta::TableCache`]
 /// as the platform keeps its tables.
 pub struct Lake {
