@@ -35,6 +35,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
+use crate::txns::TxnIndex;
 
 /// Tag naming the source object (`bucket/key`) of a data file.
 pub const TAG_SOURCE: &str = "sluice.source";
@@ -178,6 +179,31 @@ pub fn stats_columns(schema: &Schema, partition_by: &[String]) -> Vec<String> {
 #[derive(Default)]
 pub struct TableCache {
     tables: std::sync::Mutex<HashMap<url::Url, DeltaTable>>,
+    /// Each table's application transactions, advanced commit by commit ([`TxnIndex`]).
+    txns: std::sync::Mutex<HashMap<url::Url, Arc<tokio::sync::Mutex<TxnSlot>>>>,
+}
+
+/// What the cache knows of a table's transactions.
+#[derive(Default)]
+enum TxnSlot {
+    /// Not read yet.
+    #[default]
+    Unread,
+    /// Indexed, as of the index's version.
+    Indexed(TxnIndex),
+    /// Not indexable ([`TxnIndex::load`]): deltalake answers each lookup.
+    Unindexable,
+}
+
+/// The `txn` versions a table holds for the app ids asked about (absent: never committed).
+#[derive(Debug, Default)]
+pub struct TxnVersions(HashMap<String, i64>);
+
+impl TxnVersions {
+    /// The latest version `app_id` committed, if it did.
+    pub fn get(&self, app_id: &str) -> Option<i64> {
+        self.0.get(app_id).copied()
+    }
 }
 
 impl TableCache {
@@ -217,6 +243,74 @@ impl TableCache {
         };
         self.keep(&url, &table);
         Ok(Some(table))
+    }
+
+    /// The latest `txn` version of each of `app_ids` in `table`, as of its version. Read
+    /// from the table's [`TxnIndex`] (kept from use to use, advanced by the commits since),
+    /// or asked of deltalake when the table cannot be indexed or this copy of it is older
+    /// than the index.
+    pub async fn txn_versions(
+        &self,
+        name: &str,
+        table: &DeltaTable,
+        app_ids: Vec<String>,
+    ) -> Result<TxnVersions, Error> {
+        let version = table.version().map_or(-1, |v| v as i64);
+        let expiring = table
+            .snapshot()
+            .map_err(|e| Error::delta(name, e))?
+            .snapshot()
+            .table_properties()
+            .set_transaction_retention_duration
+            .is_some();
+        let slot = self
+            .txns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(table.table_url().clone())
+            .or_default()
+            .clone();
+        let mut slot = slot.lock().await;
+        if expiring {
+            *slot = TxnSlot::Unindexable;
+        }
+        if let TxnSlot::Indexed(index) = &mut *slot
+            && index.version() <= version
+            && !index
+                .advance(name, table.log_store().as_ref(), version)
+                .await?
+        {
+            *slot = TxnSlot::Unread;
+        }
+        if let TxnSlot::Unread = &*slot {
+            *slot = match TxnIndex::load(name, table).await? {
+                Some(index) => TxnSlot::Indexed(index),
+                None => TxnSlot::Unindexable,
+            };
+        }
+        if let TxnSlot::Indexed(index) = &*slot
+            && index.version() == version
+        {
+            return Ok(TxnVersions(
+                app_ids
+                    .into_iter()
+                    .filter_map(|app| index.get(&app).map(|v| (app, v)))
+                    .collect(),
+            ));
+        }
+        drop(slot);
+        let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
+        let mut found = HashMap::new();
+        for app in app_ids {
+            let v = snapshot
+                .transaction_version(table.log_store().as_ref(), &app)
+                .await
+                .map_err(|e| Error::delta(name, e))?;
+            if let Some(v) = v {
+                found.insert(app, v);
+            }
+        }
+        Ok(TxnVersions(found))
     }
 
     /// The table at `url` at its latest version, created first when it does not exist.
@@ -313,54 +407,45 @@ impl FileIndex {
     }
 }
 
+/// The app ids whose txn versions [`source_state_in`] reads for a source object.
+pub fn source_app_ids(source_object: &str) -> [String; 2] {
+    [app_id(source_object), content_app_id(source_object)]
+}
+
 /// Reads what the table holds for a source object.
 pub async fn source_state(
     name: &str,
     table: &DeltaTable,
+    tables: &TableCache,
     source_object: &str,
 ) -> Result<SourceState, Error> {
     let index = FileIndex::load(name, table).await?;
-    let mut state = source_state_in(name, table, &index, source_object).await?;
+    let txns = tables
+        .txn_versions(name, table, source_app_ids(source_object).into())
+        .await?;
+    let mut state = source_state_in(&index, &txns, source_object);
     state.compacted = index.compacted;
     Ok(state)
 }
 
-/// Reads what the table holds for a source object, its files found in `index` (whose
-/// compacted files the caller reads from the index itself).
-pub async fn source_state_in(
-    name: &str,
-    table: &DeltaTable,
-    index: &FileIndex,
-    source_object: &str,
-) -> Result<SourceState, Error> {
-    let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
-    let log_store = table.log_store();
-    let applied_seq = snapshot
-        .transaction_version(log_store.as_ref(), app_id(source_object))
-        .await
-        .map_err(|e| Error::delta(name, e))?;
-    // Each lookup replays the log back to the id's last txn (all of it for an id never
-    // seen): the content hash is only looked up for an object the table has seen.
-    let content = match applied_seq {
-        Some(_) => snapshot
-            .transaction_version(log_store.as_ref(), content_app_id(source_object))
-            .await
-            .map_err(|e| Error::delta(name, e))?,
-        None => None,
-    };
+/// What the table holds for a source object: its files found in `index` (whose compacted
+/// files the caller reads from the index itself), its txns in `txns`
+/// ([`source_app_ids`]).
+pub fn source_state_in(index: &FileIndex, txns: &TxnVersions, source_object: &str) -> SourceState {
+    let [applied, content] = source_app_ids(source_object);
     let (sha256, files) = index
         .by_source
         .get(source_object)
         .map(|(sha, files)| (sha.clone(), files.as_slice()))
         .unwrap_or_default();
-    Ok(SourceState {
-        applied_seq,
-        content,
+    SourceState {
+        applied_seq: txns.get(&applied),
+        content: txns.get(&content),
         sha256,
         removes: files.iter().map(|add| remove_of(add, true)).collect(),
         // A batch reads the index's compacted files once, not a copy per object.
         compacted: Vec::new(),
-    })
+    }
 }
 
 /// The compacted files holding rows of any of `sources`: each file's `_source_object`

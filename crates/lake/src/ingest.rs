@@ -308,6 +308,32 @@ impl Batch<'_> {
         let shared = sources.len() > 1;
         let silver_index = delta::FileIndex::load(table, &self.silver).await?;
         let quarantine_index = delta::FileIndex::load("quarantine", &self.quarantine).await?;
+        let source_objects: Vec<String> = sources
+            .iter()
+            .map(|src| format!("{}/{}", src.object.bucket, src.object.key))
+            .collect();
+        let silver_txns = target
+            .tables
+            .txn_versions(
+                table,
+                &self.silver,
+                source_objects
+                    .iter()
+                    .flat_map(|o| delta::source_app_ids(o))
+                    .collect(),
+            )
+            .await?;
+        let quarantine_txns = target
+            .tables
+            .txn_versions(
+                "quarantine",
+                &self.quarantine,
+                source_objects
+                    .iter()
+                    .flat_map(|o| delta::source_app_ids(&format!("{table}:{o}")))
+                    .collect(),
+            )
+            .await?;
         let mut results: Vec<Option<Result<IngestReport, Error>>> =
             sources.iter().map(|_| None).collect();
         let mut accepted: Vec<Accepted> = Vec::new();
@@ -315,24 +341,17 @@ impl Batch<'_> {
         let mut own_files: Vec<Add> = Vec::new();
         let (mut q_adds, mut q_removes, mut q_txns) = (Vec::new(), Vec::new(), Vec::new());
 
-        for (index, src) in sources.iter().enumerate() {
+        for ((index, src), source_object) in sources.iter().enumerate().zip(source_objects) {
             let object = src.object;
-            let source_object = format!("{}/{}", object.bucket, object.key);
-            let state =
-                delta::source_state_in(table, &self.silver, &silver_index, &source_object).await?;
+            let state = delta::source_state_in(&silver_index, &silver_txns, &source_object);
             if state.applied_seq.is_some_and(|s| s >= src.event_seq) || state.holds(&object.sha256)
             {
                 results[index] = Some(Ok(IngestReport::empty(Outcome::AlreadyApplied)));
                 continue;
             }
             let quarantine_app = format!("{table}:{source_object}");
-            let q_state = delta::source_state_in(
-                "quarantine",
-                &self.quarantine,
-                &quarantine_index,
-                &quarantine_app,
-            )
-            .await?;
+            let q_state =
+                delta::source_state_in(&quarantine_index, &quarantine_txns, &quarantine_app);
             let quarantine_done = q_state.applied_seq.is_some_and(|s| s >= src.event_seq);
             let read = match self
                 .read_object(
@@ -881,7 +900,7 @@ pub async fn remove(
         let Some(mut delta_table) = tables.latest(name, url.clone()).await? else {
             continue;
         };
-        let state = delta::source_state(name, &delta_table, &app).await?;
+        let state = delta::source_state(name, &delta_table, tables, &app).await?;
         if state.applied_seq.is_none_or(|s| s >= event_seq) {
             continue;
         }

@@ -9,6 +9,7 @@
 //! - [`gold`]: SQL models recomputed as CREATE TABLE AS.
 //! - [`scan`]: a Delta table's active files as DataFusion's own Parquet scan.
 //! - [`sql`]: the DataFusion catalog (`bronze`, `silver`, `gold`, `sluice`).
+//! - [`txns`]: a table's application transactions (exactly-once lookups), read once and kept current.
 //!
 //! **Invariant:** the data plane does not know the state store. "Was this
 //! object already applied?" is answered by the Delta table itself (a
@@ -23,6 +24,7 @@ pub mod objects;
 pub mod read;
 pub mod scan;
 pub mod sql;
+pub mod txns;
 pub mod validate;
 
 use std::path::{Path, PathBuf};
