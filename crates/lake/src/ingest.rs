@@ -286,6 +286,10 @@ enum SilverRows {
     Buffered(Vec<RecordBatch>),
 }
 
+/// Objects up to this size are written with [`FileWriter::small`] (Snappy): a few rows per
+/// partition, files that compaction merges into zstd ones.
+pub const SMALL_OBJECT_BYTES: u64 = 4 << 20;
+
 /// An object accepted into the batch's commit.
 struct Accepted {
     index: usize,
@@ -459,7 +463,7 @@ impl Batch<'_> {
         if !accepted.is_empty() {
             let mut adds = own_files;
             if !buffered.is_empty() {
-                let mut writer = FileWriter::new(table, &self.silver)?;
+                let mut writer = FileWriter::small(table, &self.silver)?;
                 for batch in buffered {
                     writer.write(batch).await?;
                 }
@@ -572,13 +576,18 @@ impl Batch<'_> {
         let Some((mut rx, reader_thread)) = spawn_reader(objects, target, object).await? else {
             return Ok(None);
         };
-        let mut silver_writer = if stream {
-            Some(FileWriter::new(target.table, &self.silver)?)
-        } else {
-            None
+        let small = object.size <= SMALL_OBJECT_BYTES;
+        let mut silver_writer = match (stream, small) {
+            (false, _) => None,
+            (true, true) => Some(FileWriter::small(target.table, &self.silver)?),
+            (true, false) => Some(FileWriter::new(target.table, &self.silver)?),
         };
         let mut buffered = Vec::new();
-        let mut quarantine_writer = FileWriter::new("quarantine", &self.quarantine)?;
+        let mut quarantine_writer = if small {
+            FileWriter::small("quarantine", &self.quarantine)?
+        } else {
+            FileWriter::new("quarantine", &self.quarantine)?
+        };
         let mut report = IngestReport::empty(Outcome::AlreadyApplied);
         let mut finished: Option<(Option<String>, u64)> = None;
         let mut failure: Option<Error> = None;

@@ -172,3 +172,65 @@ async fn an_object_replaced_while_files_are_merged_drops_the_compaction() {
         ])
     );
 }
+
+/// The codecs of every column chunk of the table's active files.
+async fn codecs(lake: &Lake) -> BTreeSet<&'static str> {
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    let table = lake.table().await;
+    let root = lake.paths.url(LOCATION).unwrap().to_file_path().unwrap();
+    let mut found = BTreeSet::new();
+    for add in delta::active_files(NAME, &table).await.unwrap() {
+        let path = percent_encoding::percent_decode_str(&add.path).decode_utf8_lossy();
+        let file = std::fs::File::open(root.join(path.as_ref())).unwrap();
+        let reader = SerializedFileReader::new(file).unwrap();
+        for group in reader.metadata().row_groups() {
+            for column in group.columns() {
+                found.insert(match column.compression() {
+                    Compression::SNAPPY => "snappy",
+                    Compression::ZSTD(_) => "zstd",
+                    _ => "other",
+                });
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn small_objects_are_written_with_snappy_and_compaction_writes_zstd() {
+    let lake = new_lake().await;
+    for (i, object) in ["landing/a.csv", "landing/b.csv", "landing/c.csv"]
+        .into_iter()
+        .enumerate()
+    {
+        let batch = RecordBatch::try_new(
+            Arc::new(schema()),
+            vec![
+                Arc::new(StringArray::from(vec!["2024-01-01"; 2])),
+                Arc::new(StringArray::from(vec![object; 2])),
+                Arc::new(Int64Array::from(vec![2 * i as i64, 2 * i as i64 + 1])),
+            ],
+        )
+        .unwrap();
+        let table = lake.table().await;
+        let mut writer = delta::FileWriter::small(NAME, &table).unwrap();
+        writer.write(batch).await.unwrap();
+        let adds = writer.finish(&[(delta::TAG_SOURCE, object)]).await.unwrap();
+        lake.commit_adds(adds, &[]).await;
+    }
+    assert_eq!(codecs(&lake).await, BTreeSet::from(["snappy"]));
+    let before = rows(&lake).await;
+    assert_eq!(before.len(), 6);
+
+    compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
+        .await
+        .unwrap()
+        .expect("three small files to merge")
+        .commit(&lake.tables)
+        .await
+        .unwrap();
+    assert_eq!(active(&lake).await.len(), 1);
+    assert_eq!(codecs(&lake).await, BTreeSet::from(["zstd"]));
+    assert_eq!(rows(&lake).await, before);
+}
