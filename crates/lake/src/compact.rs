@@ -68,24 +68,36 @@ pub enum Scope<'a> {
 /// How much larger than the files taken so far the next file may be and still be taken.
 const TIER_RATIO: i64 = 2;
 
-/// The small files of one partition an automatic compaction merges: the smallest first,
-/// each next one while it is at most [`TIER_RATIO`] times the size of those taken so far.
-/// A file is then only rewritten into one at least 1.5 times its size, so a row is
-/// rewritten a logarithmic number of times however many objects arrive. Merging every
-/// small file each time rewrote the whole partition at every compaction, and ingest slowed
-/// with the table's size (10,000 100-row objects: 190 -> 85 objects/s, docs/benchmarks.md).
-pub fn tiered(mut files: Vec<Add>) -> Vec<Add> {
+/// The small files of one partition an automatic compaction merges. In size order, a run
+/// is a file and the larger ones after it, each at most [`TIER_RATIO`] times the size of
+/// the run and the smaller files before it; the first run of at least `min` files is merged
+/// with every smaller file (a large ingest's files of one size, with a few tiny ones before
+/// them). With no such run, the run from the smallest file. Each merged file then lands in
+/// one at least 1.5 times its size, so a row is rewritten a logarithmic number of times
+/// however many objects arrive. Merging every small file each time rewrote the whole
+/// partition at every compaction, and ingest slowed with the table's size (10,000 100-row
+/// objects: 190 -> 85 objects/s, docs/benchmarks.md).
+pub fn tiered(mut files: Vec<Add>, min: usize) -> Vec<Add> {
     files.sort_by(|a, b| (a.size, &a.path).cmp(&(b.size, &b.path)));
-    let mut taken = 0;
-    let mut n = 0;
-    for file in &files {
-        if n > 0 && file.size > TIER_RATIO * taken {
-            break;
+    let sizes: Vec<i64> = files.iter().map(|f| f.size.max(1)).collect();
+    let mut below = 0;
+    let mut from_smallest = 0;
+    for start in 0..sizes.len() {
+        below += sizes[start];
+        let (mut taken, mut end) = (below, start + 1);
+        while end < sizes.len() && sizes[end] <= TIER_RATIO * taken {
+            taken += sizes[end];
+            end += 1;
         }
-        taken += file.size.max(1);
-        n += 1;
+        if start == 0 {
+            from_smallest = end;
+        }
+        if end - start >= min.max(2) {
+            files.truncate(end);
+            return files;
+        }
     }
-    files.truncate(n);
+    files.truncate(from_smallest);
     files
 }
 
@@ -126,7 +138,7 @@ pub async fn prepare(
     }
     if let Scope::WhenAnyOf(keys, min) = scope {
         for files in groups.values_mut() {
-            *files = tiered(std::mem::take(files));
+            *files = tiered(std::mem::take(files), min);
         }
         if !groups
             .iter()
@@ -254,10 +266,23 @@ mod tests {
 
     #[test]
     fn similar_small_files_are_taken_and_a_much_larger_one_is_left() {
-        let picked = tiered(files(&[3_100, 1 << 20, 2_900, 3_000, 3_050, 12_000]));
+        let picked = tiered(files(&[3_100, 1 << 20, 2_900, 3_000, 3_050, 12_000]), 16);
         assert_eq!(sizes(&picked), [2_900, 3_000, 3_050, 3_100, 12_000]);
         // Alone, a small file has nothing to merge with.
-        assert_eq!(sizes(&tiered(files(&[3_000, 1 << 20]))), [3_000]);
+        assert_eq!(sizes(&tiered(files(&[3_000, 1 << 20]), 16)), [3_000]);
+        // Fifteen new small files do not pull in the large file beside them.
+        let mut sizes_now = vec![3_000; 15];
+        sizes_now.push(5 << 20);
+        assert_eq!(tiered(files(&sizes_now), 16).len(), 15);
+    }
+
+    #[test]
+    fn a_large_ingests_files_are_merged_with_the_tiny_ones_before_them() {
+        // One file per partition per 64 MiB window: most of one size, a few tiny ones
+        // (the rows of a partition at a window's edge).
+        let mut sizes_now = vec![50_000; 3];
+        sizes_now.extend([570_000; 40]);
+        assert_eq!(tiered(files(&sizes_now), AUTO_COMPACT_FILES).len(), 43);
     }
 
     /// One partition receiving a 3 KB file per batch, compacted automatically whenever
@@ -290,6 +315,7 @@ mod tests {
 
     #[test]
     fn rows_are_rewritten_a_logarithmic_number_of_times() {
+        let tiered = |f| tiered(f, AUTO_COMPACT_FILES);
         let (tiered_1k, most_1k) = simulate(1_000, tiered);
         let (tiered_10k, most_10k) = simulate(10_000, tiered);
         let (everything_1k, _) = simulate(1_000, |f| f);

@@ -10,7 +10,8 @@
 //! hash probe however long the log is.
 //!
 //! Tables the index cannot read exactly (a transaction retention period, whose expiry the
-//! kernel applies, or a checkpoint in a form it does not know) are answered by deltalake.
+//! kernel applies, or a log missing a commit after the newest checkpoint the index reads)
+//! are answered by deltalake.
 
 use std::collections::HashMap;
 
