@@ -327,6 +327,8 @@ impl Batch<'_> {
                     .collect(),
             )
             .await?;
+        // Quarantine reads only whether an object's rejections were published (no content
+        // hash): for a table deltalake answers, each id asked is a log replay.
         let quarantine_txns = target
             .tables
             .txn_versions(
@@ -334,7 +336,7 @@ impl Batch<'_> {
                 &self.quarantine,
                 source_objects
                     .iter()
-                    .flat_map(|o| delta::source_app_ids(&format!("{table}:{o}")))
+                    .map(|o| delta::app_id(&format!("{table}:{o}")))
                     .collect(),
             )
             .await?;
