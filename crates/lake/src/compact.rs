@@ -226,18 +226,19 @@ impl Prepared {
         }
         // A failed commit leaves its files behind (unreferenced, for vacuum): the error may
         // come after the log entry was written, and then they are the table's.
-        let version = delta::commit(
-            &name,
-            &mut table,
-            adds,
-            removes,
-            Vec::new(),
-            DeltaOperation::Optimize {
-                predicate: None,
-                target_size: COMPACTED_FILE_BYTES as i64,
-            },
-        )
-        .await?;
+        let version = tables
+            .commit(
+                &name,
+                &mut table,
+                adds,
+                removes,
+                Vec::new(),
+                DeltaOperation::Optimize {
+                    predicate: None,
+                    target_size: COMPACTED_FILE_BYTES as i64,
+                },
+            )
+            .await?;
         tables.keep(&url, &table);
         report.version = Some(version);
         Ok(report)

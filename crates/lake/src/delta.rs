@@ -27,6 +27,7 @@ use deltalake::kernel::scalars::ScalarExt;
 use deltalake::kernel::transaction::{CommitBuilder, CommitProperties};
 use deltalake::kernel::{Action, Add, Remove, StructType, Transaction};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::table::config::TablePropertiesExt as _;
 use deltalake::writer::{DeltaWriter, RecordBatchWriter, WriteMode};
 use deltalake::{DeltaTable, DeltaTableError};
 use futures::TryStreamExt;
@@ -181,6 +182,10 @@ pub struct TableCache {
     tables: std::sync::Mutex<HashMap<url::Url, DeltaTable>>,
     /// Each table's application transactions, advanced commit by commit ([`TxnIndex`]).
     txns: std::sync::Mutex<HashMap<url::Url, Arc<tokio::sync::Mutex<TxnSlot>>>>,
+    /// Checkpoints and log cleanups running beside commits ([`TableCache::commit`]).
+    maintenance: std::sync::Mutex<tokio::task::JoinSet<()>>,
+    /// The query runtime every SQL session over these tables shares ([`TableCache::runtime`]).
+    runtime: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
 }
 
 /// What the cache knows of a table's transactions.
@@ -311,6 +316,67 @@ impl TableCache {
             }
         }
         Ok(TxnVersions(found))
+    }
+
+    /// Commits like [`commit`], but the checkpoint a commit may owe (every
+    /// `delta.checkpointInterval` versions) and the expired-log cleanup after it run in a
+    /// task beside the caller instead of inside the commit: a checkpoint rewrites the
+    /// table's whole state (every active file, every `txn`), which made every 100th commit
+    /// of a busy table wait tens of milliseconds, and the cleanup lists the whole
+    /// `_delta_log` on every commit. [`TableCache::settle`] waits for those tasks.
+    pub async fn commit(
+        &self,
+        name: &str,
+        table: &mut DeltaTable,
+        adds: Vec<Add>,
+        removes: Vec<Remove>,
+        txns: Vec<(String, i64)>,
+        operation: DeltaOperation,
+    ) -> Result<i64, Error> {
+        let version = commit_with(name, table, adds, removes, txns, operation, false).await?;
+        let config = table
+            .snapshot()
+            .map_err(|e| Error::delta(name, e))?
+            .table_config();
+        let interval = config.checkpoint_interval().get();
+        if (version as u64 + 1).is_multiple_of(interval) {
+            let cleanup = config.enable_expired_log_cleanup();
+            let table = table.clone();
+            let name = name.to_string();
+            let mut tasks = self.maintenance.lock().unwrap_or_else(|p| p.into_inner());
+            while tasks.try_join_next().is_some() {}
+            tasks.spawn(async move {
+                // A missed checkpoint costs readers a longer replay until the next one;
+                // it never loses data, so it is reported, not raised.
+                if let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await {
+                    tracing::warn!(table = %name, error = %e, "checkpoint failed");
+                    return;
+                }
+                if cleanup
+                    && let Err(e) = deltalake::checkpoints::cleanup_metadata(&table, None).await
+                {
+                    tracing::warn!(table = %name, error = %e, "expired log cleanup failed");
+                }
+            });
+        }
+        Ok(version)
+    }
+
+    /// Waits for the checkpoints and log cleanups started by [`TableCache::commit`] (before
+    /// a process exits, so a short-lived command leaves its checkpoints behind too).
+    pub async fn settle(&self) {
+        let mut tasks =
+            std::mem::take(&mut *self.maintenance.lock().unwrap_or_else(|p| p.into_inner()));
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// The DataFusion runtime the SQL sessions over these tables share: its object stores
+    /// and its cache of Parquet footers outlive a session, so a query does not read again
+    /// the footers of files an earlier query read (a file, once committed, never changes).
+    pub fn runtime(&self) -> Arc<datafusion::execution::runtime_env::RuntimeEnv> {
+        self.runtime
+            .get_or_init(|| Arc::new(datafusion::execution::runtime_env::RuntimeEnv::default()))
+            .clone()
     }
 
     /// The table at `url` at its latest version, created first when it does not exist.
@@ -1015,7 +1081,8 @@ impl FileWriter {
     }
 }
 
-/// Commits adds and removes atomically, recording each `txn(app_id, version)` given.
+/// Commits adds and removes atomically, recording each `txn(app_id, version)` given; a
+/// checkpoint it owes is written before it returns ([`TableCache::commit`] writes it beside).
 pub async fn commit(
     name: &str,
     table: &mut DeltaTable,
@@ -1024,11 +1091,28 @@ pub async fn commit(
     txns: Vec<(String, i64)>,
     operation: DeltaOperation,
 ) -> Result<i64, Error> {
-    let properties = CommitProperties::default().with_application_transactions(
+    commit_with(name, table, adds, removes, txns, operation, true).await
+}
+
+async fn commit_with(
+    name: &str,
+    table: &mut DeltaTable,
+    adds: Vec<Add>,
+    removes: Vec<Remove>,
+    txns: Vec<(String, i64)>,
+    operation: DeltaOperation,
+    maintain_inline: bool,
+) -> Result<i64, Error> {
+    let mut properties = CommitProperties::default().with_application_transactions(
         txns.into_iter()
             .map(|(app, version)| Transaction::new(app, version))
             .collect(),
     );
+    if !maintain_inline {
+        properties = properties
+            .with_create_checkpoint(false)
+            .with_cleanup_expired_logs(Some(false));
+    }
     let actions: Vec<Action> = removes
         .into_iter()
         .map(Action::Remove)
@@ -1041,10 +1125,9 @@ pub async fn commit(
         .await
         .map_err(|e| Error::delta(name, e))?;
     let version = finalized.version();
-    table
-        .update_state()
-        .await
-        .map_err(|e| Error::delta(name, e))?;
+    // The commit brought its snapshot up to the new version already; reading the log
+    // again would repeat that work.
+    table.state = Some(finalized.snapshot());
     Ok(version as i64)
 }
 

@@ -446,19 +446,21 @@ impl Batch<'_> {
         }
 
         if !q_txns.is_empty() {
-            delta::commit(
-                "quarantine",
-                &mut self.quarantine,
-                q_adds,
-                q_removes,
-                q_txns,
-                DeltaOperation::Write {
-                    mode: SaveMode::Append,
-                    partition_by: Some(vec!["table_name".into()]),
-                    predicate: None,
-                },
-            )
-            .await?;
+            target
+                .tables
+                .commit(
+                    "quarantine",
+                    &mut self.quarantine,
+                    q_adds,
+                    q_removes,
+                    q_txns,
+                    DeltaOperation::Write {
+                        mode: SaveMode::Append,
+                        partition_by: Some(vec!["table_name".into()]),
+                        predicate: None,
+                    },
+                )
+                .await?;
             self.written_quarantine.clear();
         }
 
@@ -518,23 +520,25 @@ impl Batch<'_> {
                     .collect();
                 format!("{} IN ({})", delta::SOURCE_COLUMN, quoted.join(", "))
             });
-            let version = delta::commit(
-                table,
-                &mut self.silver,
-                adds,
-                removes,
-                txns,
-                DeltaOperation::Write {
-                    mode: if predicate.is_some() {
-                        SaveMode::Overwrite
-                    } else {
-                        SaveMode::Append
+            let version = target
+                .tables
+                .commit(
+                    table,
+                    &mut self.silver,
+                    adds,
+                    removes,
+                    txns,
+                    DeltaOperation::Write {
+                        mode: if predicate.is_some() {
+                            SaveMode::Overwrite
+                        } else {
+                            SaveMode::Append
+                        },
+                        partition_by: Some(target.partition_by.to_vec()),
+                        predicate,
                     },
-                    partition_by: Some(target.partition_by.to_vec()),
-                    predicate,
-                },
-            )
-            .await?;
+                )
+                .await?;
             self.written_silver.clear();
             for a in accepted {
                 let mut report = a.report;
@@ -927,23 +931,24 @@ pub async fn remove(
         removes.extend(state.removes);
         // The removal is recorded even when no rows were left (all quarantined, say), so
         // the same content sent again is ingested again.
-        delta::commit(
-            name,
-            &mut delta_table,
-            adds,
-            removes,
-            vec![
-                (delta::app_id(&app), event_seq),
-                (delta::content_app_id(&app), 0),
-            ],
-            DeltaOperation::Delete {
-                predicate: Some(format!(
-                    "_source_object = '{}'",
-                    source_object.replace('\'', "''")
-                )),
-            },
-        )
-        .await?;
+        tables
+            .commit(
+                name,
+                &mut delta_table,
+                adds,
+                removes,
+                vec![
+                    (delta::app_id(&app), event_seq),
+                    (delta::content_app_id(&app), 0),
+                ],
+                DeltaOperation::Delete {
+                    predicate: Some(format!(
+                        "_source_object = '{}'",
+                        source_object.replace('\'', "''")
+                    )),
+                },
+            )
+            .await?;
         tables.keep(&url, &delta_table);
     }
     Ok(removed_files)

@@ -22,6 +22,7 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::object_store::ObjectStoreUrl;
+use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -447,8 +448,21 @@ impl TableProvider for PlainScanTable {
         let table_schema = TableSchema::builder(self.file_schema.clone())
             .with_table_partition_cols(self.partition_fields.clone())
             .build();
+        // Footers come from the runtime's metadata cache: Delta's files never change, and
+        // the sessions of one process share a runtime, so a file's footer (and page index)
+        // is read and decoded once, not on every query (`metadata_load_time` was most of
+        // a point query over a compacted table).
+        let store = session.runtime_env().object_store(&self.store_url)?;
+        let metadata_cache = session
+            .runtime_env()
+            .cache_manager
+            .get_file_metadata_cache();
         let source = ParquetSource::new(table_schema)
-            .with_table_parquet_options(session.table_options().parquet.clone());
+            .with_table_parquet_options(session.table_options().parquet.clone())
+            .with_parquet_file_reader_factory(Arc::new(CachedParquetFileReaderFactory::new(
+                store,
+                metadata_cache,
+            )));
         let mut statistics = Statistics::new_unknown(&Schema::new(
             self.file_schema
                 .fields()

@@ -72,7 +72,7 @@ impl Session {
             .with_default_catalog_and_schema(CATALOG, "silver")
             .with_information_schema(true)
             .with_target_partitions(2);
-        let ctx = SessionContext::new_with_config(config);
+        let ctx = SessionContext::new_with_config_rt(config, cache.runtime());
         let catalog = Arc::new(MemoryCatalogProvider::new());
         for schema in SCHEMAS {
             catalog

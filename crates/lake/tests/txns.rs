@@ -58,6 +58,16 @@ async fn index_says(
 /// later commit may set a lower version than an earlier one (a removal records 0 as the
 /// content hash): the newest in log order wins, not the highest.
 async fn commit_number(name: &str, table: &mut DeltaTable, i: i64) {
+    commit_number_via(None, name, table, i).await
+}
+
+/// [`commit_number`], through `tables` (its checkpoints written beside) when given.
+async fn commit_number_via(
+    tables: Option<&delta::TableCache>,
+    name: &str,
+    table: &mut DeltaTable,
+    i: i64,
+) {
     let ids = apps();
     let txns = if i % 4 == 3 {
         Vec::new() // a commit without txns (compaction's)
@@ -75,20 +85,78 @@ async fn commit_number(name: &str, table: &mut DeltaTable, i: i64) {
     .unwrap();
     writer.write(batch).await.unwrap();
     let adds = writer.finish(&[]).await.unwrap();
-    delta::commit(
-        name,
-        table,
-        adds,
-        Vec::new(),
-        txns,
-        DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: None,
-            predicate: None,
-        },
-    )
-    .await
+    let operation = DeltaOperation::Write {
+        mode: SaveMode::Append,
+        partition_by: None,
+        predicate: None,
+    };
+    match tables {
+        Some(tables) => {
+            tables
+                .commit(name, table, adds, Vec::new(), txns, operation)
+                .await
+        }
+        None => delta::commit(name, table, adds, Vec::new(), txns, operation).await,
+    }
     .unwrap();
+}
+
+/// The platform commits through its cache, which leaves the checkpoint a commit owes to a
+/// task beside it. Once settled, the checkpoint is on disk, a cold reader loads the table
+/// from it, and exactly-once lookups answer as deltalake does.
+#[tokio::test]
+async fn checkpoints_owed_by_commits_are_written_beside_them() {
+    let lake = Lake::new("trips", "silver/trips", &schema(), &[]).await;
+    let url = lake.paths.url(lake.location).unwrap();
+    let log = url.to_file_path().unwrap().join("_delta_log");
+    let mut table = lake.table().await;
+    // The table was created as version 0; commits 1..=99 make version 99, the 100th, which
+    // owes a checkpoint (delta.checkpointInterval defaults to 100).
+    for i in 1..100 {
+        commit_number_via(Some(&lake.tables), lake.name, &mut table, i).await;
+        assert_eq!(
+            table.version(),
+            Some(i as u64),
+            "the committed copy is current"
+        );
+    }
+    lake.tables.settle().await;
+    assert!(
+        log.join("00000000000000000099.checkpoint.parquet").exists(),
+        "checkpoint of version 99 written: {:?}",
+        std::fs::read_dir(&log)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().ends_with(".json"))
+            .map(|e| e.file_name())
+            .collect::<Vec<_>>()
+    );
+    let last: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(log.join("_last_checkpoint")).unwrap()).unwrap();
+    assert_eq!(last["version"], 99);
+    // No other version was checkpointed: commits owe one every 100 versions, no more.
+    let checkpoints = std::fs::read_dir(&log)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".checkpoint."))
+        .count();
+    assert_eq!(checkpoints, 1);
+
+    let cold = delta::TableCache::default();
+    let reopened = cold.latest(lake.name, url).await.unwrap().unwrap();
+    assert_eq!(reopened.version(), Some(99));
+    assert_eq!(
+        delta::active_files(lake.name, &reopened)
+            .await
+            .unwrap()
+            .len(),
+        99,
+        "every commit's file is active"
+    );
+    assert_eq!(
+        index_says(&cold, lake.name, &reopened).await,
+        deltalake_says(lake.name, &reopened).await
+    );
 }
 
 #[tokio::test]

@@ -272,6 +272,7 @@ pub async fn run(rows: usize, dir: Option<PathBuf>, seed: u64) -> Result<()> {
     let nightly_run = platform.executions.get_execution(&id)?;
     shutdown.cancel();
     let _ = pool.await;
+    platform.tables.settle().await;
 
     println!();
     let runs = platform.state.list_runs(100)?;

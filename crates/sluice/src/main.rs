@@ -482,6 +482,7 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let started = std::time::Instant::now();
             let r = platform.compact(table, sluice_lake::compact::Scope::All).await?;
+            platform.tables.settle().await;
             match r.version {
                 None if r.superseded => println!(
                     "{table}: an ingest replaced files being merged meanwhile; nothing compacted, try again"
@@ -795,6 +796,7 @@ async fn up(
     }
     let _ = http.await;
     let _ = s3_server.await;
+    platform.tables.settle().await;
     Ok(())
 }
 
@@ -981,6 +983,7 @@ async fn workflow_start(cli: &Cli, definition: &Path, input: &str) -> Result<()>
     let ran = workflows::run(platform.clone(), execution).await;
     shutdown.cancel();
     let _ = pool.await;
+    platform.tables.settle().await;
     ran?;
     let finished = platform.executions.get_execution(&id)?;
     println!("{}", workflows::execution_json(&finished));
