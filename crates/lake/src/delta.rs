@@ -235,10 +235,12 @@ impl TableCache {
     pub async fn latest(&self, name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
         let table = match self.cached(&url) {
             Some(mut table) => {
-                table
-                    .update_state()
-                    .await
-                    .map_err(|e| Error::delta(name, e))?;
+                if has_next_commit(name, &table).await? {
+                    table
+                        .update_state()
+                        .await
+                        .map_err(|e| Error::delta(name, e))?;
+                }
                 table
             }
             None => match open(name, url.clone()).await? {
@@ -394,6 +396,25 @@ impl TableCache {
         let table = open_or_create(name, url.clone(), schema, partition_by, description).await?;
         self.keep(&url, &table);
         Ok(table)
+    }
+}
+
+/// Whether a commit was made after the version `table` holds: versions are numbered without
+/// gaps and each is its own `_delta_log/<version>.json`, so one lookup of the next version's
+/// file answers what deltalake's update finds by listing the log and rebuilding the
+/// snapshot (most of a short query's fixed cost, paid by every query and every ingest).
+async fn has_next_commit(name: &str, table: &DeltaTable) -> Result<bool, Error> {
+    let Some(version) = table.version() else {
+        return Ok(true);
+    };
+    let next = deltalake::Path::from(format!("_delta_log/{:020}.json", version + 1));
+    match table.log_store().object_store(None).head(&next).await {
+        Ok(_) => Ok(true),
+        Err(object_store::Error::NotFound { .. }) => Ok(false),
+        Err(e) => Err(Error::delta(
+            name,
+            DeltaTableError::ObjectStore { source: e },
+        )),
     }
 }
 
