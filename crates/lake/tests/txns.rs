@@ -221,12 +221,7 @@ async fn commits_of_another_process_are_seen() {
     // This process's older copy still answers as of its own version...
     assert_eq!(index_says(&lake.tables, lake.name, &mine).await, before);
     // ...and the latest copy has the other process's txns.
-    let latest = lake
-        .tables
-        .latest(lake.name, url.clone())
-        .await
-        .unwrap()
-        .unwrap();
+    let latest = lake.table().await;
     assert_eq!(
         latest.version(),
         theirs.version(),
@@ -238,15 +233,10 @@ async fn commits_of_another_process_are_seen() {
     // An older copy after the index has moved on is answered by deltalake, as of that copy.
     assert_eq!(index_says(&lake.tables, lake.name, &mine).await, before);
     // Nothing committed since: the cache's copy stands; one more commit: it is seen.
-    let again = lake
-        .tables
-        .latest(lake.name, url.clone())
-        .await
-        .unwrap()
-        .unwrap();
+    let again = lake.table().await;
     assert_eq!(again.version(), theirs.version());
     commit_number(lake.name, &mut theirs, 3).await;
-    let after = lake.tables.latest(lake.name, url).await.unwrap().unwrap();
+    let after = lake.table().await;
     assert_eq!(after.version(), theirs.version());
     assert_eq!(
         delta::active_files(lake.name, &after).await.unwrap().len(),
