@@ -36,6 +36,7 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
+use crate::tail::{self, Tail};
 use crate::txns::TxnIndex;
 
 /// Tag naming the source object (`bucket/key`) of a data file.
@@ -186,6 +187,13 @@ pub struct TableCache {
     maintenance: std::sync::Mutex<tokio::task::JoinSet<()>>,
     /// The query runtime every SQL session over these tables shares ([`TableCache::runtime`]).
     runtime: std::sync::OnceLock<Arc<datafusion::execution::runtime_env::RuntimeEnv>>,
+    /// Each table's write-ahead tail, read back when the table is first used ([`crate::tail`]).
+    tails: std::sync::Mutex<HashMap<url::Url, Arc<Tail>>>,
+    /// Tails are read back one at a time (a second reader must not delete what a first
+    /// one's appends are writing).
+    reading_tails: tokio::sync::Mutex<()>,
+    /// Whether this process serves the data directory: it alone deletes tail files.
+    owns_tails: std::sync::atomic::AtomicBool,
 }
 
 /// What the cache knows of a table's transactions.
@@ -208,6 +216,14 @@ impl TxnVersions {
     /// The latest version `app_id` committed, if it did.
     pub fn get(&self, app_id: &str) -> Option<i64> {
         self.0.get(app_id).copied()
+    }
+
+    /// Adds versions found elsewhere (a table's tail), keeping the higher of two.
+    pub fn merge(&mut self, other: HashMap<String, i64>) {
+        for (app, version) in other {
+            let slot = self.0.entry(app).or_insert(version);
+            *slot = (*slot).max(version);
+        }
     }
 }
 
@@ -233,6 +249,8 @@ impl TableCache {
 
     /// The table at `url` at its latest version (None when nothing was ever committed there).
     pub async fn latest(&self, name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
+        // A table's tail is read on its first use, before its version.
+        let unread = self.unread_tail(&url).await?;
         let table = match self.cached(&url) {
             Some(mut table) => {
                 if has_next_commit(name, &table).await? {
@@ -249,7 +267,80 @@ impl TableCache {
             },
         };
         self.keep(&url, &table);
+        if let Some((_reading, unread)) = unread {
+            self.install_tail(name, &url, &table, unread).await?;
+        }
         Ok(Some(table))
+    }
+
+    /// The tail of the table at `url` read from disk, when no use has read it yet (with the
+    /// guard that keeps a second reader out until it is installed).
+    async fn unread_tail(
+        &self,
+        url: &url::Url,
+    ) -> Result<Option<(tokio::sync::MutexGuard<'_, ()>, Tail)>, Error> {
+        let Some(dir) = Tail::dir_of(url).filter(|_| self.tail(url).is_none()) else {
+            return Ok(None);
+        };
+        let guard = self.reading_tails.lock().await;
+        if self.tail(url).is_some() {
+            return Ok(None);
+        }
+        Ok(Some((guard, tail::read(dir, self.owns_tails()).await?)))
+    }
+
+    /// Marks this process as the one serving the data directory: it deletes tail files
+    /// (half-written ones, and those a flush committed before a crash).
+    pub fn own_tails(&self) {
+        self.owns_tails
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn owns_tails(&self) -> bool {
+        self.owns_tails.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The table at `url` at its latest version with the entries of its tail that version
+    /// does not hold (see [`crate::tail`] for why each row is counted once).
+    pub async fn latest_with_tail(
+        &self,
+        name: &str,
+        url: url::Url,
+    ) -> Result<Option<(DeltaTable, Vec<Arc<tail::Entry>>)>, Error> {
+        let before = self.tail(&url).map(|t| t.capture());
+        let Some(table) = self.latest(name, url.clone()).await? else {
+            return Ok(None);
+        };
+        let captured = before
+            .or_else(|| self.tail(&url).map(|t| t.capture()))
+            .unwrap_or_default();
+        let version = table.version().map_or(-1, |v| v as i64);
+        Ok(Some((table, Tail::visible(captured, version).await)))
+    }
+
+    /// The tail of the table at `url`, once a use of the table has read it back.
+    pub fn tail(&self, url: &url::Url) -> Option<Arc<Tail>> {
+        self.tails
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .cloned()
+    }
+
+    /// Keeps a table's tail, read before `table`, without the entries `table` holds.
+    async fn install_tail(
+        &self,
+        name: &str,
+        url: &url::Url,
+        table: &DeltaTable,
+        unread: Tail,
+    ) -> Result<(), Error> {
+        let tail = tail::recover(self, name, table, unread, self.owns_tails()).await?;
+        self.tails
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(url.clone(), Arc::new(tail));
+        Ok(())
     }
 
     /// The latest `txn` version of each of `app_ids` in `table`, as of its version. Read
@@ -393,8 +484,12 @@ impl TableCache {
         if let Some(table) = self.latest(name, url.clone()).await? {
             return Ok(table);
         }
+        let unread = self.unread_tail(&url).await?;
         let table = open_or_create(name, url.clone(), schema, partition_by, description).await?;
         self.keep(&url, &table);
+        if let Some((_reading, unread)) = unread {
+            self.install_tail(name, &url, &table, unread).await?;
+        }
         Ok(table)
     }
 }

@@ -31,6 +31,7 @@ use uuid::Uuid;
 use crate::delta::{self, FileWriter, TAG_COMPACTED, TAG_SHA256, TAG_SOURCE};
 use crate::objects::{ObjectReader, Objects};
 use crate::read::{self, SourceFormat};
+use crate::tail::{self, Tail};
 use crate::validate::{CompiledContract, Rejection, count_reasons};
 use crate::{Error, LakePaths};
 
@@ -52,6 +53,10 @@ pub struct Target<'a> {
     pub batch_rows: usize,
     /// Open tables, brought up to date incrementally.
     pub tables: &'a delta::TableCache,
+    /// Whether a batch of small objects may be appended to the tables' write-ahead tails
+    /// ([`crate::tail`]) instead of committed to Delta at once: rows queryable in
+    /// milliseconds, committed by the next [`crate::tail::flush`].
+    pub tail: bool,
 }
 
 /// One object of a batch.
@@ -72,6 +77,11 @@ pub enum Outcome {
     Applied {
         /// Delta version of the commit.
         version: i64,
+    },
+    /// Durable and queryable in the table's tail; the next flush commits it to Delta.
+    Logged {
+        /// The tail entry's sequence number.
+        seq: u64,
     },
     /// The table already holds this event or this exact content: nothing changed.
     AlreadyApplied,
@@ -220,6 +230,11 @@ pub async fn ingest_batch(
     sources: &[Source<'_>],
 ) -> Result<Vec<Result<IngestReport, Error>>, Error> {
     let silver_url = paths.url(target.location)?;
+    let quarantine_url = paths.url(LakePaths::QUARANTINE)?;
+    // Tail entries are captured before the tables' versions are read: an entry a flush
+    // moves into Delta meanwhile is then seen in one or the other, never in neither.
+    let silver_before = target.tables.tail(&silver_url).map(|t| t.capture());
+    let quarantine_before = target.tables.tail(&quarantine_url).map(|t| t.capture());
     let silver = target
         .tables
         .latest_or_create(
@@ -230,7 +245,6 @@ pub async fn ingest_batch(
             target.description,
         )
         .await?;
-    let quarantine_url = paths.url(LakePaths::QUARANTINE)?;
     let quarantine = target
         .tables
         .latest_or_create(
@@ -241,12 +255,31 @@ pub async fn ingest_batch(
             Some("rows rejected by a contract, with reason, source object and line"),
         )
         .await?;
+    let silver_tail = target.tables.tail(&silver_url);
+    let quarantine_tail = target.tables.tail(&quarantine_url);
+    let silver_entries = silver_before
+        .or_else(|| silver_tail.as_ref().map(|t| t.capture()))
+        .unwrap_or_default();
+    let quarantine_entries = quarantine_before
+        .or_else(|| quarantine_tail.as_ref().map(|t| t.capture()))
+        .unwrap_or_default();
+    let use_tail = target.tail
+        && silver_tail.is_some()
+        && quarantine_tail.is_some()
+        && sources.iter().all(|s| s.object.size <= SMALL_OBJECT_BYTES);
     let mut batch = Batch {
         target,
         silver,
         quarantine,
         written_silver: Vec::new(),
         written_quarantine: Vec::new(),
+        tails: Tails {
+            silver: silver_tail,
+            quarantine: quarantine_tail,
+            silver_entries,
+            quarantine_entries,
+            use_tail,
+        },
     };
     let results = batch.run(objects, sources).await;
     if results.is_err() {
@@ -267,6 +300,27 @@ struct Batch<'a> {
     quarantine: deltalake::DeltaTable,
     written_silver: Vec<Add>,
     written_quarantine: Vec<Add>,
+    tails: Tails,
+}
+
+/// The tables' tails, as a batch sees them.
+struct Tails {
+    silver: Option<Arc<Tail>>,
+    quarantine: Option<Arc<Tail>>,
+    /// Entries captured before the tables were read (for exactly-once lookups).
+    silver_entries: Vec<Arc<tail::Entry>>,
+    quarantine_entries: Vec<Arc<tail::Entry>>,
+    /// Whether this batch appends to the tails; it stops when an object must replace
+    /// rows already committed (a tail only appends).
+    use_tail: bool,
+}
+
+impl Tails {
+    /// Whether a tail holds rows, not yet committed, of this app id.
+    fn waiting(tail: &Option<Arc<Tail>>, app: &str) -> bool {
+        tail.as_ref()
+            .is_some_and(|t| t.holds_any(&[delta::app_id(app)]))
+    }
 }
 
 /// An object read to the end, its valid rows not yet published.
@@ -274,6 +328,8 @@ struct ReadObject {
     report: IngestReport,
     silver: SilverRows,
     quarantine_adds: Vec<Add>,
+    /// Quarantined rows kept in memory (a batch that appends to the tails).
+    quarantine_rows: Vec<RecordBatch>,
     /// The SHA-256 of what was read, when it had to be hashed.
     sha256: Option<String>,
 }
@@ -316,7 +372,7 @@ impl Batch<'_> {
             .iter()
             .map(|src| format!("{}/{}", src.object.bucket, src.object.key))
             .collect();
-        let silver_txns = target
+        let mut silver_txns = target
             .tables
             .txn_versions(
                 table,
@@ -329,7 +385,7 @@ impl Batch<'_> {
             .await?;
         // Quarantine reads only whether an object's rejections were published (no content
         // hash): for a table deltalake answers, each id asked is a log replay.
-        let quarantine_txns = target
+        let mut quarantine_txns = target
             .tables
             .txn_versions(
                 "quarantine",
@@ -340,12 +396,27 @@ impl Batch<'_> {
                     .collect(),
             )
             .await?;
+        silver_txns.merge(Tail::txn_versions(
+            &self.tails.silver_entries,
+            &source_objects
+                .iter()
+                .flat_map(|o| delta::source_app_ids(o))
+                .collect::<Vec<_>>(),
+        ));
+        quarantine_txns.merge(Tail::txn_versions(
+            &self.tails.quarantine_entries,
+            &source_objects
+                .iter()
+                .map(|o| delta::app_id(&format!("{table}:{o}")))
+                .collect::<Vec<_>>(),
+        ));
         let mut results: Vec<Option<Result<IngestReport, Error>>> =
             sources.iter().map(|_| None).collect();
         let mut accepted: Vec<Accepted> = Vec::new();
         let mut buffered: Vec<RecordBatch> = Vec::new();
         let mut own_files: Vec<Add> = Vec::new();
         let (mut q_adds, mut q_removes, mut q_txns) = (Vec::new(), Vec::new(), Vec::new());
+        let mut q_rows: Vec<RecordBatch> = Vec::new();
 
         for ((index, src), source_object) in sources.iter().enumerate().zip(source_objects) {
             let object = src.object;
@@ -359,6 +430,19 @@ impl Batch<'_> {
             let q_state =
                 delta::source_state_in(&quarantine_index, &quarantine_txns, &quarantine_app);
             let quarantine_done = q_state.applied_seq.is_some_and(|s| s >= src.event_seq);
+            // A tail only appends: rows of an earlier version of the object waiting there
+            // are committed first (the worker flushes before it retries).
+            if Tails::waiting(&self.tails.silver, &source_object)
+                || (!quarantine_done && Tails::waiting(&self.tails.quarantine, &quarantine_app))
+            {
+                results[index] = Some(Err(Error::Busy(format!(
+                    "{source_object}: rows of an earlier version wait in {table}'s tail; retried after its flush"
+                ))));
+                continue;
+            }
+            if state.applied_seq.is_some() || !q_state.removes.is_empty() {
+                self.tails.use_tail = false;
+            }
             let read = match self
                 .read_object(
                     objects,
@@ -366,7 +450,7 @@ impl Batch<'_> {
                     &source_object,
                     &quarantine_app,
                     quarantine_done,
-                    !shared,
+                    !shared && !self.tails.use_tail,
                 )
                 .await
             {
@@ -384,6 +468,7 @@ impl Batch<'_> {
                 mut report,
                 silver,
                 quarantine_adds,
+                quarantine_rows,
                 sha256,
             } = read;
             if sha256.is_some_and(|sha| sha != object.sha256) {
@@ -393,8 +478,13 @@ impl Batch<'_> {
             }
             // Quarantined rows are published even when the object's valid rows are not:
             // they say why.
-            if !quarantine_done && (!quarantine_adds.is_empty() || !q_state.removes.is_empty()) {
+            if !quarantine_done
+                && (!quarantine_adds.is_empty()
+                    || !quarantine_rows.is_empty()
+                    || !q_state.removes.is_empty())
+            {
                 q_adds.extend(quarantine_adds);
+                q_rows.extend(quarantine_rows);
                 q_removes.extend(q_state.removes);
                 q_txns.push((delta::app_id(&quarantine_app), src.event_seq));
             }
@@ -445,7 +535,18 @@ impl Batch<'_> {
             });
         }
 
-        if !q_txns.is_empty() {
+        if !q_txns.is_empty() && self.tails.use_tail {
+            let tail = self.tails.quarantine.as_ref().ok_or_else(|| {
+                Error::Internal("a batch appending to tails has no quarantine tail".into())
+            })?;
+            tail.append("quarantine", quarantine_schema(), q_rows, q_txns)
+                .await?;
+        } else if !q_txns.is_empty() {
+            if !q_rows.is_empty() {
+                let adds = write_quarantined(&self.quarantine, q_rows).await?;
+                self.written_quarantine.extend(adds.iter().cloned());
+                q_adds.extend(adds);
+            }
             target
                 .tables
                 .commit(
@@ -464,7 +565,31 @@ impl Batch<'_> {
             self.written_quarantine.clear();
         }
 
-        if !accepted.is_empty() {
+        if !accepted.is_empty() && self.tails.use_tail {
+            let txns = accepted
+                .iter()
+                .flat_map(|a| {
+                    [
+                        (delta::app_id(&a.source_object), a.event_seq),
+                        (
+                            delta::content_app_id(&a.source_object),
+                            delta::content_version(&a.sha256),
+                        ),
+                    ]
+                })
+                .collect();
+            let tail = self.tails.silver.as_ref().ok_or_else(|| {
+                Error::Internal("a batch appending to tails has no silver tail".into())
+            })?;
+            let seq = tail
+                .append(table, target.compiled.output_schema(), buffered, txns)
+                .await?;
+            for a in accepted {
+                let mut report = a.report;
+                report.outcome = Outcome::Logged { seq };
+                results[a.index] = Some(Ok(report));
+            }
+        } else if !accepted.is_empty() {
             let mut adds = own_files;
             if !buffered.is_empty() {
                 let mut writer = FileWriter::small(table, &self.silver)?;
@@ -589,11 +714,13 @@ impl Batch<'_> {
             (true, false) => Some(FileWriter::new(target.table, &self.silver)?),
         };
         let mut buffered = Vec::new();
-        let mut quarantine_writer = if small {
-            FileWriter::small("quarantine", &self.quarantine)?
-        } else {
-            FileWriter::new("quarantine", &self.quarantine)?
+        // A batch appending to the tails keeps quarantined rows in memory, like valid ones.
+        let mut quarantine_writer = match (self.tails.use_tail, small) {
+            (true, _) => None,
+            (false, true) => Some(FileWriter::small("quarantine", &self.quarantine)?),
+            (false, false) => Some(FileWriter::new("quarantine", &self.quarantine)?),
         };
+        let mut quarantine_rows = Vec::new();
         let mut report = IngestReport::empty(Outcome::AlreadyApplied);
         let mut finished: Option<(Option<String>, u64)> = None;
         let mut failure: Option<Error> = None;
@@ -615,14 +742,12 @@ impl Batch<'_> {
                             None => {}
                         }
                         if !quarantine_done && !rejected.is_empty() {
-                            quarantine_writer
-                                .write(quarantine_batch(
-                                    target.table,
-                                    object,
-                                    src.run_id,
-                                    &rejected,
-                                )?)
-                                .await?;
+                            let rows =
+                                quarantine_batch(target.table, object, src.run_id, &rejected)?;
+                            match &mut quarantine_writer {
+                                Some(w) => w.write(rows).await?,
+                                None => quarantine_rows.push(rows),
+                            }
                         }
                         Ok::<_, Error>(())
                     }
@@ -659,7 +784,10 @@ impl Batch<'_> {
             (TAG_SOURCE, quarantine_app),
             (TAG_SHA256, object.sha256.as_str()),
         ];
-        let quarantine_adds = quarantine_writer.finish(&quarantine_tags).await?;
+        let quarantine_adds = match quarantine_writer {
+            Some(w) => w.finish(&quarantine_tags).await?,
+            None => Vec::new(),
+        };
         self.written_quarantine
             .extend(quarantine_adds.iter().cloned());
         let failure = failure.or_else(|| {
@@ -678,9 +806,56 @@ impl Batch<'_> {
             report,
             silver,
             quarantine_adds,
+            quarantine_rows,
             sha256,
         }))
     }
+}
+
+/// Quarantined rows kept in memory (by a batch appending to the tails, or a tail's flush)
+/// as files of one object each, tagged with its quarantine app id like the files an
+/// ingest streams: replacing or removing the object finds them by their tag.
+pub(crate) async fn write_quarantined(
+    quarantine: &deltalake::DeltaTable,
+    rows: Vec<RecordBatch>,
+) -> Result<Vec<Add>, Error> {
+    let mut by_object: BTreeMap<String, Vec<RecordBatch>> = BTreeMap::new();
+    for batch in rows {
+        let column = |name: &str| {
+            batch
+                .column_by_name(name)
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| Error::Internal(format!("quarantined rows lack text {name}")))
+        };
+        let (tables, sources) = (column("table_name")?, column("source_object")?);
+        let mut rows_of: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for row in 0..batch.num_rows() {
+            let app = format!("{}:{}", tables.value(row), sources.value(row));
+            rows_of.entry(app).or_default().push(row as u32);
+        }
+        if rows_of.len() == 1 {
+            let (app, _) = rows_of.pop_first().unwrap_or_default();
+            by_object.entry(app).or_default().push(batch);
+            continue;
+        }
+        for (app, indices) in rows_of {
+            let taken = arrow::compute::take_record_batch(
+                &batch,
+                &arrow::array::UInt32Array::from(indices),
+            )
+            .map_err(|e| Error::Internal(format!("splitting quarantined rows: {e}")))?;
+            by_object.entry(app).or_default().push(taken);
+        }
+    }
+    let mut adds = Vec::new();
+    for (app, batches) in by_object {
+        let mut writer = FileWriter::small("quarantine", quarantine)?;
+        for batch in batches {
+            writer.write(batch).await?;
+        }
+        adds.extend(writer.finish(&[(TAG_SOURCE, app.as_str())]).await?);
+    }
+    Ok(adds)
 }
 
 /// `year=2024/month=1/...` of every row of a batch, as [`delta::partition_key`] spells them.

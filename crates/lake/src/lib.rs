@@ -9,6 +9,7 @@
 //! - [`gold`]: SQL models recomputed as CREATE TABLE AS.
 //! - [`scan`]: a Delta table's active files as DataFusion's own Parquet scan.
 //! - [`sql`]: the DataFusion catalog (`bronze`, `silver`, `gold`, `sluice`).
+//! - [`tail`]: a table's write-ahead tail: small ingests' rows, durable and queryable before their Delta commit.
 //! - [`txns`]: a table's application transactions (exactly-once lookups), read once and kept current.
 //!
 //! **Invariant:** the data plane does not know the state store. "Was this
@@ -24,6 +25,7 @@ pub mod objects;
 pub mod read;
 pub mod scan;
 pub mod sql;
+pub mod tail;
 pub mod txns;
 pub mod validate;
 
@@ -125,6 +127,9 @@ pub enum Error {
     /// A model reads a table that does not exist yet; it may appear later, so this is retried.
     #[error("{0} (an input of the model does not exist yet)")]
     MissingInput(String),
+    /// Another operation holds what this one needs; retrying later succeeds.
+    #[error("{0}")]
+    Busy(String),
     /// A background task died; this is a bug in sluice.
     #[error("internal error: {0} (this is a bug in sluice)")]
     Internal(String),
@@ -148,7 +153,11 @@ impl Error {
     /// The edge error code; retryable codes get another attempt.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Store { .. } | Error::Io { .. } | Error::Delta { .. } | Error::MissingInput(_) => {
+            Error::Store { .. }
+            | Error::Io { .. }
+            | Error::Delta { .. }
+            | Error::MissingInput(_)
+            | Error::Busy(_) => {
                 ErrorCode::Unavailable
             }
             Error::ObjectNotFound { .. } => ErrorCode::NotFound,

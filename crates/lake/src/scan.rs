@@ -14,13 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -33,6 +34,7 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use object_store::ObjectMeta;
@@ -479,5 +481,73 @@ impl TableProvider for PlainScanTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
+    }
+}
+
+/// `provider` with the rows of its table's tail ([`crate::tail`]) unioned in: rows
+/// acknowledged but not yet in a Delta commit. The tail's rows are cast to the
+/// provider's column types (text as views) once per session.
+pub fn with_tail(
+    provider: Arc<dyn TableProvider>,
+    entries: &[Arc<crate::tail::Entry>],
+) -> Result<Arc<dyn TableProvider>> {
+    let schema = provider.schema();
+    let mut rows = Vec::new();
+    for entry in entries {
+        for batch in entry.batches() {
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            rows.push(crate::tail::conform(batch, &schema)?);
+        }
+    }
+    if rows.is_empty() {
+        return Ok(provider);
+    }
+    Ok(Arc::new(WithTail {
+        inner: provider,
+        rows,
+    }))
+}
+
+/// A table's committed rows (`inner`) and the rows waiting in its tail.
+#[derive(Debug)]
+struct WithTail {
+    inner: Arc<dyn TableProvider>,
+    rows: Vec<RecordBatch>,
+}
+
+#[async_trait::async_trait]
+impl TableProvider for WithTail {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // The tail's rows are not filtered by the scan: DataFusion applies every filter.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let committed = self.inner.scan(session, projection, filters, limit).await?;
+        let waiting = MemorySourceConfig::try_new_exec(
+            std::slice::from_ref(&self.rows),
+            self.inner.schema(),
+            projection.cloned(),
+        )?;
+        UnionExec::try_new(vec![committed, waiting])
     }
 }

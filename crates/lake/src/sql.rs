@@ -1,7 +1,8 @@
 //! The SQL catalog: every table under `lake.<layer>.<name>`, system tables under `lake.sluice`.
 //!
 //! A [`Session`] is cheap to build and reads each Delta table at its latest
-//! committed version, so a query sees every commit made before it started.
+//! committed version, with the rows waiting in its tail, so a query sees every ingest
+//! acknowledged before it started.
 
 use std::sync::Arc;
 
@@ -88,14 +89,15 @@ impl Session {
             location: LakePaths::QUARANTINE.into(),
         });
         for entry in &all {
-            let Some(table) = cache
-                .latest(&entry.name, paths.url(&entry.location)?)
+            let Some((table, tail)) = cache
+                .latest_with_tail(&entry.name, paths.url(&entry.location)?)
                 .await?
             else {
                 continue;
             };
             let provider = scan::provider(&table, &session.ctx)
                 .await
+                .and_then(|p| scan::with_tail(p, &tail))
                 .map_err(sql_error)?;
             session
                 .schema(&entry.schema)?

@@ -238,6 +238,9 @@ pub struct Server {
     pub http_port: u16,
     /// Worker pool size (None = number of cores).
     pub workers: Option<usize>,
+    /// How long small objects' rows may wait in a table's tail before their Delta commit
+    /// (zero: each ingest commits to Delta itself).
+    pub flush_interval: Duration,
 }
 
 /// What an access key may do with a bucket.
@@ -768,11 +771,21 @@ fn validate(
             ),
         );
     }
-    let server = Server {
+    let mut server = Server {
         bind: raw.server.bind.unwrap_or_else(|| "127.0.0.1".to_string()),
         http_port: raw.server.http_port.unwrap_or(8080),
         workers: raw.server.workers,
+        flush_interval: Duration::from_secs(1),
     };
+    if let Some(v) = &raw.server.flush_interval {
+        match parse_duration(v) {
+            Some(d) => server.flush_interval = d,
+            None => c.add(
+                vec![key("server"), key("flush_interval")],
+                format!("flush_interval {v:?} is not a duration (e.g. \"500ms\", \"2s\", \"1m\")"),
+            ),
+        }
+    }
     if server.workers == Some(0) {
         c.add(
             vec![key("server"), key("workers")],

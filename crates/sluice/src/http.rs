@@ -104,6 +104,7 @@ async fn status(State(p): State<Arc<Platform>>) -> Result<Json<serde_json::Value
     Ok(Json(json!({
         "jobs": {"pending": c.pending, "running": c.running, "done": c.done, "dead": c.dead},
         "compacting": p.compacting(),
+        "tails": crate::tails::waiting(&p),
     })))
 }
 

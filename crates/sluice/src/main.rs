@@ -12,6 +12,7 @@ mod routing;
 mod s3;
 mod schedules;
 mod system;
+mod tails;
 mod watch;
 mod worker;
 mod workflows;

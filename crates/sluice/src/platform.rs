@@ -304,7 +304,8 @@ impl Platform {
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
         match file.try_lock() {
-            Ok(()) => {}
+            // This process serves the data directory: it cleans up the tables' tails.
+            Ok(()) => self.tables.own_tails(),
             Err(std::fs::TryLockError::WouldBlock) => bail!(
                 "another sluice process is serving {}; stop it first (CLI commands like put and query work alongside it)",
                 self.data_dir.display()

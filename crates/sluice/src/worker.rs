@@ -36,6 +36,9 @@ pub const BATCH_ROWS: usize = 16_384;
 
 /// Runs `workers` workers until `shutdown`; in-flight jobs finish or are released.
 pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: CancellationToken) {
+    // The tails' flush loop stops after the workers: its last round commits what they left.
+    let flushing = CancellationToken::new();
+    let flusher = tokio::spawn(crate::tails::run(platform.clone(), flushing.clone()));
     let mut handles = Vec::new();
     for n in 0..workers.max(1) {
         let platform = platform.clone();
@@ -52,6 +55,8 @@ pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: Cancell
     for h in handles {
         let _ = h.await;
     }
+    flushing.cancel();
+    let _ = flusher.await;
 }
 
 async fn worker(platform: Arc<Platform>, name: String, shutdown: CancellationToken) {
@@ -317,7 +322,7 @@ fn finish(platform: &Platform, worker: &str, m: Member, started_at: chrono::Date
 /// many small files (then every partition with small files is merged). At most one per
 /// table at a time; the run does not wait for it, and since its rows are already
 /// committed, a failure is logged for the next ingest to try again, not retried.
-fn compact_later(
+pub(crate) fn compact_later(
     platform: &Arc<Platform>,
     table: &str,
     partitions: std::collections::BTreeSet<String>,
@@ -373,6 +378,16 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
         }
         match step {
             Step::Ingest { table, .. } if removal => {
+                let objects: Vec<String> = members
+                    .iter()
+                    .map(|m| {
+                        let o = &m.leased.event.object;
+                        format!("{}/{}", o.bucket, o.key)
+                    })
+                    .collect();
+                if crate::tails::holds_any(platform, table, &objects) {
+                    crate::tails::flush_now(platform, table).await;
+                }
                 for m in members.iter_mut().filter(|m| m.failure.is_none()) {
                     // The object is gone: so are its rows (bronze keeps its raw versions).
                     let lock = platform.table_lock(table);
@@ -497,7 +512,20 @@ async fn ingest_step(
         max_invalid_pct,
         batch_rows: BATCH_ROWS,
         tables: &platform.tables,
+        tail: !platform.project.server.flush_interval.is_zero(),
     };
+    // A tail only appends: an object replacing rows that still wait in one is committed
+    // behind them.
+    let objects: Vec<String> = live
+        .iter()
+        .map(|&i| {
+            let o = &members[i].leased.event.object;
+            format!("{}/{}", o.bucket, o.key)
+        })
+        .collect();
+    if crate::tails::holds_any(platform, table, &objects) {
+        crate::tails::flush_now(platform, table).await;
+    }
     let sources: Vec<Source<'_>> = live
         .iter()
         .map(|&i| Source {
@@ -541,6 +569,7 @@ async fn ingest_step(
         m.run.bytes_written += report.bytes_written;
         let outcome = match &report.outcome {
             Outcome::Applied { version } => json!({"applied": {"version": version}}),
+            Outcome::Logged { seq } => json!({"logged": {"tail_seq": seq}}),
             Outcome::AlreadyApplied => json!("already_applied"),
             Outcome::Superseded => json!("superseded"),
         };
@@ -550,6 +579,8 @@ async fn ingest_step(
                 applied = true;
                 partitions.extend(report.partitions.iter().cloned());
             }
+            // Its files come with the tail's flush, which starts any compaction.
+            Outcome::Logged { .. } => m.applied = true,
             Outcome::AlreadyApplied => {
                 m.run.error = Some(format!(
                     "{table} already holds this object's content: nothing new to ingest"

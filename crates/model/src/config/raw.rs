@@ -58,6 +58,8 @@ pub struct RawServer {
     pub http_port: Option<u16>,
     /// How many jobs run at once. Default: the number of CPU cores.
     pub workers: Option<usize>,
+    /// How long the rows of small objects may wait in a table's write-ahead tail (durable on disk, answered by SQL at once) before they are committed to the Delta table, which is when readers of the Delta files themselves (DuckDB, Spark) see them, e.g. `"500ms"`, `"5s"`. `"0s"` commits each ingest to Delta before it completes. Default `"1s"`.
+    pub flush_interval: Option<String>,
 }
 
 /// The S3-compatible endpoint: the aws CLI, boto3, rclone and DuckDB use the landing zone unchanged.

@@ -9,5 +9,6 @@ mod s3;
 mod schedule;
 mod spine;
 mod support;
+mod tail;
 mod taxi;
 mod workflow;

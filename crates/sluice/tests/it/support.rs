@@ -159,8 +159,26 @@ impl Server {
             .unwrap()
     }
 
-    /// Waits until no job is pending or running.
+    /// Waits until no job is pending or running and every table's tail is committed to
+    /// Delta (tests read the Delta files themselves).
     pub fn wait_idle(&self, timeout: Duration) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.status();
+            let tails_empty = s["tails"].as_object().is_none_or(|t| t.is_empty());
+            if s["jobs"]["pending"] == 0 && s["jobs"]["running"] == 0 && tails_empty {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "jobs still queued after {timeout:?}: {s}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until no job is pending or running (rows may still wait in a table's tail).
+    pub fn wait_jobs(&self, timeout: Duration) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let s = self.status();

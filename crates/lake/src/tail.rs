@@ -1,0 +1,617 @@
+//! A table's write-ahead tail: validated rows of small objects, durable and queryable
+//! before they are Parquet files in a Delta commit.
+//!
+//! Writing a 1,000-row object spread over 31 daily partitions as 31 Parquet files and a
+//! Delta commit takes ~100 ms; appending its rows to one fsync'd Arrow IPC file takes a
+//! few. An ingest of small objects ([`crate::ingest`]) appends each batch's rows, with
+//! the idempotency keys (`txn`s) its commit would carry, as one file under
+//! `<table>/_sluice_tail/`; SQL sessions union the tail's rows with the table's
+//! snapshot; [`flush`] later writes every pending entry as one batch of files in one
+//! Delta commit carrying all their keys, then deletes the entries.
+//!
+//! **Invariant:** every row is in exactly one of the query's two sources. A flush marks
+//! its entries before it commits and resolves the mark with the commit's version; a query
+//! reads the table's version after capturing the entries, and leaves out an entry only
+//! when that version holds the entry's flush (waiting, in the few milliseconds a commit is
+//! in flight, only when its version could). Entries are dropped from memory only after
+//! their commit is visible to every later read of the table.
+//!
+//! **Durability:** an entry is written to `<seq>.arrow.tmp`, fsync'd, renamed and the
+//! directory fsync'd before the append returns, so an acknowledged ingest survives a
+//! crash. On start, the entries are read back; those whose `txn`s the Delta table already
+//! holds (a crash after a flush's commit, before its deletes) are deleted.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use tokio::sync::watch;
+
+use crate::delta::{self, FileWriter, TAG_COMPACTED, TableCache};
+use crate::{Error, LakePaths};
+
+/// The directory of a table's tail, inside the table's directory (Delta readers and
+/// `VACUUM` leave directories starting with `_` alone).
+pub const DIR: &str = "_sluice_tail";
+
+/// Footer metadata key of an entry's `txn`s (a JSON list of `[app_id, version]`).
+const TXNS_KEY: &str = "sluice.txns";
+
+/// The rows of one ingest, waiting in the tail.
+pub struct Entry {
+    seq: u64,
+    path: PathBuf,
+    batches: Vec<RecordBatch>,
+    txns: Vec<(String, i64)>,
+    rows: usize,
+    bytes: usize,
+    since: Instant,
+    flush: Mutex<Option<Arc<FlushMark>>>,
+}
+
+impl std::fmt::Debug for Entry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entry")
+            .field("seq", &self.seq)
+            .field("rows", &self.rows)
+            .field("txns", &self.txns)
+            .finish()
+    }
+}
+
+impl Entry {
+    /// The entry's rows.
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+
+    fn mark(&self) -> Option<Arc<FlushMark>> {
+        self.flush.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_mark(&self, mark: Option<Arc<FlushMark>>) {
+        *self.flush.lock().unwrap_or_else(|p| p.into_inner()) = mark;
+    }
+}
+
+/// A flush in progress over some entries.
+struct FlushMark {
+    /// The table's version the flush started from: a read at or below it cannot hold it.
+    base: i64,
+    /// The commit's version once known; `Some(None)` when the flush failed.
+    outcome: watch::Sender<Option<Option<i64>>>,
+}
+
+impl FlushMark {
+    /// Whether a read of the table at `version` holds this flush's rows.
+    async fn held_by(&self, version: i64) -> bool {
+        if version <= self.base {
+            return false;
+        }
+        let mut rx = self.outcome.subscribe();
+        match rx.wait_for(|o| o.is_some()).await {
+            Ok(outcome) => matches!(*outcome, Some(Some(v)) if v <= version),
+            // The flush was dropped without an outcome: it did not commit.
+            Err(_) => false,
+        }
+    }
+}
+
+/// One table's tail.
+pub struct Tail {
+    dir: PathBuf,
+    entries: Mutex<Vec<Arc<Entry>>>,
+    next_seq: Mutex<u64>,
+    /// Appends one at a time: a key already in the tail is refused, not written twice.
+    appending: tokio::sync::Mutex<()>,
+    /// Flushes one at a time.
+    flushing: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Tail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tail").field("dir", &self.dir).finish()
+    }
+}
+
+/// What a tail holds, for status pages and flush decisions.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TailStats {
+    /// Entries (ingests) waiting.
+    pub entries: usize,
+    /// Rows waiting.
+    pub rows: usize,
+    /// Bytes of Arrow data waiting.
+    pub bytes: usize,
+    /// How long the oldest entry has waited.
+    pub oldest: Option<Duration>,
+}
+
+fn io_error(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+impl Tail {
+    /// The tail directory of the table at `url` (None for a table not on local disk).
+    pub fn dir_of(url: &url::Url) -> Option<PathBuf> {
+        url.to_file_path().ok().map(|p| p.join(DIR))
+    }
+
+    /// Reads the tail back from `dir` (empty when there is none). Half-written entries
+    /// (`.tmp`, never acknowledged) are skipped, and deleted when `owner` (the process
+    /// serving the data directory; a CLI query beside it only reads).
+    pub fn open(dir: PathBuf, owner: bool) -> Result<Self, Error> {
+        let mut entries = Vec::new();
+        let mut next_seq = 0;
+        match std::fs::read_dir(&dir) {
+            Ok(listing) => {
+                let mut files = Vec::new();
+                for item in listing {
+                    let path = item.map_err(io_error(format!("listing {}", dir.display())))?;
+                    files.push(path.path());
+                }
+                files.sort();
+                for path in files {
+                    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+                    if name.ends_with(".tmp") {
+                        if owner {
+                            let _ = std::fs::remove_file(&path);
+                        }
+                        continue;
+                    }
+                    let Some(seq) = name.strip_suffix(".arrow").and_then(|s| s.parse().ok()) else {
+                        continue;
+                    };
+                    let entry = match read_entry(&path, seq) {
+                        Ok(entry) => entry,
+                        // Flushed and deleted by the serving process since the listing.
+                        Err(Error::Io { source, .. })
+                            if !owner && source.kind() == std::io::ErrorKind::NotFound =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    next_seq = next_seq.max(seq + 1);
+                    entries.push(Arc::new(entry));
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format!("reading {}", dir.display()))(e)),
+        }
+        Ok(Self {
+            dir,
+            entries: Mutex::new(entries),
+            next_seq: Mutex::new(next_seq),
+            appending: tokio::sync::Mutex::new(()),
+            flushing: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, Vec<Arc<Entry>>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every entry now in the tail (flushed or not).
+    pub fn capture(&self) -> Vec<Arc<Entry>> {
+        self.entries().clone()
+    }
+
+    /// The entries a read of the table at `version` does not hold: those not flushed, and
+    /// those whose flush commits after `version`.
+    pub async fn visible(captured: Vec<Arc<Entry>>, version: i64) -> Vec<Arc<Entry>> {
+        let mut visible = Vec::with_capacity(captured.len());
+        for entry in captured {
+            let held = match entry.mark() {
+                Some(mark) => mark.held_by(version).await,
+                None => false,
+            };
+            if !held {
+                visible.push(entry);
+            }
+        }
+        visible
+    }
+
+    /// The highest version of each of `app_ids` among `entries`.
+    pub fn txn_versions<'a>(
+        entries: &[Arc<Entry>],
+        app_ids: impl IntoIterator<Item = &'a String>,
+    ) -> HashMap<String, i64> {
+        let wanted: BTreeSet<&String> = app_ids.into_iter().collect();
+        let mut found: HashMap<String, i64> = HashMap::new();
+        for entry in entries {
+            for (app, version) in &entry.txns {
+                if wanted.contains(app) {
+                    let v = found.entry(app.clone()).or_insert(*version);
+                    *v = (*v).max(*version);
+                }
+            }
+        }
+        found
+    }
+
+    /// Whether an entry still in the tail (a flush in flight included) holds any of
+    /// `app_ids`.
+    pub fn holds_any(&self, app_ids: &[String]) -> bool {
+        self.entries()
+            .iter()
+            .any(|e| e.txns.iter().any(|(app, _)| app_ids.contains(app)))
+    }
+
+    /// What the tail holds (a flush in flight included: its rows are in Delta only once
+    /// it is done).
+    pub fn stats(&self) -> TailStats {
+        let pending = self.entries();
+        TailStats {
+            entries: pending.len(),
+            rows: pending.iter().map(|e| e.rows).sum(),
+            bytes: pending.iter().map(|e| e.bytes).sum(),
+            oldest: pending.iter().map(|e| e.since.elapsed()).max(),
+        }
+    }
+
+    /// Appends one ingest's rows and the `txn`s its commit would carry, durably. Refused
+    /// (retryably) when an entry still in the tail holds one of the same app ids: the
+    /// caller checked before reading, so another ingest of the same object got there first.
+    pub async fn append(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        txns: Vec<(String, i64)>,
+    ) -> Result<u64, Error> {
+        let _one = self.appending.lock().await;
+        let apps: Vec<String> = txns.iter().map(|(a, _)| a.clone()).collect();
+        if self.holds_any(&apps) {
+            return Err(Error::Busy(format!(
+                "{table}: another ingest of the same object is waiting in the table's tail"
+            )));
+        }
+        let seq = {
+            let mut next = self.next_seq.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next - 1
+        };
+        let path = self.dir.join(format!("{seq:020}.arrow"));
+        let rows = batches.iter().map(|b| b.num_rows()).sum();
+        let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
+        let (dir, file) = (self.dir.clone(), path.clone());
+        let written = {
+            let batches = batches.clone();
+            let txns = txns.clone();
+            tokio::task::spawn_blocking(move || write_entry(&dir, &file, &schema, &batches, &txns))
+                .await
+                .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")))?
+        };
+        written?;
+        self.entries().push(Arc::new(Entry {
+            seq,
+            path,
+            batches,
+            txns,
+            rows,
+            bytes,
+            since: Instant::now(),
+            flush: Mutex::new(None),
+        }));
+        Ok(seq)
+    }
+
+    /// Forgets entries the table holds (a crash came between a flush's commit and its
+    /// deletes), deleting their files when `owner`.
+    fn drop_committed(
+        &self,
+        owner: bool,
+        committed: impl Fn(&Entry) -> bool,
+    ) -> Result<usize, Error> {
+        let gone: Vec<Arc<Entry>> = {
+            let mut entries = self.entries();
+            let (gone, kept) = entries.drain(..).partition(|e| committed(e));
+            *entries = kept;
+            gone
+        };
+        if owner {
+            for entry in &gone {
+                remove_file(&entry.path)?;
+            }
+        }
+        Ok(gone.len())
+    }
+
+    fn prune(&self, flushed: &[Arc<Entry>]) -> Result<(), Error> {
+        let seqs: BTreeSet<u64> = flushed.iter().map(|e| e.seq).collect();
+        self.entries().retain(|e| !seqs.contains(&e.seq));
+        for entry in flushed {
+            remove_file(&entry.path)?;
+        }
+        sync_dir(&self.dir)
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(format!("deleting {}", path.display()))(e)),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_error(format!("syncing {}", dir.display())))
+}
+
+fn write_entry(
+    dir: &Path,
+    path: &Path,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    txns: &[(String, i64)],
+) -> Result<(), Error> {
+    std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+    let tmp = path.with_extension("arrow.tmp");
+    let what = || format!("writing {}", tmp.display());
+    let file = std::fs::File::create(&tmp).map_err(io_error(what()))?;
+    let schema = batches
+        .first()
+        .map(|b| b.schema())
+        .unwrap_or(schema.clone());
+    let ipc = |e: arrow::error::ArrowError| Error::Internal(format!("{}: {e}", what()));
+    let mut writer =
+        arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), &schema)
+            .map_err(ipc)?;
+    let txns = serde_json::to_string(txns).map_err(|e| Error::Internal(e.to_string()))?;
+    writer.write_metadata(TXNS_KEY, txns);
+    for batch in batches {
+        writer.write(batch).map_err(ipc)?;
+    }
+    writer.finish().map_err(ipc)?;
+    let file = writer
+        .into_inner()
+        .map_err(ipc)?
+        .into_inner()
+        .map_err(|e| io_error(what())(e.into_error()))?;
+    file.sync_all().map_err(io_error(what()))?;
+    std::fs::rename(&tmp, path).map_err(io_error(format!("renaming {}", tmp.display())))?;
+    sync_dir(dir)
+}
+
+fn read_entry(path: &Path, seq: u64) -> Result<Entry, Error> {
+    let what = || format!("reading the tail entry {}", path.display());
+    let file = std::fs::File::open(path).map_err(io_error(what()))?;
+    let bad = |e: arrow::error::ArrowError| Error::Internal(format!("{}: {e}", what()));
+    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)
+        .map_err(bad)?;
+    let txns: Vec<(String, i64)> = reader
+        .custom_metadata()
+        .get(TXNS_KEY)
+        .map(|t| serde_json::from_str(t))
+        .transpose()
+        .map_err(|e| Error::Internal(format!("{}: {e}", what())))?
+        .unwrap_or_default();
+    let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
+    Ok(Entry {
+        seq,
+        path: path.to_path_buf(),
+        rows: batches.iter().map(|b| b.num_rows()).sum(),
+        bytes: batches.iter().map(|b| b.get_array_memory_size()).sum(),
+        batches,
+        txns,
+        since: Instant::now(),
+        flush: Mutex::new(None),
+    })
+}
+
+/// `batch` with `schema`'s columns, by name: each cast to its type, and columns the
+/// entry predates (a nullable column added to the contract since) as nulls.
+pub fn conform(
+    batch: &RecordBatch,
+    schema: &SchemaRef,
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for field in schema.fields() {
+        columns.push(match batch.column_by_name(field.name()) {
+            Some(column) if column.data_type() == field.data_type() => column.clone(),
+            Some(column) => arrow::compute::cast(column, field.data_type())?,
+            None if field.is_nullable() => {
+                arrow::array::new_null_array(field.data_type(), batch.num_rows())
+            }
+            None => {
+                return Err(arrow::error::ArrowError::SchemaError(format!(
+                    "column {} is missing",
+                    field.name()
+                )));
+            }
+        });
+    }
+    RecordBatch::try_new_with_options(
+        schema.clone(),
+        columns,
+        &arrow::array::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+}
+
+/// Reads a table's tail files (before the table's version is read: an entry flushed
+/// meanwhile is then in the table, and [`recover`] drops it).
+pub(crate) async fn read(dir: PathBuf, owner: bool) -> Result<Tail, Error> {
+    tokio::task::spawn_blocking(move || Tail::open(dir, owner))
+        .await
+        .map_err(|e| Error::Internal(format!("reading a tail: {e}")))?
+}
+
+/// Forgets the entries of a tail just read that its Delta table already holds.
+pub(crate) async fn recover(
+    tables: &TableCache,
+    name: &str,
+    table: &deltalake::DeltaTable,
+    tail: Tail,
+    owner: bool,
+) -> Result<Tail, Error> {
+    let entries = tail.capture();
+    if entries.is_empty() || table.version().is_none() {
+        return Ok(tail);
+    }
+    let apps: Vec<String> = entries
+        .iter()
+        .flat_map(|e| e.txns.iter().map(|(a, _)| a.clone()))
+        .collect();
+    let held = tables.txn_versions(name, table, apps).await?;
+    let dropped = tail.drop_committed(owner, |e| {
+        !e.txns.is_empty()
+            && e.txns
+                .iter()
+                .all(|(app, v)| held.get(app).is_some_and(|h| h >= *v))
+    })?;
+    tracing::info!(
+        table = name,
+        entries = entries.len() - dropped,
+        dropped,
+        "tail read back"
+    );
+    Ok(tail)
+}
+
+/// What a flush committed.
+#[derive(Debug, Clone, Default)]
+pub struct Flushed {
+    /// The Delta version of the commit.
+    pub version: i64,
+    /// Entries (ingests) committed.
+    pub entries: usize,
+    /// Rows committed.
+    pub rows: usize,
+    /// Partitions written (`year=2024/month=1/...`).
+    pub partitions: BTreeSet<String>,
+}
+
+/// How a flush lays its rows out in files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// One set of files for all entries, tagged as shared (a silver table: replacing an
+    /// object later rewrites them without its rows, like compaction's files).
+    Shared,
+    /// Files of one quarantined object each, tagged with it (the quarantine table).
+    PerQuarantinedObject,
+}
+
+/// Commits every entry of the table's tail not yet committed, as one set of files in one
+/// Delta commit carrying every entry's `txn`s, then deletes the entries. None when the
+/// tail is empty (or the table has none).
+pub async fn flush(
+    tables: &TableCache,
+    name: &str,
+    url: &url::Url,
+    layout: Layout,
+) -> Result<Option<Flushed>, Error> {
+    let Some(tail) = tables.tail(url) else {
+        return Ok(None);
+    };
+    let _one = tail.flushing.lock().await;
+    let pending: Vec<Arc<Entry>> = tail
+        .capture()
+        .into_iter()
+        .filter(|e| e.mark().is_none())
+        .collect();
+    if pending.is_empty() {
+        return Ok(None);
+    }
+    let Some(mut table) = tables.latest(name, url.clone()).await? else {
+        return Err(Error::Internal(format!(
+            "{name}: the tail holds rows of a table that does not exist"
+        )));
+    };
+    let partition_by = delta::partition_columns(name, &table)?;
+    let rows: Vec<RecordBatch> = pending
+        .iter()
+        .flat_map(|e| e.batches.iter().cloned())
+        .collect();
+    let adds = match layout {
+        Layout::Shared => {
+            let mut writer = FileWriter::small(name, &table)?;
+            let schema = writer.schema();
+            for batch in rows {
+                writer
+                    .write(conform(&batch, &schema).map_err(|e| {
+                        Error::Internal(format!("{name}: a tail entry does not fit the table: {e}"))
+                    })?)
+                    .await?;
+            }
+            writer.finish(&[(TAG_COMPACTED, "true")]).await?
+        }
+        Layout::PerQuarantinedObject => crate::ingest::write_quarantined(&table, rows).await?,
+    };
+    let txns: Vec<(String, i64)> = {
+        let mut latest: HashMap<String, i64> = HashMap::new();
+        for (app, v) in pending.iter().flat_map(|e| e.txns.iter()) {
+            let slot = latest.entry(app.clone()).or_insert(*v);
+            *slot = (*slot).max(*v);
+        }
+        latest.into_iter().collect()
+    };
+    let partitions: BTreeSet<String> = if partition_by.is_empty() {
+        BTreeSet::new()
+    } else {
+        adds.iter()
+            .map(|a| delta::partition_key(a, &partition_by))
+            .collect()
+    };
+    // The mark goes on before the commit can be seen, so a query that reads the new
+    // version waits for the outcome instead of counting the rows twice.
+    let (outcome, _) = watch::channel(None);
+    let mark = Arc::new(FlushMark {
+        base: table.version().map_or(-1, |v| v as i64),
+        outcome,
+    });
+    for entry in &pending {
+        entry.set_mark(Some(mark.clone()));
+    }
+    let committed = tables
+        .commit(
+            name,
+            &mut table,
+            adds.clone(),
+            Vec::new(),
+            txns,
+            DeltaOperation::Write {
+                mode: SaveMode::Append,
+                partition_by: Some(partition_by),
+                predicate: None,
+            },
+        )
+        .await;
+    let version = match committed {
+        Ok(version) => version,
+        Err(e) => {
+            mark.outcome.send_replace(Some(None));
+            for entry in &pending {
+                entry.set_mark(None);
+            }
+            let _ = delta::discard(name, &table, &adds).await;
+            return Err(e);
+        }
+    };
+    tables.keep(url, &table);
+    mark.outcome.send_replace(Some(Some(version)));
+    tail.prune(&pending)?;
+    Ok(Some(Flushed {
+        version,
+        entries: pending.len(),
+        rows: pending.iter().map(|e| e.rows).sum(),
+        partitions,
+    }))
+}
+
+/// The tail of the table at `location`, if the cache has read it.
+pub fn stats(
+    tables: &TableCache,
+    paths: &LakePaths,
+    location: &str,
+) -> Result<Option<TailStats>, Error> {
+    Ok(tables.tail(&paths.url(location)?).map(|t| t.stats()))
+}

@@ -1,0 +1,163 @@
+//! The flush loop of `sluice up`: commits each table's write-ahead tail
+//! (`sluice_lake::tail`) to Delta once its oldest rows have waited
+//! `[server] flush_interval`, or sooner when it grows large, and everything on the way out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_lake::LakePaths;
+use sluice_lake::tail::{self, Layout};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::platform::Platform;
+use crate::worker;
+
+/// How often the loop looks at the tails.
+const TICK: Duration = Duration::from_millis(50);
+/// Rows that flush a tail before its interval (memory stays bounded under a burst).
+const FLUSH_ROWS: usize = 1 << 20;
+/// Arrow bytes that flush a tail before its interval.
+const FLUSH_BYTES: usize = 128 << 20;
+
+/// Flushes due tails until `shutdown`, then flushes them all.
+pub async fn run(platform: Arc<Platform>, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        flush(&platform, false).await;
+    }
+    flush(&platform, true).await;
+}
+
+/// The tables that may have tails: silver tables, then the quarantine.
+fn tables(platform: &Platform) -> Vec<(String, String, Layout)> {
+    let mut names: Vec<&String> = platform.contracts.keys().collect();
+    names.sort();
+    let mut out: Vec<(String, String, Layout)> = names
+        .into_iter()
+        .filter_map(|name| {
+            let location = platform.locations.get(name)?;
+            Some((name.clone(), location.clone(), Layout::Shared))
+        })
+        .collect();
+    out.push((
+        "quarantine".into(),
+        LakePaths::QUARANTINE.into(),
+        Layout::PerQuarantinedObject,
+    ));
+    out
+}
+
+/// Flushes the tails that are due (every tail holding rows, with `all`).
+pub async fn flush(platform: &Arc<Platform>, all: bool) {
+    let interval = platform.project.server.flush_interval;
+    for (name, location, layout) in tables(platform) {
+        let Ok(Some(stats)) = tail::stats(&platform.tables, &platform.paths, &location) else {
+            continue;
+        };
+        if stats.entries == 0 {
+            continue;
+        }
+        let due = all
+            || stats.oldest.is_some_and(|age| age >= interval)
+            || stats.rows >= FLUSH_ROWS
+            || stats.bytes >= FLUSH_BYTES;
+        if due {
+            flush_table(platform, &name, &location, layout).await;
+        }
+    }
+}
+
+/// The tails holding rows not yet committed, by table: entries, rows and the oldest's age.
+pub fn waiting(platform: &Platform) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for (name, location, _) in tables(platform) {
+        if let Ok(Some(stats)) = tail::stats(&platform.tables, &platform.paths, &location)
+            && stats.entries > 0
+        {
+            out.insert(
+                name,
+                serde_json::json!({
+                    "entries": stats.entries,
+                    "rows": stats.rows,
+                    "oldest_ms": stats.oldest.map_or(0, |d| d.as_millis() as u64),
+                }),
+            );
+        }
+    }
+    out
+}
+
+/// Whether a tail holds rows, not yet committed, of any of these objects (`bucket/key`)
+/// for `table` (its own tail or the quarantine's).
+pub fn holds_any(platform: &Platform, table: &str, objects: &[String]) -> bool {
+    let held = |location: &str, apps: Vec<String>| {
+        platform
+            .paths
+            .url(location)
+            .ok()
+            .and_then(|url| platform.tables.tail(&url))
+            .is_some_and(|t| t.holds_any(&apps))
+    };
+    let Some(location) = platform.locations.get(table) else {
+        return false;
+    };
+    held(
+        location,
+        objects
+            .iter()
+            .map(|o| sluice_lake::delta::app_id(o))
+            .collect(),
+    ) || held(
+        LakePaths::QUARANTINE,
+        objects
+            .iter()
+            .map(|o| sluice_lake::delta::app_id(&format!("{table}:{o}")))
+            .collect(),
+    )
+}
+
+/// Commits `table`'s tail and the quarantine's now: before an object whose earlier
+/// version waits there is replaced or removed (a tail only appends).
+pub async fn flush_now(platform: &Arc<Platform>, table: &str) {
+    if let Some(location) = platform.locations.get(table) {
+        flush_table(platform, table, location, Layout::Shared).await;
+    }
+    flush_table(
+        platform,
+        "quarantine",
+        LakePaths::QUARANTINE,
+        Layout::PerQuarantinedObject,
+    )
+    .await;
+}
+
+async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layout: Layout) {
+    let url = match platform.paths.url(location) {
+        Ok(url) => url,
+        Err(e) => {
+            warn!(table = name, error = %e, "cannot flush the tail");
+            return;
+        }
+    };
+    match tail::flush(&platform.tables, name, &url, layout).await {
+        Ok(Some(flushed)) => {
+            info!(
+                table = name,
+                version = flushed.version,
+                entries = flushed.entries,
+                rows = flushed.rows,
+                "tail flushed"
+            );
+            if layout == Layout::Shared {
+                worker::compact_later(platform, name, flushed.partitions);
+            }
+        }
+        Ok(None) => {}
+        // The entries stay in the tail, durable and visible; the next tick tries again.
+        Err(e) => warn!(table = name, error = %e, "tail flush failed; retrying"),
+    }
+}
