@@ -354,13 +354,7 @@ impl TableCache {
         app_ids: Vec<String>,
     ) -> Result<TxnVersions, Error> {
         let version = table.version().map_or(-1, |v| v as i64);
-        let expiring = table
-            .snapshot()
-            .map_err(|e| Error::delta(name, e))?
-            .snapshot()
-            .table_properties()
-            .set_transaction_retention_duration
-            .is_some();
+        let expiring = txns_expire(name, table)?;
         let slot = self
             .txns
             .lock()
@@ -492,6 +486,18 @@ impl TableCache {
         }
         Ok(table)
     }
+}
+
+/// Whether the table's `txn`s expire (`delta.setTransactionRetentionDuration`): an
+/// object's files may then outlive its txn.
+pub fn txns_expire(name: &str, table: &DeltaTable) -> Result<bool, Error> {
+    Ok(table
+        .snapshot()
+        .map_err(|e| Error::delta(name, e))?
+        .snapshot()
+        .table_properties()
+        .set_transaction_retention_duration
+        .is_some())
 }
 
 /// Whether a commit was made after the version `table` holds: versions are numbered without

@@ -366,8 +366,6 @@ impl Batch<'_> {
         let target = self.target;
         let table = target.table;
         let shared = sources.len() > 1;
-        let silver_index = delta::FileIndex::load(table, &self.silver).await?;
-        let quarantine_index = delta::FileIndex::load("quarantine", &self.quarantine).await?;
         let source_objects: Vec<String> = sources
             .iter()
             .map(|src| format!("{}/{}", src.object.bucket, src.object.key))
@@ -410,6 +408,28 @@ impl Batch<'_> {
                 .map(|o| delta::app_id(&format!("{table}:{o}")))
                 .collect::<Vec<_>>(),
         ));
+        // The files an object wrote exist only if it was applied: objects new to the
+        // table (a stream of new keys) skip the walk over every active file.
+        let silver_index = if delta::txns_expire(table, &self.silver)?
+            || source_objects.iter().any(|o| {
+                delta::source_app_ids(o)
+                    .iter()
+                    .any(|app| silver_txns.get(app).is_some())
+            }) {
+            delta::FileIndex::load(table, &self.silver).await?
+        } else {
+            delta::FileIndex::default()
+        };
+        let quarantine_index = if delta::txns_expire("quarantine", &self.quarantine)?
+            || source_objects.iter().any(|o| {
+                quarantine_txns
+                    .get(&delta::app_id(&format!("{table}:{o}")))
+                    .is_some()
+            }) {
+            delta::FileIndex::load("quarantine", &self.quarantine).await?
+        } else {
+            delta::FileIndex::default()
+        };
         let mut results: Vec<Option<Result<IngestReport, Error>>> =
             sources.iter().map(|_| None).collect();
         let mut accepted: Vec<Accepted> = Vec::new();
