@@ -2,8 +2,9 @@
 //! (`sluice_lake::tail`) to Delta once its oldest rows have waited
 //! `[server] flush_interval`, or sooner when it grows large, and everything on the way out.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sluice_lake::LakePaths;
 use sluice_lake::tail::{self, Layout};
@@ -20,16 +21,24 @@ const FLUSH_ROWS: usize = 1 << 20;
 /// Arrow bytes that flush a tail before its interval.
 const FLUSH_BYTES: usize = 128 << 20;
 
+/// The first wait before a failed flush is tried again; it doubles up to [`MAX_RETRY`].
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(30);
+
+/// Tables whose last flush failed: when to try again, and the wait after that.
+type Retries = HashMap<String, (Instant, Duration)>;
+
 /// Flushes due tails until `shutdown`, then flushes them all.
 pub async fn run(platform: Arc<Platform>, shutdown: CancellationToken) {
+    let mut retries = Retries::new();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(TICK) => {}
         }
-        flush(&platform, false).await;
+        flush(&platform, false, &mut retries).await;
     }
-    flush(&platform, true).await;
+    flush(&platform, true, &mut Retries::new()).await;
 }
 
 /// The tables that may have tails: silver tables, then the quarantine.
@@ -51,10 +60,17 @@ fn tables(platform: &Platform) -> Vec<(String, String, Layout)> {
     out
 }
 
-/// Flushes the tails that are due (every tail holding rows, with `all`).
-pub async fn flush(platform: &Arc<Platform>, all: bool) {
+/// Flushes the tails that are due (every tail holding rows, with `all`); a table whose
+/// flush failed waits out its retry delay first.
+async fn flush(platform: &Arc<Platform>, all: bool, retries: &mut Retries) {
     let interval = platform.project.server.flush_interval;
     for (name, location, layout) in tables(platform) {
+        if retries
+            .get(&name)
+            .is_some_and(|(at, _)| Instant::now() < *at)
+        {
+            continue;
+        }
         let Ok(Some(stats)) = tail::stats(&platform.tables, &platform.paths, &location) else {
             continue;
         };
@@ -65,8 +81,16 @@ pub async fn flush(platform: &Arc<Platform>, all: bool) {
             || stats.oldest.is_some_and(|age| age >= interval)
             || stats.rows >= FLUSH_ROWS
             || stats.bytes >= FLUSH_BYTES;
-        if due {
-            flush_table(platform, &name, &location, layout).await;
+        if !due {
+            continue;
+        }
+        if flush_table(platform, &name, &location, layout).await {
+            retries.remove(&name);
+        } else {
+            let wait = retries
+                .get(&name)
+                .map_or(FIRST_RETRY, |(_, w)| (*w * 2).min(MAX_RETRY));
+            retries.insert(name, (Instant::now() + wait, wait));
         }
     }
 }
@@ -135,12 +159,13 @@ pub async fn flush_now(platform: &Arc<Platform>, table: &str) {
     .await;
 }
 
-async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layout: Layout) {
+/// Flushes one table's tail; false when it failed (its rows stay in the tail).
+async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layout: Layout) -> bool {
     let url = match platform.paths.url(location) {
         Ok(url) => url,
         Err(e) => {
             warn!(table = name, error = %e, "cannot flush the tail");
-            return;
+            return false;
         }
     };
     match tail::flush(&platform.tables, name, &url, layout).await {
@@ -155,9 +180,13 @@ async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layou
             if layout == Layout::Shared {
                 worker::compact_later(platform, name, flushed.partitions);
             }
+            true
         }
-        Ok(None) => {}
-        // The entries stay in the tail, durable and visible; the next tick tries again.
-        Err(e) => warn!(table = name, error = %e, "tail flush failed; retrying"),
+        Ok(None) => true,
+        // The entries stay in the tail, durable and visible; tried again after a delay.
+        Err(e) => {
+            warn!(table = name, error = %e, "tail flush failed; retrying");
+            false
+        }
     }
 }
