@@ -357,6 +357,20 @@ struct Accepted {
     report: IngestReport,
 }
 
+impl Accepted {
+    /// The object's two keys in its table's commit (or tail entry): the event that
+    /// applied it and the content it holds.
+    fn txns(&self) -> [(String, i64); 2] {
+        [
+            (delta::app_id(&self.source_object), self.event_seq),
+            (
+                delta::content_app_id(&self.source_object),
+                delta::content_version(&self.sha256),
+            ),
+        ]
+    }
+}
+
 impl Batch<'_> {
     async fn run(
         &mut self,
@@ -370,43 +384,29 @@ impl Batch<'_> {
             .iter()
             .map(|src| format!("{}/{}", src.object.bucket, src.object.key))
             .collect();
-        let mut silver_txns = target
-            .tables
-            .txn_versions(
-                table,
-                &self.silver,
-                source_objects
-                    .iter()
-                    .flat_map(|o| delta::source_app_ids(o))
-                    .collect(),
-            )
-            .await?;
+        let silver_apps: Vec<String> = source_objects
+            .iter()
+            .flat_map(|o| delta::source_app_ids(o))
+            .collect();
         // Quarantine reads only whether an object's rejections were published (no content
         // hash): for a table deltalake answers, each id asked is a log replay.
+        let quarantine_apps: Vec<String> = source_objects
+            .iter()
+            .map(|o| delta::app_id(&format!("{table}:{o}")))
+            .collect();
+        // What the tables hold, and what waits in their tails.
+        let mut silver_txns = target
+            .tables
+            .txn_versions(table, &self.silver, silver_apps.clone())
+            .await?;
+        silver_txns.merge(Tail::txn_versions(&self.tails.silver_entries, &silver_apps));
         let mut quarantine_txns = target
             .tables
-            .txn_versions(
-                "quarantine",
-                &self.quarantine,
-                source_objects
-                    .iter()
-                    .map(|o| delta::app_id(&format!("{table}:{o}")))
-                    .collect(),
-            )
+            .txn_versions("quarantine", &self.quarantine, quarantine_apps.clone())
             .await?;
-        silver_txns.merge(Tail::txn_versions(
-            &self.tails.silver_entries,
-            &source_objects
-                .iter()
-                .flat_map(|o| delta::source_app_ids(o))
-                .collect::<Vec<_>>(),
-        ));
         quarantine_txns.merge(Tail::txn_versions(
             &self.tails.quarantine_entries,
-            &source_objects
-                .iter()
-                .map(|o| delta::app_id(&format!("{table}:{o}")))
-                .collect::<Vec<_>>(),
+            &quarantine_apps,
         ));
         // The files an object wrote exist only if it was applied: objects new to the
         // table (a stream of new keys) skip the walk over every active file.
@@ -586,18 +586,7 @@ impl Batch<'_> {
         }
 
         if !accepted.is_empty() && self.tails.use_tail {
-            let txns = accepted
-                .iter()
-                .flat_map(|a| {
-                    [
-                        (delta::app_id(&a.source_object), a.event_seq),
-                        (
-                            delta::content_app_id(&a.source_object),
-                            delta::content_version(&a.sha256),
-                        ),
-                    ]
-                })
-                .collect();
+            let txns = accepted.iter().flat_map(Accepted::txns).collect();
             let tail = self.tails.silver.as_ref().ok_or_else(|| {
                 Error::Internal("a batch appending to tails has no silver tail".into())
             })?;
@@ -646,18 +635,7 @@ impl Batch<'_> {
                 adds.extend(rewritten);
                 removes.extend(retired);
             }
-            let txns = accepted
-                .iter()
-                .flat_map(|a| {
-                    [
-                        (delta::app_id(&a.source_object), a.event_seq),
-                        (
-                            delta::content_app_id(&a.source_object),
-                            delta::content_version(&a.sha256),
-                        ),
-                    ]
-                })
-                .collect();
+            let txns = accepted.iter().flat_map(Accepted::txns).collect();
             let predicate = (!removes.is_empty()).then(|| {
                 let quoted: Vec<String> = accepted
                     .iter()

@@ -1,30 +1,8 @@
 //! The spine's guarantees: idempotency, replacement, thresholds, retries → DLQ → replay, crash safety.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::support::*;
-
-fn generate(dir: &Path, name: &str, rows: usize, seed: u64) -> std::path::PathBuf {
-    let out = dir.join(name);
-    let status = std::process::Command::new(BIN)
-        .args([
-            "generate",
-            "--rows",
-            &rows.to_string(),
-            "--seed",
-            &seed.to_string(),
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    out
-}
 
 fn count_for(server: &Server, object: &str) -> (i64, i64) {
     let valid = as_i64(&server.scalar(&format!(

@@ -28,6 +28,28 @@ pub fn shared_data(rel: &str) -> PathBuf {
     p
 }
 
+/// Writes `rows` generated taxi trips (with the demo's dirt) to `dir/name`, by `sluice generate`.
+pub fn generate(dir: &Path, name: &str, rows: usize, seed: u64) -> PathBuf {
+    let out = dir.join(name);
+    let status = Command::new(BIN)
+        .args([
+            "generate",
+            "--rows",
+            &rows.to_string(),
+            "--seed",
+            &seed.to_string(),
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        status.status.success(),
+        "{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    out
+}
+
 /// A project directory holding the NYC taxi example, with `edit` applied to its sluice.toml.
 pub fn taxi_project(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();

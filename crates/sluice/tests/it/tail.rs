@@ -7,22 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::support::*;
 
-fn generate(dir: &Path, name: &str, rows: usize, seed: u64) -> PathBuf {
-    let out = dir.join(name);
-    let status = std::process::Command::new(BIN)
-        .args(["generate", "--rows", &rows.to_string(), "--seed"])
-        .arg(seed.to_string())
-        .arg(&out)
-        .output()
-        .unwrap();
-    assert!(
-        status.status.success(),
-        "{}",
-        String::from_utf8_lossy(&status.stderr)
-    );
-    out
-}
-
 /// The taxi project with rows waiting `interval` in a tail before their Delta commit.
 fn project_flushing_after(interval: &str) -> tempfile::TempDir {
     taxi_project(|t| {
