@@ -486,7 +486,7 @@ impl TableProvider for PlainScanTable {
 
 /// `provider` with the rows of its table's tail ([`crate::tail`]) unioned in: rows
 /// acknowledged but not yet in a Delta commit. The tail's rows are cast to the
-/// provider's column types (text as views) once per session.
+/// provider's column types (text as views) once per entry ([`crate::tail::Entry::batches_as`]).
 pub fn with_tail(
     provider: Arc<dyn TableProvider>,
     entries: &[Arc<crate::tail::Entry>],
@@ -494,12 +494,7 @@ pub fn with_tail(
     let schema = provider.schema();
     let mut rows = Vec::new();
     for entry in entries {
-        for batch in entry.batches() {
-            if batch.num_rows() == 0 {
-                continue;
-            }
-            rows.push(crate::tail::conform(batch, &schema)?);
-        }
+        rows.extend(entry.batches_as(&schema)?.iter().cloned());
     }
     if rows.is_empty() {
         return Ok(provider);

@@ -51,7 +51,12 @@ pub struct Entry {
     bytes: usize,
     since: Instant,
     flush: Mutex<Option<Arc<FlushMark>>>,
+    /// The rows as queries read them ([`Entry::batches_as`]), kept from query to query.
+    query_form: Mutex<Option<QueryForm>>,
 }
+
+/// An entry's rows conformed to a query schema.
+type QueryForm = (SchemaRef, Arc<[RecordBatch]>);
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -67,6 +72,29 @@ impl Entry {
     /// The entry's rows.
     pub fn batches(&self) -> &[RecordBatch] {
         &self.batches
+    }
+
+    /// The entry's non-empty batches conformed to `schema` ([`conform`]): computed on the
+    /// first query that reads the entry with that schema and kept, so a table polled
+    /// while rows wait in its tail casts each row once, not once per query.
+    pub fn batches_as(
+        &self,
+        schema: &SchemaRef,
+    ) -> Result<Arc<[RecordBatch]>, arrow::error::ArrowError> {
+        let mut form = self.query_form.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((kept, rows)) = form.as_ref()
+            && (Arc::ptr_eq(kept, schema) || kept == schema)
+        {
+            return Ok(rows.clone());
+        }
+        let rows: Arc<[RecordBatch]> = self
+            .batches
+            .iter()
+            .filter(|b| b.num_rows() > 0)
+            .map(|b| conform(b, schema))
+            .collect::<Result<_, _>>()?;
+        *form = Some((schema.clone(), rows.clone()));
+        Ok(rows)
     }
 
     fn mark(&self) -> Option<Arc<FlushMark>> {
@@ -298,6 +326,7 @@ impl Tail {
             bytes,
             since: Instant::now(),
             flush: Mutex::new(None),
+            query_form: Mutex::new(None),
         }));
         Ok(seq)
     }
@@ -405,12 +434,13 @@ fn read_entry(path: &Path, seq: u64) -> Result<Entry, Error> {
         txns,
         since: Instant::now(),
         flush: Mutex::new(None),
+        query_form: Mutex::new(None),
     })
 }
 
 /// `batch` with `schema`'s columns, by name: each cast to its type, and columns the
 /// entry predates (a nullable column added to the contract since) as nulls.
-pub fn conform(
+fn conform(
     batch: &RecordBatch,
     schema: &SchemaRef,
 ) -> Result<RecordBatch, arrow::error::ArrowError> {
