@@ -107,35 +107,80 @@ impl SourceBatch {
 
     /// The raw row as text: a JSON object of the file's fields, or the line itself.
     pub fn raw_row(&self, row: usize) -> String {
-        if self.raw_names.is_empty() {
-            return self
-                .raw_columns
-                .first()
-                .and_then(|c| c.as_any().downcast_ref::<StringArray>())
-                .map(|c| c.value(row).to_string())
-                .unwrap_or_default();
-        }
-        // A JSON object in the file's own column order.
+        self.raw_rows().row(row)
+    }
+
+    /// A renderer of this batch's raw rows (for many rows: it prepares each column once).
+    pub fn raw_rows(&self) -> RawRows<'_> {
         let options = FormatOptions::default();
-        let mut out = String::from("{");
-        for (i, (name, column)) in self.raw_names.iter().zip(&self.raw_columns).enumerate() {
-            let value = if column.is_null(row) {
-                serde_json::Value::Null
-            } else {
-                match ArrayFormatter::try_new(column.as_ref(), &options) {
-                    Ok(f) => serde_json::Value::String(f.value(row).to_string()),
-                    Err(_) => serde_json::Value::Null,
-                }
-            };
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&serde_json::Value::String(name.clone()).to_string());
-            out.push(':');
-            out.push_str(&value.to_string());
+        RawRows {
+            batch: self,
+            names: self
+                .raw_names
+                .iter()
+                .map(|n| serde_json::Value::String(n.clone()).to_string())
+                .collect(),
+            columns: self
+                .raw_columns
+                .iter()
+                .map(|c| match c.as_any().downcast_ref::<StringArray>() {
+                    Some(text) => RawColumn::Text(text),
+                    None => ArrayFormatter::try_new(c.as_ref(), &options)
+                        .map_or(RawColumn::Unprintable, RawColumn::Formatted),
+                })
+                .collect(),
         }
-        out.push('}');
-        out
+    }
+}
+
+/// Renders a [`SourceBatch`]'s rows as their raw text ([`SourceBatch::raw_row`]).
+pub struct RawRows<'a> {
+    batch: &'a SourceBatch,
+    /// Each raw field's name as a JSON string.
+    names: Vec<String>,
+    columns: Vec<RawColumn<'a>>,
+}
+
+enum RawColumn<'a> {
+    Text(&'a StringArray),
+    Formatted(ArrayFormatter<'a>),
+    /// A type arrow cannot display: rendered as null.
+    Unprintable,
+}
+
+impl RawRows<'_> {
+    /// The raw text of `row`: a JSON object of the file's fields in the file's order (each
+    /// value as text), or the line itself when the batch kept lines.
+    pub fn row(&self, row: usize) -> String {
+        if self.batch.raw_names.is_empty() {
+            return match self.columns.first() {
+                Some(RawColumn::Text(c)) => c.value(row).to_string(),
+                _ => String::new(),
+            };
+        }
+        let mut out = Vec::with_capacity(16 * self.names.len());
+        out.push(b'{');
+        for (i, (name, column)) in self.names.iter().zip(&self.columns).enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(name.as_bytes());
+            out.push(b':');
+            let text = match column {
+                _ if self.batch.raw_columns[i].is_null(row) => None,
+                RawColumn::Text(c) => Some(std::borrow::Cow::Borrowed(c.value(row))),
+                RawColumn::Formatted(f) => Some(f.value(row).to_string().into()),
+                RawColumn::Unprintable => None,
+            };
+            // Writing a str into a Vec cannot fail; were it to, the value reads as null.
+            let written = text.is_some_and(|t| serde_json::to_writer(&mut out, t.as_ref()).is_ok());
+            if !written {
+                out.extend_from_slice(b"null");
+            }
+        }
+        out.push(b'}');
+        // Names and values went in as JSON strings of valid UTF-8.
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 

@@ -441,6 +441,7 @@ impl Validator<'_> {
             what: "filtering valid rows".into(),
             why: e.to_string(),
         })?;
+        let raw = batch.raw_rows();
         let rejected = reasons
             .into_iter()
             .enumerate()
@@ -450,7 +451,7 @@ impl Validator<'_> {
                     code,
                     column,
                     message,
-                    raw: batch.raw_row(row),
+                    raw: raw.row(row),
                 })
             })
             .collect();

@@ -217,3 +217,28 @@ fn formats_come_from_the_key() {
     );
     assert_eq!(SourceFormat::from_key("b.xlsx"), None);
 }
+
+#[test]
+fn raw_rows_render_each_field_as_json_text() {
+    use arrow::array::{Float64Array, Int64Array};
+    let batch = SourceBatch {
+        columns: vec![],
+        lines: vec![1, 2],
+        problems: vec![],
+        raw_names: Arc::new(vec!["id".into(), "note \"q\"".into(), "fare".into()]),
+        raw_columns: vec![
+            Arc::new(Int64Array::from(vec![Some(7), None])),
+            Arc::new(StringArray::from(vec![Some("a,\"b\"\n\\"), Some("ü")])),
+            Arc::new(Float64Array::from(vec![2.5, -0.0])),
+        ],
+    };
+    let raw = batch.raw_rows();
+    assert_eq!(
+        raw.row(0),
+        r#"{"id":"7","note \"q\"":"a,\"b\"\n\\","fare":"2.5"}"#
+    );
+    assert_eq!(raw.row(1), r#"{"id":null,"note \"q\"":"ü","fare":"-0.0"}"#);
+    // Each row is a JSON object a reader can parse back.
+    let parsed: serde_json::Value = serde_json::from_str(&raw.row(0)).unwrap();
+    assert_eq!(parsed["note \"q\""], "a,\"b\"\n\\");
+}
