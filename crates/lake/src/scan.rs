@@ -14,14 +14,13 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
 use arrow::datatypes::{DataType, FieldRef, Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Column, ColumnStatistics, DFSchema, ScalarValue, Statistics};
 use datafusion::datasource::listing::PartitionedFile;
-use datafusion::datasource::memory::MemorySourceConfig;
 use datafusion::datasource::object_store::ObjectStoreUrl;
 use datafusion::datasource::physical_plan::parquet::CachedParquetFileReaderFactory;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
@@ -31,13 +30,16 @@ use datafusion::datasource::{TableProvider, TableType};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
-use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
+use datafusion::physical_optimizer::pruning::{PruningPredicate, PruningPredicateBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
-use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use object_store::ObjectMeta;
+
+mod tail;
+
+pub use tail::{TailBatch, with_tail};
 
 /// Reader features whose files this scan reads correctly as plain Parquet.
 const PLAIN_READER_FEATURES: [&str; 3] = ["timestampNtz", "v2Checkpoint", "vacuumProtocolCheck"];
@@ -150,24 +152,9 @@ impl PlainScanTable {
         log_data: &deltalake::kernel::LogDataHandler<'_>,
         files: &[LogFile],
     ) -> Result<Option<Vec<bool>>> {
-        let Some(predicate) = conjunction(filters.iter().cloned()) else {
+        let Some(pruning) = pruning_predicate(session, filters, &self.schema)? else {
             return Ok(None);
         };
-        let df_schema = DFSchema::try_from(self.schema.as_ref().clone())?;
-        let physical = session.create_physical_expr(predicate, &df_schema)?;
-        let pruning = match PruningPredicateBuilder::new()
-            .with_file_schema(self.schema.clone())
-            .try_build(physical)
-        {
-            Ok(pruning) => pruning,
-            Err(e) => {
-                tracing::debug!("no file skipping for this predicate: {e}");
-                return Ok(None);
-            }
-        };
-        if pruning.always_true() {
-            return Ok(None);
-        }
         match pruning.prune(&InScanTypes {
             log_data,
             files,
@@ -179,6 +166,31 @@ impl PlainScanTable {
                 tracing::debug!("file skipping failed, reading every file: {e}");
                 Ok(None)
             }
+        }
+    }
+}
+
+/// The predicate that tells, from min/max/null statistics, which containers (files, tail
+/// batches) may hold rows matching `filters`; None when no filter can skip anything.
+fn pruning_predicate(
+    session: &dyn Session,
+    filters: &[Expr],
+    schema: &SchemaRef,
+) -> Result<Option<PruningPredicate>> {
+    let Some(predicate) = conjunction(filters.iter().cloned()) else {
+        return Ok(None);
+    };
+    let df_schema = DFSchema::try_from(schema.as_ref().clone())?;
+    let physical = session.create_physical_expr(predicate, &df_schema)?;
+    match PruningPredicateBuilder::new()
+        .with_file_schema(schema.clone())
+        .try_build(physical)
+    {
+        Ok(pruning) if pruning.always_true() => Ok(None),
+        Ok(pruning) => Ok(Some(pruning)),
+        Err(e) => {
+            tracing::debug!("no skipping for this predicate: {e}");
+            Ok(None)
         }
     }
 }
@@ -481,68 +493,5 @@ impl TableProvider for PlainScanTable {
             .with_limit(limit)
             .build();
         Ok(DataSourceExec::from_data_source(config))
-    }
-}
-
-/// `provider` with the rows of its table's tail ([`crate::tail`]) unioned in: rows
-/// acknowledged but not yet in a Delta commit. The tail's rows are cast to the
-/// provider's column types (text as views) once per entry ([`crate::tail::Entry::batches_as`]).
-pub fn with_tail(
-    provider: Arc<dyn TableProvider>,
-    entries: &[Arc<crate::tail::Entry>],
-) -> Result<Arc<dyn TableProvider>> {
-    let schema = provider.schema();
-    let mut rows = Vec::new();
-    for entry in entries {
-        rows.extend(entry.batches_as(&schema)?.iter().cloned());
-    }
-    if rows.is_empty() {
-        return Ok(provider);
-    }
-    Ok(Arc::new(WithTail {
-        inner: provider,
-        rows,
-    }))
-}
-
-/// A table's committed rows (`inner`) and the rows waiting in its tail.
-#[derive(Debug)]
-struct WithTail {
-    inner: Arc<dyn TableProvider>,
-    rows: Vec<RecordBatch>,
-}
-
-#[async_trait::async_trait]
-impl TableProvider for WithTail {
-    fn schema(&self) -> SchemaRef {
-        self.inner.schema()
-    }
-
-    fn table_type(&self) -> TableType {
-        TableType::Base
-    }
-
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> Result<Vec<TableProviderFilterPushDown>> {
-        // The tail's rows are not filtered by the scan: DataFusion applies every filter.
-        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
-    }
-
-    async fn scan(
-        &self,
-        session: &dyn Session,
-        projection: Option<&Vec<usize>>,
-        filters: &[Expr],
-        limit: Option<usize>,
-    ) -> Result<Arc<dyn ExecutionPlan>> {
-        let committed = self.inner.scan(session, projection, filters, limit).await?;
-        let waiting = MemorySourceConfig::try_new_exec(
-            std::slice::from_ref(&self.rows),
-            self.inner.schema(),
-            projection.cloned(),
-        )?;
-        UnionExec::try_new(vec![committed, waiting])
     }
 }

@@ -12,6 +12,7 @@ use datafusion::catalog::Session as ScanSession;
 use datafusion::catalog::{
     CatalogProvider, MemoryCatalogProvider, MemorySchemaProvider, SchemaProvider,
 };
+use datafusion::common::TableReference;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::Expr;
@@ -35,6 +36,23 @@ pub struct TableEntry {
     pub name: String,
     /// Location in the lake.
     pub location: String,
+}
+
+/// The quarantine's entry: every session has it, as `sluice.quarantine`.
+fn quarantine_entry() -> TableEntry {
+    TableEntry {
+        schema: "sluice".into(),
+        name: "quarantine".into(),
+        location: LakePaths::QUARANTINE.into(),
+    }
+}
+
+/// Whether `reference` may name `entry` (a bare name is looked up in every schema: the
+/// session may read a table more than the statement needs, never fewer).
+fn names(reference: &TableReference, entry: &TableEntry) -> bool {
+    reference.table() == entry.name
+        && reference.schema().is_none_or(|s| s == entry.schema)
+        && reference.catalog().is_none_or(|c| c == CATALOG)
 }
 
 /// A query session over the lake.
@@ -69,6 +87,41 @@ impl Session {
         tables: &[TableEntry],
         cache: &delta::TableCache,
     ) -> Result<Self, Error> {
+        let session = Self::empty(cache)?;
+        session.register_lake(paths, tables, cache).await?;
+        Ok(session)
+    }
+
+    /// A session for one statement: only the lake tables `sql` names are read (their
+    /// latest version and tail), so a query's fixed cost does not grow with the number of
+    /// tables in the project. A statement that names none, or reads `information_schema`,
+    /// or does not parse (planning then reports why), gets every table.
+    pub async fn open_for(
+        paths: &LakePaths,
+        tables: &[TableEntry],
+        cache: &delta::TableCache,
+        sql: &str,
+    ) -> Result<Self, Error> {
+        let session = Self::empty(cache)?;
+        let quarantine = quarantine_entry();
+        let named: Vec<TableEntry> = match session.references(sql) {
+            Some(refs) => tables
+                .iter()
+                .chain(std::iter::once(&quarantine))
+                .filter(|t| refs.iter().any(|r| names(r, t)))
+                .cloned()
+                .collect(),
+            None => {
+                session.register_lake(paths, tables, cache).await?;
+                return Ok(session);
+            }
+        };
+        session.register(paths, &named, cache).await?;
+        Ok(session)
+    }
+
+    /// A session with the catalog's schemas and no table yet.
+    fn empty(cache: &delta::TableCache) -> Result<Self, Error> {
         let config = SessionConfig::new()
             .with_default_catalog_and_schema(CATALOG, "silver")
             .with_information_schema(true)
@@ -81,30 +134,59 @@ impl Session {
                 .map_err(sql_error)?;
         }
         ctx.register_catalog(CATALOG, catalog.clone());
-        let session = Self { ctx, catalog };
-        let mut all = tables.to_vec();
-        all.push(TableEntry {
-            schema: "sluice".into(),
-            name: "quarantine".into(),
-            location: LakePaths::QUARANTINE.into(),
+        Ok(Self { ctx, catalog })
+    }
+
+    /// The tables `sql` names (None: every table, see [`Session::open_for`]).
+    fn references(&self, sql: &str) -> Option<Vec<TableReference>> {
+        let state = self.ctx.state_ref();
+        let state = state.read();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect).ok()?;
+        let refs = state.resolve_table_references(&statement).ok()?;
+        let catalog_wide = refs.iter().any(|r| {
+            r.schema()
+                .is_some_and(|s| s.eq_ignore_ascii_case("information_schema"))
         });
-        for entry in &all {
+        (!refs.is_empty() && !catalog_wide).then_some(refs)
+    }
+
+    /// Registers the lake's tables and the quarantine.
+    async fn register_lake(
+        &self,
+        paths: &LakePaths,
+        tables: &[TableEntry],
+        cache: &delta::TableCache,
+    ) -> Result<(), Error> {
+        let mut all = tables.to_vec();
+        all.push(quarantine_entry());
+        self.register(paths, &all, cache).await
+    }
+
+    /// Registers each of `entries` at its latest version with its tail (skipping tables
+    /// never written to).
+    async fn register(
+        &self,
+        paths: &LakePaths,
+        entries: &[TableEntry],
+        cache: &delta::TableCache,
+    ) -> Result<(), Error> {
+        for entry in entries {
             let Some((table, tail)) = cache
                 .latest_with_tail(&entry.name, paths.url(&entry.location)?)
                 .await?
             else {
                 continue;
             };
-            let provider = scan::provider(&table, &session.ctx)
+            let provider = scan::provider(&table, &self.ctx)
                 .await
                 .and_then(|p| scan::with_tail(p, &tail))
                 .map_err(sql_error)?;
-            session
-                .schema(&entry.schema)?
+            self.schema(&entry.schema)?
                 .register_table(entry.name.clone(), provider)
                 .map_err(sql_error)?;
         }
-        Ok(session)
+        Ok(())
     }
 
     fn schema(&self, name: &str) -> Result<Arc<dyn SchemaProvider>, Error> {

@@ -32,6 +32,7 @@ use deltalake::protocol::{DeltaOperation, SaveMode};
 use tokio::sync::watch;
 
 use crate::delta::{self, FileWriter, TAG_COMPACTED, TableCache};
+use crate::scan::TailBatch;
 use crate::{Error, LakePaths};
 
 /// The directory of a table's tail, inside the table's directory (Delta readers and
@@ -56,7 +57,7 @@ pub struct Entry {
 }
 
 /// An entry's rows conformed to a query schema.
-type QueryForm = (SchemaRef, Arc<[RecordBatch]>);
+type QueryForm = (SchemaRef, Arc<[TailBatch]>);
 
 impl std::fmt::Debug for Entry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -74,24 +75,25 @@ impl Entry {
         &self.batches
     }
 
-    /// The entry's non-empty batches conformed to `schema` ([`conform`]): computed on the
-    /// first query that reads the entry with that schema and kept, so a table polled
-    /// while rows wait in its tail casts each row once, not once per query.
+    /// The entry's non-empty batches conformed to `schema` ([`conform`]), with their
+    /// statistics: computed on the first query that reads the entry with that schema and
+    /// kept, so a table polled while rows wait in its tail casts each row once, not once
+    /// per query.
     pub fn batches_as(
         &self,
         schema: &SchemaRef,
-    ) -> Result<Arc<[RecordBatch]>, arrow::error::ArrowError> {
+    ) -> Result<Arc<[TailBatch]>, arrow::error::ArrowError> {
         let mut form = self.query_form.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((kept, rows)) = form.as_ref()
             && (Arc::ptr_eq(kept, schema) || kept == schema)
         {
             return Ok(rows.clone());
         }
-        let rows: Arc<[RecordBatch]> = self
+        let rows: Arc<[TailBatch]> = self
             .batches
             .iter()
             .filter(|b| b.num_rows() > 0)
-            .map(|b| conform(b, schema))
+            .map(|b| conform(b, schema).map(TailBatch::new))
             .collect::<Result<_, _>>()?;
         *form = Some((schema.clone(), rows.clone()));
         Ok(rows)

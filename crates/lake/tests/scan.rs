@@ -225,3 +225,144 @@ async fn text_partition_values_filter_and_read_back() {
         "header and one row: {nulls}"
     );
 }
+
+/// Rows waiting in the table's tail (acknowledged, not yet committed) answer with the
+/// committed ones; a filter skips the tail batches whose statistics rule it out, and no
+/// answer changes for it.
+#[tokio::test]
+async fn tail_batches_are_skipped_by_their_statistics_without_changing_answers() {
+    let lake = lake_with_rows().await;
+    // The first use reads the (empty) tail back, as `sluice up` does at start.
+    sql(&lake, "SELECT count(*) FROM trips").await;
+    let url = lake.paths.url(lake.location).unwrap();
+    let tail = lake
+        .tables
+        .tail(&url)
+        .expect("the tail is read on first use");
+    let schema = Arc::new(schema());
+    let batch = |ids: &[i64], note: Option<&str>| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(ids.iter().copied())),
+                Arc::new(Date32Array::from_iter(ids.iter().map(|_| Some(JAN1 + 2)))),
+                Arc::new(
+                    Decimal128Array::from_iter_values(ids.iter().map(|i| *i as i128 * 100))
+                        .with_precision_and_scale(10, 2)
+                        .unwrap(),
+                ),
+                Arc::new(StringArray::from_iter(ids.iter().map(|_| note))),
+            ],
+        )
+        .unwrap()
+    };
+    for (app, ids, note) in [
+        ("a", &[10, 11][..], Some("tail a")),
+        ("b", &[20, 21][..], Some("tail b")),
+        ("c", &[30][..], None),
+    ] {
+        let txns = vec![(format!("sluice-{app}"), 1)];
+        tail.append(NAME, schema.clone(), vec![batch(ids, note)], txns)
+            .await
+            .unwrap();
+    }
+
+    let rows = sql(&lake, "SELECT id, note FROM trips WHERE id = 20").await;
+    assert!(rows.contains("| 20 | tail b |"), "{rows}");
+    assert_eq!(rows.matches("tail").count(), 1, "{rows}");
+    let plan = sql(&lake, "EXPLAIN SELECT id FROM trips WHERE id = 20").await;
+    assert!(
+        plan.contains("partition_sizes=[1]"),
+        "one of the three tail batches is read: {plan}"
+    );
+    let plan = sql(&lake, "EXPLAIN SELECT id FROM trips WHERE id = 99").await;
+    assert!(
+        !plan.contains("partition_sizes"),
+        "no tail batch holds id 99: {plan}"
+    );
+
+    // Answers over the committed rows and every tail batch, with and without skipping.
+    let count =
+        |filter: &str| format!("SELECT count(*) AS n, sum(id) AS s FROM trips WHERE {filter}");
+    for (filter, n, s) in [
+        ("id >= 11", 4, 11 + 20 + 21 + 30),
+        ("note IS NULL", 1, 30),
+        ("note LIKE 'tail%'", 4, 10 + 11 + 20 + 21),
+        ("fare BETWEEN 20.5 AND 30", 2, 21 + 30),
+        (
+            "day = DATE '2024-01-03' AND id < 25",
+            4 + 1,
+            10 + 11 + 20 + 21 + 3,
+        ),
+    ] {
+        let rows = sql(&lake, &count(filter)).await;
+        assert!(
+            rows.contains(&format!("| {n} | {s} |")),
+            "{filter}: expected {n} rows summing to {s}: {rows}"
+        );
+    }
+}
+
+/// A session for one statement reads only the lake tables the statement names: a table
+/// whose log cannot be read fails the statements naming it, and no other.
+#[tokio::test]
+async fn a_statement_reads_only_the_tables_it_names() {
+    let lake = lake_with_rows().await;
+    let zones_url = lake.paths.url("silver/zones").unwrap();
+    let zones_schema = Schema::new(vec![Field::new("zone", DataType::Int64, false)]);
+    sluice_lake::delta::open_or_create("zones", zones_url.clone(), &zones_schema, &[], None)
+        .await
+        .unwrap();
+    let log = zones_url
+        .to_file_path()
+        .unwrap()
+        .join("_delta_log/00000000000000000000.json");
+    std::fs::write(&log, "this is not a delta log\n").unwrap();
+    let entries = [
+        TableEntry {
+            schema: "silver".into(),
+            name: NAME.into(),
+            location: LOCATION.into(),
+        },
+        TableEntry {
+            schema: "silver".into(),
+            name: "zones".into(),
+            location: "silver/zones".into(),
+        },
+    ];
+    let run = |sql: &'static str| {
+        let (lake, entries) = (&lake, &entries);
+        async move {
+            let session = Session::open_for(&lake.paths, entries, &lake.tables, sql).await?;
+            let result = session.query(sql).await?;
+            Ok::<_, sluice_lake::Error>(pretty_format_batches(&result.batches).unwrap().to_string())
+        }
+    };
+    for sql in [
+        "SELECT count(*) AS n FROM trips",
+        "SELECT count(*) AS n FROM lake.silver.trips",
+        "WITH t AS (SELECT id FROM silver.trips) SELECT count(*) AS n FROM t",
+        "SELECT count(*) AS n FROM trips a JOIN trips b ON a.id = b.id",
+    ] {
+        let rows = run(sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        assert!(rows.contains("| 4 |"), "{sql}: {rows}");
+    }
+    for sql in [
+        "SELECT * FROM zones",
+        "SELECT count(*) FROM trips JOIN silver.zones ON id = zone",
+        "SELECT table_name FROM information_schema.tables",
+    ] {
+        let err = run(sql).await.expect_err(sql).to_string();
+        assert!(
+            err.contains("zones"),
+            "{sql}: the error names the table: {err}"
+        );
+    }
+    // A session over every table fails whatever the statement.
+    assert!(
+        Session::open(&lake.paths, &entries, &lake.tables)
+            .await
+            .is_err(),
+        "the broken log is read by a session over all tables"
+    );
+}

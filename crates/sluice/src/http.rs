@@ -174,7 +174,7 @@ async fn query(
     Json(req): Json<QueryRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let session = p
-        .session()
+        .session_for(&req.sql)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
     let result = session.query(&req.sql).await?;

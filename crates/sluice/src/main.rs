@@ -464,7 +464,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Put { file, target } => rt.block_on(put(&cli, file, target)),
         Command::Query { sql, format } => rt.block_on(async {
             let platform = open(&cli).await?;
-            let session = platform.session().await?;
+            let session = platform.session_for(sql).await?;
             let result = session.query(sql).await?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", render::render(&result.schema, &result.batches, *format))?;

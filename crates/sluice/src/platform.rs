@@ -447,7 +447,18 @@ impl Platform {
 
     /// A SQL session over the lake with the system tables of the state store.
     pub async fn session(&self) -> Result<Session> {
-        let session = self.lake_session().await?;
+        self.with_system_tables(self.lake_session().await?)
+    }
+
+    /// A session for one statement: the system tables, and of the lake's tables those
+    /// `sql` names ([`Session::open_for`]).
+    pub async fn session_for(&self, sql: &str) -> Result<Session> {
+        let session =
+            Session::open_for(&self.paths, &self.lake_entries(), &self.tables, sql).await?;
+        self.with_system_tables(session)
+    }
+
+    fn with_system_tables(&self, session: Session) -> Result<Session> {
         crate::system::register(&session, self.state.clone(), self.executions.clone())?;
         for table in self
             .project
@@ -532,8 +543,12 @@ impl Platform {
     /// A SQL session over the silver and gold tables only: what gold models read, without
     /// copying the state store's history into memory for every refresh.
     pub async fn lake_session(&self) -> Result<Session> {
-        let entries: Vec<TableEntry> = self
-            .project
+        Ok(Session::open(&self.paths, &self.lake_entries(), &self.tables).await?)
+    }
+
+    /// The silver and gold tables, as SQL sessions register them.
+    fn lake_entries(&self) -> Vec<TableEntry> {
+        self.project
             .tables
             .values()
             .filter(|t| t.layer != Layer::Bronze)
@@ -542,8 +557,7 @@ impl Platform {
                 name: t.name.clone(),
                 location: self.locations[&t.name].clone(),
             })
-            .collect();
-        Ok(Session::open(&self.paths, &entries, &self.tables).await?)
+            .collect()
     }
 }
 

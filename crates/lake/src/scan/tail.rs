@@ -1,0 +1,199 @@
+//! A table's committed rows with the rows waiting in its tail ([`crate::tail`]).
+//!
+//! Each tail batch keeps, beside its rows in the query's types, every column's min, max
+//! and null count ([`TailBatch`]), so a scan skips the batches its filters rule out the
+//! way the Delta log's statistics skip files: a poll for one object's rows reads that
+//! object's batch, not the whole tail.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arrow::array::{ArrayRef, BooleanArray, RecordBatch, UInt64Array};
+use arrow::datatypes::SchemaRef;
+use datafusion::catalog::Session;
+use datafusion::common::pruning::PruningStatistics;
+use datafusion::common::{Column, ScalarValue};
+use datafusion::datasource::memory::MemorySourceConfig;
+use datafusion::datasource::{TableProvider, TableType};
+use datafusion::error::Result;
+use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+use datafusion::logical_expr::{Accumulator, Expr, TableProviderFilterPushDown};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::union::UnionExec;
+
+/// Rows of a tail entry in a query's types, with each column's statistics.
+#[derive(Debug)]
+pub struct TailBatch {
+    rows: RecordBatch,
+    /// One per column of `rows`.
+    stats: Vec<ColumnStats>,
+}
+
+#[derive(Debug)]
+struct ColumnStats {
+    /// None when the column's type has no order DataFusion computes a min/max for.
+    min: Option<ScalarValue>,
+    max: Option<ScalarValue>,
+    nulls: u64,
+}
+
+impl TailBatch {
+    /// `rows` with their statistics (computed once; a tail entry keeps its batches).
+    pub fn new(rows: RecordBatch) -> Self {
+        let stats = rows
+            .columns()
+            .iter()
+            .map(|column| ColumnStats {
+                min: MinAccumulator::try_new(column.data_type())
+                    .ok()
+                    .and_then(|a| bound(Box::new(a), column)),
+                max: MaxAccumulator::try_new(column.data_type())
+                    .ok()
+                    .and_then(|a| bound(Box::new(a), column)),
+                nulls: column.null_count() as u64,
+            })
+            .collect();
+        Self { rows, stats }
+    }
+
+    /// The rows.
+    pub fn rows(&self) -> &RecordBatch {
+        &self.rows
+    }
+}
+
+fn bound(mut acc: Box<dyn Accumulator>, column: &ArrayRef) -> Option<ScalarValue> {
+    acc.update_batch(std::slice::from_ref(column)).ok()?;
+    acc.evaluate().ok()
+}
+
+/// `provider` with the rows of its table's tail unioned in: rows acknowledged but not yet
+/// in a Delta commit. The tail's rows are cast to the provider's column types (text as
+/// views) once per entry ([`crate::tail::Entry::batches_as`]).
+pub fn with_tail(
+    provider: Arc<dyn TableProvider>,
+    entries: &[Arc<crate::tail::Entry>],
+) -> Result<Arc<dyn TableProvider>> {
+    let schema = provider.schema();
+    let mut batches = Vec::new();
+    for entry in entries {
+        let form = entry.batches_as(&schema)?;
+        batches.extend((0..form.len()).map(|i| (form.clone(), i)));
+    }
+    if batches.is_empty() {
+        return Ok(provider);
+    }
+    Ok(Arc::new(WithTail {
+        inner: provider,
+        batches,
+    }))
+}
+
+/// A table's committed rows (`inner`) and the batches waiting in its tail.
+#[derive(Debug)]
+struct WithTail {
+    inner: Arc<dyn TableProvider>,
+    /// Each batch as (its entry's query form, its index there).
+    batches: Vec<(Arc<[TailBatch]>, usize)>,
+}
+
+impl WithTail {
+    fn batch(&self, i: usize) -> &TailBatch {
+        let (form, j) = &self.batches[i];
+        &form[*j]
+    }
+}
+
+#[async_trait::async_trait]
+impl TableProvider for WithTail {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> Result<Vec<TableProviderFilterPushDown>> {
+        // Batches are skipped, rows are not filtered: DataFusion applies every filter.
+        Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
+    }
+
+    async fn scan(
+        &self,
+        session: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let schema = self.inner.schema();
+        let committed = self.inner.scan(session, projection, filters, limit).await?;
+        let keep = match super::pruning_predicate(session, filters, &schema)? {
+            Some(pruning) => pruning.prune(self).unwrap_or_else(|e| {
+                tracing::debug!("tail batch skipping failed, reading them all: {e}");
+                vec![true; self.batches.len()]
+            }),
+            None => vec![true; self.batches.len()],
+        };
+        let rows: Vec<RecordBatch> = (0..self.batches.len())
+            .filter(|&i| keep[i])
+            .map(|i| self.batch(i).rows.clone())
+            .collect();
+        if rows.is_empty() {
+            return Ok(committed);
+        }
+        let waiting = MemorySourceConfig::try_new_exec(&[rows], schema, projection.cloned())?;
+        UnionExec::try_new(vec![committed, waiting])
+    }
+}
+
+impl WithTail {
+    /// One value per batch of `column`'s statistic `pick` (None when a batch lacks it).
+    fn per_batch(
+        &self,
+        column: &Column,
+        pick: impl Fn(&ColumnStats) -> Option<ScalarValue>,
+    ) -> Option<ArrayRef> {
+        let index = self.inner.schema().index_of(&column.name).ok()?;
+        let values: Option<Vec<ScalarValue>> = (0..self.batches.len())
+            .map(|i| pick(self.batch(i).stats.get(index)?))
+            .collect();
+        ScalarValue::iter_to_array(values?).ok()
+    }
+}
+
+impl PruningStatistics for WithTail {
+    fn min_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.per_batch(column, |s| s.min.clone())
+    }
+
+    fn max_values(&self, column: &Column) -> Option<ArrayRef> {
+        self.per_batch(column, |s| s.max.clone())
+    }
+
+    fn num_containers(&self) -> usize {
+        self.batches.len()
+    }
+
+    fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
+        let index = self.inner.schema().index_of(&column.name).ok()?;
+        let counts: Option<Vec<u64>> = (0..self.batches.len())
+            .map(|i| self.batch(i).stats.get(index).map(|s| s.nulls))
+            .collect();
+        Some(Arc::new(UInt64Array::from(counts?)))
+    }
+
+    fn row_counts(&self) -> Option<ArrayRef> {
+        let counts: UInt64Array = (0..self.batches.len())
+            .map(|i| Some(self.batch(i).rows.num_rows() as u64))
+            .collect();
+        Some(Arc::new(counts))
+    }
+
+    fn contained(&self, _column: &Column, _values: &HashSet<ScalarValue>) -> Option<BooleanArray> {
+        None
+    }
+}
