@@ -38,13 +38,15 @@ pub struct TableEntry {
     pub location: String,
 }
 
-/// The quarantine's entry: every session has it, as `sluice.quarantine`.
-fn quarantine_entry() -> TableEntry {
-    TableEntry {
+/// `tables` and the quarantine (every session has it, as `sluice.quarantine`).
+fn with_quarantine(tables: &[TableEntry]) -> Vec<TableEntry> {
+    let mut all = tables.to_vec();
+    all.push(TableEntry {
         schema: "sluice".into(),
         name: "quarantine".into(),
         location: LakePaths::QUARANTINE.into(),
-    }
+    });
+    all
 }
 
 /// Whether `reference` may name `entry` (a bare name is looked up in every schema: the
@@ -88,7 +90,9 @@ impl Session {
         cache: &delta::TableCache,
     ) -> Result<Self, Error> {
         let session = Self::empty(cache)?;
-        session.register_lake(paths, tables, cache).await?;
+        session
+            .register(paths, &with_quarantine(tables), cache)
+            .await?;
         Ok(session)
     }
 
@@ -103,20 +107,11 @@ impl Session {
         sql: &str,
     ) -> Result<Self, Error> {
         let session = Self::empty(cache)?;
-        let quarantine = quarantine_entry();
-        let named: Vec<TableEntry> = match session.references(sql) {
-            Some(refs) => tables
-                .iter()
-                .chain(std::iter::once(&quarantine))
-                .filter(|t| refs.iter().any(|r| names(r, t)))
-                .cloned()
-                .collect(),
-            None => {
-                session.register_lake(paths, tables, cache).await?;
-                return Ok(session);
-            }
-        };
-        session.register(paths, &named, cache).await?;
+        let mut entries = with_quarantine(tables);
+        if let Some(refs) = session.references(sql) {
+            entries.retain(|t| refs.iter().any(|r| names(r, t)));
+        }
+        session.register(paths, &entries, cache).await?;
         Ok(session)
     }
 
@@ -149,18 +144,6 @@ impl Session {
                 .is_some_and(|s| s.eq_ignore_ascii_case("information_schema"))
         });
         (!refs.is_empty() && !catalog_wide).then_some(refs)
-    }
-
-    /// Registers the lake's tables and the quarantine.
-    async fn register_lake(
-        &self,
-        paths: &LakePaths,
-        tables: &[TableEntry],
-        cache: &delta::TableCache,
-    ) -> Result<(), Error> {
-        let mut all = tables.to_vec();
-        all.push(quarantine_entry());
-        self.register(paths, &all, cache).await
     }
 
     /// Registers each of `entries` at its latest version with its tail (skipping tables

@@ -75,17 +75,16 @@ pub fn with_tail(
     entries: &[Arc<crate::tail::Entry>],
 ) -> Result<Arc<dyn TableProvider>> {
     let schema = provider.schema();
-    let mut batches = Vec::new();
-    for entry in entries {
-        let form = entry.batches_as(&schema)?;
-        batches.extend((0..form.len()).map(|i| (form.clone(), i)));
-    }
-    if batches.is_empty() {
+    let forms = entries
+        .iter()
+        .map(|entry| entry.batches_as(&schema))
+        .collect::<Result<Vec<_>, _>>()?;
+    if forms.iter().all(|f| f.is_empty()) {
         return Ok(provider);
     }
     Ok(Arc::new(WithTail {
         inner: provider,
-        batches,
+        forms,
     }))
 }
 
@@ -93,14 +92,13 @@ pub fn with_tail(
 #[derive(Debug)]
 struct WithTail {
     inner: Arc<dyn TableProvider>,
-    /// Each batch as (its entry's query form, its index there).
-    batches: Vec<(Arc<[TailBatch]>, usize)>,
+    /// Each tail entry's batches in query form, in the tail's order.
+    forms: Vec<Arc<[TailBatch]>>,
 }
 
 impl WithTail {
-    fn batch(&self, i: usize) -> &TailBatch {
-        let (form, j) = &self.batches[i];
-        &form[*j]
+    fn batches(&self) -> impl Iterator<Item = &TailBatch> {
+        self.forms.iter().flat_map(|form| form.iter())
     }
 }
 
@@ -131,16 +129,19 @@ impl TableProvider for WithTail {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let schema = self.inner.schema();
         let committed = self.inner.scan(session, projection, filters, limit).await?;
+        let all = self.num_containers();
         let keep = match super::pruning_predicate(session, filters, &schema)? {
             Some(pruning) => pruning.prune(self).unwrap_or_else(|e| {
                 tracing::debug!("tail batch skipping failed, reading them all: {e}");
-                vec![true; self.batches.len()]
+                vec![true; all]
             }),
-            None => vec![true; self.batches.len()],
+            None => vec![true; all],
         };
-        let rows: Vec<RecordBatch> = (0..self.batches.len())
-            .filter(|&i| keep[i])
-            .map(|i| self.batch(i).rows.clone())
+        let rows: Vec<RecordBatch> = self
+            .batches()
+            .zip(keep)
+            .filter(|(_, keep)| *keep)
+            .map(|(batch, _)| batch.rows.clone())
             .collect();
         if rows.is_empty() {
             return Ok(committed);
@@ -158,8 +159,9 @@ impl WithTail {
         pick: impl Fn(&ColumnStats) -> Option<ScalarValue>,
     ) -> Option<ArrayRef> {
         let index = self.inner.schema().index_of(&column.name).ok()?;
-        let values: Option<Vec<ScalarValue>> = (0..self.batches.len())
-            .map(|i| pick(self.batch(i).stats.get(index)?))
+        let values: Option<Vec<ScalarValue>> = self
+            .batches()
+            .map(|batch| pick(batch.stats.get(index)?))
             .collect();
         ScalarValue::iter_to_array(values?).ok()
     }
@@ -175,20 +177,22 @@ impl PruningStatistics for WithTail {
     }
 
     fn num_containers(&self) -> usize {
-        self.batches.len()
+        self.forms.iter().map(|form| form.len()).sum()
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
         let index = self.inner.schema().index_of(&column.name).ok()?;
-        let counts: Option<Vec<u64>> = (0..self.batches.len())
-            .map(|i| self.batch(i).stats.get(index).map(|s| s.nulls))
+        let counts: Option<Vec<u64>> = self
+            .batches()
+            .map(|batch| batch.stats.get(index).map(|s| s.nulls))
             .collect();
         Some(Arc::new(UInt64Array::from(counts?)))
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        let counts: UInt64Array = (0..self.batches.len())
-            .map(|i| Some(self.batch(i).rows.num_rows() as u64))
+        let counts: UInt64Array = self
+            .batches()
+            .map(|batch| Some(batch.rows.num_rows() as u64))
             .collect();
         Some(Arc::new(counts))
     }
