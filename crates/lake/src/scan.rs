@@ -37,8 +37,10 @@ use datafusion::prelude::SessionContext;
 use deltalake::DeltaTable;
 use object_store::ObjectMeta;
 
+mod by_partition;
 mod tail;
 
+pub use by_partition::{ByPartition, ByPartitionExec};
 pub use tail::{TailBatch, with_tail};
 
 /// Reader features whose files this scan reads correctly as plain Parquet.

@@ -15,6 +15,7 @@ use datafusion::catalog::{
 use datafusion::common::TableReference;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::DataFusionError;
+use datafusion::execution::SessionStateBuilder;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
@@ -121,7 +122,13 @@ impl Session {
             .with_default_catalog_and_schema(CATALOG, "silver")
             .with_information_schema(true)
             .with_target_partitions(2);
-        let ctx = SessionContext::new_with_config_rt(config, cache.runtime());
+        let state = SessionStateBuilder::new()
+            .with_config(config)
+            .with_runtime_env(cache.runtime())
+            .with_default_features()
+            .with_physical_optimizer_rule(Arc::new(scan::ByPartition))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
         let catalog = Arc::new(MemoryCatalogProvider::new());
         for schema in SCHEMAS {
             catalog

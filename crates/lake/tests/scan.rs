@@ -366,3 +366,95 @@ async fn a_statement_reads_only_the_tables_it_names() {
         "the broken log is read by a session over all tables"
     );
 }
+
+/// Aggregates grouped by partition columns are folded a batch at a time
+/// (`scan::ByPartitionExec`) and answer exactly as DataFusion's own hash aggregate does
+/// over the same rows held in memory: several files per day, a null day, null values,
+/// several batches per file, and a filter in between.
+#[tokio::test]
+async fn aggregates_by_partition_columns_answer_as_the_hash_aggregate_does() {
+    let lake = new_lake().await;
+    let schema = Arc::new(schema());
+    let mut batches = Vec::new();
+    // Three commits, each with rows of every day: several files per partition value.
+    for commit in 0..3i64 {
+        let ids: Vec<i64> = (0..20_000).map(|i| commit * 20_000 + i).collect();
+        let day = |id: i64| (id % 5 != 4).then_some(JAN1 + (id % 5) as i32);
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.clone())),
+                Arc::new(Date32Array::from_iter(ids.iter().map(|&id| day(id)))),
+                Arc::new(
+                    Decimal128Array::from_iter(
+                        ids.iter()
+                            .map(|&id| (id % 7 != 0).then_some(i128::from(id % 1000) * 13)),
+                    )
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+                ),
+                Arc::new(StringArray::from_iter(
+                    ids.iter()
+                        .map(|&id| (id % 11 != 0).then(|| format!("n{}", id % 97))),
+                )),
+            ],
+        )
+        .unwrap();
+        lake.commit(batch.clone(), &[], &[]).await;
+        batches.push(batch);
+    }
+    let entry = TableEntry {
+        schema: "silver".into(),
+        name: NAME.into(),
+        location: LOCATION.into(),
+    };
+    let session = Session::open(&lake.paths, &[entry], &lake.tables)
+        .await
+        .unwrap();
+    session
+        .register_batches("bronze", "oracle", schema.clone(), batches)
+        .unwrap();
+    let text = |sql: String| {
+        let session = &session;
+        async move {
+            let result = session
+                .query(&sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            pretty_format_batches(&result.batches).unwrap().to_string()
+        }
+    };
+    let cases = [
+        (
+            "SELECT day, count(*) AS n, sum(fare) AS s, count(fare) AS nf, avg(fare) AS a, \
+             min(note) AS lo, max(note) AS hi, max(id) AS top FROM {t} GROUP BY day ORDER BY day",
+            true,
+        ),
+        (
+            "SELECT count(*) AS n, sum(fare) AS s, day FROM {t} WHERE id % 3 = 0 \
+             GROUP BY day ORDER BY day",
+            true,
+        ),
+        (
+            "SELECT day, count(*) AS n FROM {t} WHERE id % 2 = 3 GROUP BY day",
+            true,
+        ),
+        (
+            "SELECT day, note, count(*) AS n FROM {t} WHERE id % 97 < 3 \
+             GROUP BY day, note ORDER BY day, note",
+            false,
+        ),
+        (
+            "SELECT day, count(DISTINCT note) AS n FROM {t} GROUP BY day ORDER BY day",
+            false,
+        ),
+    ];
+    for (query, folded) in cases {
+        let ours = text(query.replace("{t}", "silver.trips")).await;
+        let oracle = text(query.replace("{t}", "bronze.oracle")).await;
+        assert_eq!(ours, oracle, "{query}");
+        assert!(ours.lines().count() > 4 || query.contains("= 3"), "{ours}");
+        let plan = text(format!("EXPLAIN {}", query.replace("{t}", "silver.trips"))).await;
+        assert_eq!(plan.contains("ByPartitionExec"), folded, "{query}: {plan}");
+    }
+}
