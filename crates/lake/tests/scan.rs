@@ -436,6 +436,10 @@ async fn aggregates_by_partition_columns_answer_as_the_hash_aggregate_does() {
             true,
         ),
         (
+            "SELECT day, count(*) AS n FROM {t} GROUP BY day ORDER BY day",
+            true,
+        ),
+        (
             "SELECT day, count(*) AS n FROM {t} WHERE id % 2 = 3 GROUP BY day",
             true,
         ),
