@@ -11,8 +11,10 @@
 //! schema, so DataFusion's final aggregate merges its output unchanged.
 //!
 //! It applies only where it cannot lose: a partial aggregate over sluice's own Parquet
-//! scan (or a filter of it), grouped only by that scan's partition columns, with aggregates whose state is a
-//! few values (count, sum, min, max, avg) and no DISTINCT, FILTER or ORDER BY.
+//! scan (or a filter of it), grouped only by that scan's partition columns, with
+//! aggregates whose state is a few values (count, sum, min, max, avg) and no DISTINCT,
+//! FILTER or ORDER BY. Answers do not rest on a batch holding one key: a filter's output
+//! may join the rows of several files, and its batches are split into runs.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -151,7 +153,7 @@ impl ByPartitionExec {
 
 /// The partition columns of the Parquet scan `plan` reads, through filters (sluice's
 /// [`super::provider`] scans files of one partition value each, filled in per file; a
-/// filter keeps the columns' names and each file's rows together).
+/// filter keeps the columns' names, and each file's rows stay contiguous).
 fn partition_columns(plan: &Arc<dyn ExecutionPlan>) -> Option<Vec<String>> {
     let mut plan = plan;
     while let Some(filter) = plan.downcast_ref::<FilterExec>() {
@@ -232,6 +234,7 @@ impl ExecutionPlan for ByPartitionExec {
         let input = self.input.execute(partition, context)?;
         let mut fold = Fold {
             group_by: self.group_by.clone(),
+            arguments: self.aggregates.iter().map(|a| a.expressions()).collect(),
             aggregates: self.aggregates.clone(),
             schema: self.schema.clone(),
             groups: HashMap::new(),
@@ -272,6 +275,8 @@ impl ExecutionPlan for ByPartitionExec {
 /// One partition's groups and their accumulators.
 struct Fold {
     group_by: Vec<Arc<dyn PhysicalExpr>>,
+    /// Each aggregate's argument expressions.
+    arguments: Vec<Vec<Arc<dyn PhysicalExpr>>>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
     schema: SchemaRef,
     /// Group key -> index into `keys` and `accumulators`.
@@ -318,10 +323,10 @@ impl Fold {
             .iter()
             .map(|e| e.evaluate(batch)?.into_array(rows))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let mut arguments = Vec::with_capacity(self.aggregates.len());
-        for aggregate in &self.aggregates {
-            let mut args = Vec::new();
-            for expr in aggregate.expressions() {
+        let mut arguments = Vec::with_capacity(self.arguments.len());
+        for exprs in &self.arguments {
+            let mut args = Vec::with_capacity(exprs.len());
+            for expr in exprs {
                 args.push(match expr.evaluate(batch)? {
                     ColumnarValue::Array(array) => array,
                     ColumnarValue::Scalar(value) => self.constants.array(value, rows)?,
