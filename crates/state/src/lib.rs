@@ -168,6 +168,14 @@ pub trait StateStore: Send + Sync {
 
     /// Records a run (insert or update by id).
     fn save_run(&self, run: &Run) -> Result<()>;
+    /// Records runs (insert or update by id), all in one transaction: a batch's starts.
+    fn save_runs(&self, runs: &[&Run]) -> Result<()>;
+    /// Ends a batch's jobs in one transaction: each run is saved, then its job completed,
+    /// retried or dead-lettered, as [`StateStore::complete_job`] and
+    /// [`StateStore::fail_job`] would. A job whose lease `worker` lost keeps its state (its
+    /// run is still saved); those jobs are returned.
+    fn end_jobs(&self, worker: &str, ends: &[JobEnd<'_>], now: DateTime<Utc>)
+    -> Result<Vec<JobId>>;
     /// Newest runs first.
     fn list_runs(&self, limit: usize) -> Result<Vec<Run>>;
     /// One run by id or unique id prefix.

@@ -17,8 +17,8 @@ use uuid::Uuid;
 mod executions;
 
 use crate::{
-    BatchLimits, Error, Job, JobCounts, JobId, JobStatus, LeasedJob, NewJob, ObjectMeta, Result,
-    Run, RunStatus, StateStore, StoredEvent, TableVersion, Upload, UploadPart,
+    BatchLimits, Error, Job, JobCounts, JobEnd, JobId, JobOutcome, JobStatus, LeasedJob, NewJob,
+    ObjectMeta, Result, Run, RunStatus, StateStore, StoredEvent, TableVersion, Upload, UploadPart,
 };
 
 const SCHEMA: &str = r#"
@@ -218,6 +218,77 @@ impl SqliteStore {
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
         f(&mut conn)
     }
+}
+
+/// Inserts or updates a run by id.
+fn save_run(conn: &Connection, run: &Run) -> Result<()> {
+    conn.execute(
+        &format!(
+            "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
+             ON CONFLICT(id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
+               rows_in = excluded.rows_in, rows_valid = excluded.rows_valid,
+               rows_quarantined = excluded.rows_quarantined, bytes_read = excluded.bytes_read,
+               bytes_written = excluded.bytes_written, error = excluded.error, detail = excluded.detail"
+        ),
+        params![
+            run.id.to_string(),
+            run.job_id.to_string(),
+            run.event_id.to_string(),
+            run.pipeline,
+            run.attempt,
+            run.status.as_str(),
+            micros(run.started_at),
+            run.finished_at.map(micros),
+            run.rows_in as i64,
+            run.rows_valid as i64,
+            run.rows_quarantined as i64,
+            run.bytes_read as i64,
+            run.bytes_written as i64,
+            run.error,
+            run.detail.to_string(),
+        ],
+    )?;
+    Ok(())
+}
+
+/// Completes, retries or dead-letters a job `worker` holds the lease of.
+fn end_job(
+    conn: &Connection,
+    job: JobId,
+    worker: &str,
+    outcome: JobOutcome<'_>,
+    now: DateTime<Utc>,
+) -> Result<()> {
+    let n = match outcome {
+        JobOutcome::Done => conn.execute(
+            "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL,
+                 last_error = NULL, updated_at = ?3
+             WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+            params![job.to_string(), worker, micros(now)],
+        )?,
+        JobOutcome::Failed {
+            error,
+            retry_at: Some(at),
+        } => conn.execute(
+            "UPDATE jobs SET status = 'pending', next_run_at = ?4, lease_owner = NULL,
+                 lease_expires_at = NULL, last_error = ?3, updated_at = ?5
+             WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+            params![job.to_string(), worker, error, micros(at), micros(now)],
+        )?,
+        JobOutcome::Failed {
+            error,
+            retry_at: None,
+        } => conn.execute(
+            "UPDATE jobs SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL,
+                 last_error = ?3, updated_at = ?4
+             WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
+            params![job.to_string(), worker, error, micros(now)],
+        )?,
+    };
+    if n == 0 {
+        return Err(Error::LeaseLost(job));
+    }
+    Ok(())
 }
 
 /// Brings a store made by an earlier sluice up to [`SCHEMA`] (columns added since).
@@ -790,18 +861,7 @@ impl StateStore for SqliteStore {
     }
 
     fn complete_job(&self, job: JobId, worker: &str, now: DateTime<Utc>) -> Result<()> {
-        self.with(|conn| {
-            let n = conn.execute(
-                "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL,
-                     last_error = NULL, updated_at = ?3
-                 WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
-                params![job.to_string(), worker, micros(now)],
-            )?;
-            if n == 0 {
-                return Err(Error::LeaseLost(job));
-            }
-            Ok(())
-        })
+        self.with(|conn| end_job(conn, job, worker, JobOutcome::Done, now))
     }
 
     fn fail_job(
@@ -813,24 +873,13 @@ impl StateStore for SqliteStore {
         now: DateTime<Utc>,
     ) -> Result<()> {
         self.with(|conn| {
-            let n = match retry_at {
-                Some(at) => conn.execute(
-                    "UPDATE jobs SET status = 'pending', next_run_at = ?4, lease_owner = NULL,
-                         lease_expires_at = NULL, last_error = ?3, updated_at = ?5
-                     WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
-                    params![job.to_string(), worker, error, micros(at), micros(now)],
-                )?,
-                None => conn.execute(
-                    "UPDATE jobs SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL,
-                         last_error = ?3, updated_at = ?4
-                     WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
-                    params![job.to_string(), worker, error, micros(now)],
-                )?,
-            };
-            if n == 0 {
-                return Err(Error::LeaseLost(job));
-            }
-            Ok(())
+            end_job(
+                conn,
+                job,
+                worker,
+                JobOutcome::Failed { error, retry_at },
+                now,
+            )
         })
     }
 
@@ -985,34 +1034,40 @@ impl StateStore for SqliteStore {
     }
 
     fn save_run(&self, run: &Run) -> Result<()> {
+        self.with(|conn| save_run(conn, run))
+    }
+
+    fn save_runs(&self, runs: &[&Run]) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
-                &format!(
-                    "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
-                     ON CONFLICT(id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
-                       rows_in = excluded.rows_in, rows_valid = excluded.rows_valid,
-                       rows_quarantined = excluded.rows_quarantined, bytes_read = excluded.bytes_read,
-                       bytes_written = excluded.bytes_written, error = excluded.error, detail = excluded.detail"
-                ),
-                params![
-                    run.id.to_string(),
-                    run.job_id.to_string(),
-                    run.event_id.to_string(),
-                    run.pipeline,
-                    run.attempt,
-                    run.status.as_str(),
-                    micros(run.started_at),
-                    run.finished_at.map(micros),
-                    run.rows_in as i64,
-                    run.rows_valid as i64,
-                    run.rows_quarantined as i64,
-                    run.bytes_read as i64,
-                    run.bytes_written as i64,
-                    run.error,
-                    run.detail.to_string(),
-                ],
-            )?;
+            let tx = conn.transaction()?;
+            for run in runs {
+                save_run(&tx, run)?;
+            }
+            tx.commit()?;
             Ok(())
+        })
+    }
+
+    fn end_jobs(
+        &self,
+        worker: &str,
+        ends: &[JobEnd<'_>],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<JobId>> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut lost = Vec::new();
+            for end in ends {
+                // The run is final before its job is (and both in this one commit).
+                save_run(&tx, end.run)?;
+                match end_job(&tx, end.run.job_id, worker, end.outcome, now) {
+                    Ok(()) => {}
+                    Err(Error::LeaseLost(job)) => lost.push(job),
+                    Err(e) => return Err(e),
+                }
+            }
+            tx.commit()?;
+            Ok(lost)
         })
     }
 

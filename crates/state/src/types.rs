@@ -122,6 +122,29 @@ pub struct BatchLimits {
     pub total_bytes: u64,
 }
 
+/// How a leased job's run ended, for [`crate::StateStore::end_jobs`].
+#[derive(Debug, Clone, Copy)]
+pub struct JobEnd<'a> {
+    /// The finished run, saved with its final status.
+    pub run: &'a Run,
+    /// What becomes of the job.
+    pub outcome: JobOutcome<'a>,
+}
+
+/// What becomes of a job after a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome<'a> {
+    /// Done ([`crate::StateStore::complete_job`]).
+    Done,
+    /// Failed: retried at `retry_at`, or dead-lettered when `None` ([`crate::StateStore::fail_job`]).
+    Failed {
+        /// Why.
+        error: &'a str,
+        /// When to try again.
+        retry_at: Option<DateTime<Utc>>,
+    },
+}
+
 /// An event as stored, with its sequence number.
 #[derive(Debug, Clone)]
 pub struct StoredEvent {

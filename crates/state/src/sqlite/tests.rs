@@ -312,3 +312,120 @@ fn a_batch_takes_due_jobs_of_the_lead_pipeline_one_event_per_object_within_its_l
     rest.sort();
     assert_eq!(rest, ["b.csv", "big.csv", "c.csv", "f.csv"]);
 }
+
+fn run_of(leased: &LeasedJob, status: RunStatus) -> Run {
+    Run {
+        id: Uuid::now_v7(),
+        job_id: leased.job.id,
+        event_id: leased.event.id.0,
+        pipeline: leased.job.pipeline.clone(),
+        attempt: leased.job.attempts,
+        status,
+        started_at: Utc::now(),
+        finished_at: None,
+        rows_in: 0,
+        rows_valid: 0,
+        rows_quarantined: 0,
+        bytes_read: 0,
+        bytes_written: 0,
+        error: None,
+        detail: serde_json::json!({}),
+    }
+}
+
+#[test]
+fn a_batch_ends_its_jobs_in_one_go_and_reports_the_leases_it_lost() {
+    let store = SqliteStore::open_in_memory().unwrap();
+    for key in ["a.csv", "b.csv", "c.csv", "d.csv"] {
+        store.record_event(&event(key), &[job(3)]).unwrap();
+    }
+    let t0 = Utc::now() + ChronoDuration::seconds(1);
+    let lead = store.lease_job("w1", t0, LEASE).unwrap().unwrap();
+    let limits = BatchLimits {
+        jobs: 10,
+        object_bytes: 100,
+        total_bytes: 100,
+    };
+    let mut batch = vec![lead.clone()];
+    batch.extend(
+        store
+            .lease_companions("w1", t0, LEASE, &lead, limits)
+            .unwrap(),
+    );
+    assert_eq!(batch.len(), 4);
+    let mut runs: Vec<Run> = batch
+        .iter()
+        .map(|l| run_of(l, RunStatus::Running))
+        .collect();
+    store.save_runs(&runs.iter().collect::<Vec<_>>()).unwrap();
+    assert!(
+        store
+            .list_runs(10)
+            .unwrap()
+            .iter()
+            .all(|r| r.status == RunStatus::Running)
+    );
+
+    // The last job's lease expires (the others are renewed) and another worker takes it
+    // over meanwhile.
+    let later = t0 + ChronoDuration::seconds(31);
+    for leased in &batch[..3] {
+        store
+            .extend_lease(leased.job.id, "w1", later + ChronoDuration::seconds(30))
+            .unwrap();
+    }
+    let taken = store.lease_job("w2", later, LEASE).unwrap().unwrap();
+    assert_eq!(taken.job.id, batch[3].job.id);
+
+    for r in &mut runs {
+        r.finished_at = Some(later);
+    }
+    runs[0].status = RunStatus::Succeeded;
+    runs[1].status = RunStatus::Failed;
+    runs[2].status = RunStatus::Failed;
+    runs[3].status = RunStatus::Succeeded;
+    let retry_at = later + ChronoDuration::seconds(5);
+    let ends = [
+        JobEnd {
+            run: &runs[0],
+            outcome: JobOutcome::Done,
+        },
+        JobEnd {
+            run: &runs[1],
+            outcome: JobOutcome::Failed {
+                error: "try again",
+                retry_at: Some(retry_at),
+            },
+        },
+        JobEnd {
+            run: &runs[2],
+            outcome: JobOutcome::Failed {
+                error: "hopeless",
+                retry_at: None,
+            },
+        },
+        JobEnd {
+            run: &runs[3],
+            outcome: JobOutcome::Done,
+        },
+    ];
+    let lost = store.end_jobs("w1", &ends, later).unwrap();
+    assert_eq!(lost, vec![batch[3].job.id]);
+    let counts = store.job_counts().unwrap();
+    assert_eq!(
+        (counts.done, counts.pending, counts.dead, counts.running),
+        (1, 1, 1, 1)
+    );
+    assert_eq!(
+        store.list_dlq().unwrap()[0].last_error.as_deref(),
+        Some("hopeless")
+    );
+    assert_eq!(
+        store.next_due().unwrap(),
+        Some(from_micros(micros(retry_at)))
+    );
+    // Every run was saved as it ended, the one whose lease was lost too.
+    let saved = store.list_runs(10).unwrap();
+    assert_eq!(saved.len(), 4);
+    assert!(saved.iter().all(|r| r.finished_at.is_some()));
+}
