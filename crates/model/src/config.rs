@@ -241,6 +241,9 @@ pub struct Server {
     /// How long small objects' rows may wait in a table's tail before their Delta commit
     /// (zero: each ingest commits to Delta itself).
     pub flush_interval: Duration,
+    /// How long a query waits for small objects acknowledged before it to be ingested
+    /// (zero: it does not wait).
+    pub read_after_write: Duration,
 }
 
 /// What an access key may do with a bucket.
@@ -776,13 +779,26 @@ fn validate(
         http_port: raw.server.http_port.unwrap_or(8080),
         workers: raw.server.workers,
         flush_interval: Duration::from_secs(1),
+        read_after_write: Duration::from_millis(250),
     };
-    if let Some(v) = &raw.server.flush_interval {
+    for (name, value, field) in [
+        (
+            "flush_interval",
+            &raw.server.flush_interval,
+            &mut server.flush_interval,
+        ),
+        (
+            "read_after_write",
+            &raw.server.read_after_write,
+            &mut server.read_after_write,
+        ),
+    ] {
+        let Some(v) = value else { continue };
         match parse_duration(v) {
-            Some(d) => server.flush_interval = d,
+            Some(d) => *field = d,
             None => c.add(
-                vec![key("server"), key("flush_interval")],
-                format!("flush_interval {v:?} is not a duration (e.g. \"500ms\", \"2s\", \"1m\")"),
+                vec![key("server"), key(name)],
+                format!("{name} {v:?} is not a duration (e.g. \"500ms\", \"2s\", \"1m\")"),
             ),
         }
     }

@@ -5,7 +5,7 @@
 //! | `PUT /v1/objects/{bucket}/{*key}` | store an object (streamed); its event is recorded before the 201 |
 //! | `GET /v1/objects/{bucket}/{*key}` | read an object |
 //! | `DELETE /v1/objects/{bucket}/{*key}` | delete an object; its object-removed event is recorded before the 204 |
-//! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types |
+//! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types; small objects acknowledged before it are ingested first (`[server] read_after_write`) |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
 //! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
 //! | `POST /v1/executions` `{"workflow": …, "input": …, "definition": …}` | start a durable execution of a `[workflows]` entry, or of the definition sent; 201 with its id |
@@ -173,6 +173,16 @@ async fn query(
     State(p): State<Arc<Platform>>,
     Json(req): Json<QueryRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Read after write: small objects acknowledged before this query are ingested first
+    // (within the bound), and the session below opens the tables after that.
+    let bound = p.project.server.read_after_write;
+    if p.pending.wait_for_earlier(bound).await == crate::pending::Waited::TimedOut {
+        tracing::debug!(
+            waiting = p.pending.len(),
+            ?bound,
+            "query answers before earlier writes are ingested"
+        );
+    }
     let session = p
         .session_for(&req.sql)
         .await

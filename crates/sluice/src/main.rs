@@ -6,6 +6,7 @@
 
 mod demo;
 mod http;
+mod pending;
 mod platform;
 mod render;
 mod routing;

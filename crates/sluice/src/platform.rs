@@ -56,6 +56,8 @@ pub struct Platform {
     compacting: std::sync::Mutex<std::collections::BTreeSet<String>>,
     /// Workflow executions this process is running (each runs in one place).
     pub running: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Small objects acknowledged whose jobs have not run yet: what a query waits for.
+    pub pending: crate::pending::PendingWrites,
 }
 
 /// Loads and validates a project file (or the `sluice.toml` of a project directory),
@@ -196,6 +198,7 @@ impl Platform {
             tables: Default::default(),
             compacting: Default::default(),
             running: Default::default(),
+            pending: Default::default(),
             s3_keys,
             project,
             project_dir,
@@ -387,9 +390,11 @@ impl Platform {
             sha256: event.object.sha256.clone(),
             version: event.object.version.clone(),
         };
-        self.state
-            .record_write(&meta, &event, &jobs)
-            .map_err(|e| PutError::State(e.into()))?;
+        self.note_pending(&event, jobs.len());
+        if let Err(e) = self.state.record_write(&meta, &event, &jobs) {
+            self.pending.abandon(event.id.0);
+            return Err(PutError::State(e.into()));
+        }
         if !jobs.is_empty() {
             self.wake.notify_waiters();
         }
@@ -424,13 +429,23 @@ impl Platform {
         };
         let event = new_event(EventKind::ObjectRemoved, object, source);
         let jobs = self.jobs_for(&event);
-        self.state
-            .record_removal(&event, &jobs)
-            .map_err(|e| PutError::State(e.into()))?;
+        self.note_pending(&event, jobs.len());
+        if let Err(e) = self.state.record_removal(&event, &jobs) {
+            self.pending.abandon(event.id.0);
+            return Err(PutError::State(e.into()));
+        }
         if !jobs.is_empty() {
             self.wake.notify_waiters();
         }
         Ok(())
+    }
+
+    /// Notes a small object's write for queries to wait for ([`crate::pending`]), before
+    /// its jobs are recorded: a worker may finish them before this returns.
+    fn note_pending(&self, event: &Event, jobs: usize) {
+        if event.object.size <= crate::worker::BATCH.object_bytes {
+            self.pending.begin(event.id.0, jobs);
+        }
     }
 
     fn jobs_for(&self, event: &Event) -> Vec<NewJob> {

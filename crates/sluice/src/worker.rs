@@ -16,7 +16,7 @@ use sluice_lake::ingest::{Outcome, Source, Target};
 use sluice_lake::{compact, gold, ingest};
 use sluice_model::config::Step;
 use sluice_model::event::EventKind;
-use sluice_state::{BatchLimits, LeasedJob, Run, RunStatus};
+use sluice_state::{BatchLimits, JobEnd, JobOutcome, LeasedJob, Run, RunStatus};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, error, info, info_span, warn};
 use uuid::Uuid;
@@ -37,6 +37,7 @@ pub const BATCH_ROWS: usize = 16_384;
 /// Runs `workers` workers until `shutdown`; in-flight jobs finish or are released.
 pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: CancellationToken) {
     // The tails' flush loop stops after the workers: its last round commits what they left.
+    platform.pending.activate();
     let flushing = CancellationToken::new();
     let flusher = tokio::spawn(crate::tails::run(platform.clone(), flushing.clone()));
     let mut handles = Vec::new();
@@ -218,11 +219,14 @@ pub async fn execute(platform: &Arc<Platform>, worker: &str, jobs: Vec<LeasedJob
             }
         })
         .collect();
+    // One state-store transaction for the batch's starts and one for its ends, not one
+    // per object: each is a synchronous commit (an fsync) under the store's one lock.
+    let starts: Vec<&Run> = members.iter().map(|m| &m.run).collect();
+    if let Err(e) = platform.state.save_runs(&starts) {
+        error!(error = %e, runs = size, "cannot record the runs");
+    }
     for m in &members {
         let _entered = m.span.enter();
-        if let Err(e) = platform.state.save_run(&m.run) {
-            error!(error = %e, "cannot record the run");
-        }
         info!(
             object = m.run.detail["object"].as_str().unwrap_or_default(),
             attempt = m.run.attempt,
@@ -231,13 +235,73 @@ pub async fn execute(platform: &Arc<Platform>, worker: &str, jobs: Vec<LeasedJob
         );
     }
     run_steps(platform, &mut members).await;
-    for m in members {
-        finish(platform, worker, m, started_at);
+    finish(platform, worker, members, started_at);
+}
+
+/// A member's run as it ended, and what becomes of its job.
+struct Ended {
+    leased: LeasedJob,
+    run: Run,
+    span: tracing::Span,
+    failure: Option<String>,
+    retry_at: Option<chrono::DateTime<Utc>>,
+}
+
+/// Records how the members' runs ended and completes, retries or dead-letters their jobs,
+/// all in one transaction.
+fn finish(
+    platform: &Platform,
+    worker: &str,
+    members: Vec<Member>,
+    started_at: chrono::DateTime<Utc>,
+) {
+    let ended: Vec<Ended> = members.into_iter().map(|m| settle(platform, m)).collect();
+    let ends: Vec<JobEnd<'_>> = ended
+        .iter()
+        .map(|e| JobEnd {
+            run: &e.run,
+            outcome: match &e.failure {
+                None => JobOutcome::Done,
+                Some(error) => JobOutcome::Failed {
+                    error,
+                    retry_at: e.retry_at,
+                },
+            },
+        })
+        .collect();
+    match platform.state.end_jobs(worker, &ends, Utc::now()) {
+        Ok(lost) => {
+            for job in lost {
+                warn!(job_id = %job, "job state not updated (lease lost); another worker owns it now");
+            }
+        }
+        Err(e) => {
+            error!(error = %e, "cannot record the runs' ends; their jobs run again when their leases expire")
+        }
+    }
+    for e in ended {
+        let _entered = e.span.enter();
+        let run = &e.run;
+        crate::routing::emit(
+            platform,
+            crate::routing::run_status_envelope(run, &platform.project.s3.region),
+        );
+        platform.pending.job_done(e.leased.event.id.0);
+        info!(
+            status = run.status.as_str(),
+            rows_in = run.rows_in,
+            rows_valid = run.rows_valid,
+            rows_quarantined = run.rows_quarantined,
+            bytes_read = run.bytes_read,
+            bytes_written = run.bytes_written,
+            duration_ms = (Utc::now() - started_at).num_milliseconds(),
+            "run finished"
+        );
     }
 }
 
-/// Records how a member's run ended and completes, retries or dead-letters its job.
-fn finish(platform: &Platform, worker: &str, m: Member, started_at: chrono::DateTime<Utc>) {
+/// How a member's run ended: its final status, and when its job runs again if it failed.
+fn settle(platform: &Platform, m: Member) -> Ended {
     let Member {
         leased,
         mut run,
@@ -251,7 +315,6 @@ fn finish(platform: &Platform, worker: &str, m: Member, started_at: chrono::Date
     run.detail["steps"] = json!(steps);
     run.finished_at = Some(Utc::now());
     let job = &leased.job;
-    // The run is final before its job is: whoever sees the queue idle sees every run's end.
     let retry_at = match &failure {
         None => {
             run.status = if ingests > 0 && !applied {
@@ -288,34 +351,14 @@ fn finish(platform: &Platform, worker: &str, m: Member, started_at: chrono::Date
             retry_at
         }
     };
-    if let Err(e) = platform.state.save_run(&run) {
-        error!(error = %e, "cannot record the run");
+    drop(_entered);
+    Ended {
+        leased,
+        run,
+        span,
+        failure: failure.map(|(message, _)| message),
+        retry_at,
     }
-    crate::routing::emit(
-        platform,
-        crate::routing::run_status_envelope(&run, &platform.project.s3.region),
-    );
-    let outcome = match &failure {
-        None => platform.state.complete_job(job.id, worker, Utc::now()),
-        Some((message, _)) => {
-            platform
-                .state
-                .fail_job(job.id, worker, message, retry_at, Utc::now())
-        }
-    };
-    if let Err(e) = outcome {
-        warn!(error = %e, "job state not updated (lease lost); another worker owns it now");
-    }
-    info!(
-        status = run.status.as_str(),
-        rows_in = run.rows_in,
-        rows_valid = run.rows_valid,
-        rows_quarantined = run.rows_quarantined,
-        bytes_read = run.bytes_read,
-        bytes_written = run.bytes_written,
-        duration_ms = (Utc::now() - started_at).num_milliseconds(),
-        "run finished"
-    );
 }
 
 /// Compacts `table` in the background once one of the partitions an ingest wrote holds

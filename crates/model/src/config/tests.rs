@@ -155,6 +155,33 @@ fn partition_columns_and_checks_are_validated() {
 }
 
 #[test]
+fn server_durations_have_defaults_and_are_validated() {
+    let p = parse(GOOD).unwrap();
+    assert_eq!(p.server.flush_interval, Duration::from_secs(1));
+    assert_eq!(p.server.read_after_write, Duration::from_millis(250));
+    let text = GOOD.replace(
+        "version = 1\n",
+        "version = 1\n[server]\nflush_interval = \"0s\"\nread_after_write = \"2s\"\n",
+    );
+    let p = parse(&text).unwrap();
+    assert_eq!(p.server.flush_interval, Duration::ZERO);
+    assert_eq!(p.server.read_after_write, Duration::from_secs(2));
+    let text = GOOD.replace(
+        "version = 1\n",
+        "version = 1\n[server]\nflush_interval = \"often\"\nread_after_write = \"a bit\"\n",
+    );
+    let out = errors(&text);
+    assert!(
+        out.contains("flush_interval \"often\" is not a duration"),
+        "{out}"
+    );
+    assert!(
+        out.contains("read_after_write \"a bit\" is not a duration"),
+        "{out}"
+    );
+}
+
+#[test]
 fn retry_delays_grow_exponentially_and_are_capped() {
     let r = Retry {
         max_attempts: 5,

@@ -3,6 +3,7 @@
 
 mod cli;
 mod compaction;
+mod read_after_write;
 mod routing;
 mod rules;
 mod s3;
