@@ -125,6 +125,12 @@ impl IngestReport {
     }
 }
 
+/// The quarantine table's partition column.
+pub const QUARANTINE_PARTITION: &str = "table_name";
+/// The quarantine table's description in its Delta metadata.
+pub const QUARANTINE_DESCRIPTION: &str =
+    "rows rejected by a contract, with reason, source object and line";
+
 /// The quarantine table's schema: one row per rejected source row.
 pub fn quarantine_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -251,8 +257,8 @@ pub async fn ingest_batch(
             "quarantine",
             quarantine_url.clone(),
             &quarantine_schema(),
-            &["table_name".to_string()],
-            Some("rows rejected by a contract, with reason, source object and line"),
+            &[QUARANTINE_PARTITION.to_string()],
+            Some(QUARANTINE_DESCRIPTION),
         )
         .await?;
     let silver_tail = target.tables.tail(&silver_url);

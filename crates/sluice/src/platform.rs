@@ -280,6 +280,21 @@ impl Platform {
         if !problems.is_empty() {
             bail!("{}\nnothing was started", problems.join("\n"));
         }
+        // The quarantine exists from the start too: `sluice.quarantine` answers (no rows)
+        // before the first ingest has rejected anything.
+        if !self.contracts.is_empty() {
+            use sluice_lake::ingest::{
+                QUARANTINE_DESCRIPTION, QUARANTINE_PARTITION, quarantine_schema,
+            };
+            delta::open_or_create(
+                "quarantine",
+                self.paths.url(sluice_lake::LakePaths::QUARANTINE)?,
+                &quarantine_schema(),
+                &[QUARANTINE_PARTITION.to_string()],
+                Some(QUARANTINE_DESCRIPTION),
+            )
+            .await?;
+        }
         Ok(())
     }
 

@@ -33,6 +33,8 @@ fn the_first_query_after_an_upload_sees_every_row_of_it() {
         .map(|i| generate(project.path(), &format!("t{i}.csv"), 400, 60 + i))
         .collect();
     let server = Server::start(project.path());
+    // Before any upload both tables answer, with no rows.
+    assert_eq!(rows_of(&server, "raw/landing/2024/01/none.csv"), (0, 0));
 
     // One writer: upload, then ask once.
     for (i, file) in files.iter().enumerate().take(3) {
