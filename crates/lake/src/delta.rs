@@ -196,6 +196,8 @@ pub struct TableCache {
     reading_tails: tokio::sync::Mutex<()>,
     /// Whether this process serves the data directory: it alone deletes tail files.
     owns_tails: std::sync::atomic::AtomicBool,
+    /// Each table version's active files as queries plan them ([`crate::scan::FileLists`]).
+    file_lists: Arc<crate::scan::FileLists>,
 }
 
 /// What the cache knows of a table's transactions.
@@ -457,6 +459,11 @@ impl TableCache {
         let mut tasks =
             std::mem::take(&mut *self.maintenance.lock().unwrap_or_else(|p| p.into_inner()));
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// The active-file lists SQL sessions plan their scans from ([`crate::scan::FileLists`]).
+    pub fn file_lists(&self) -> &Arc<crate::scan::FileLists> {
+        &self.file_lists
     }
 
     /// The DataFusion runtime the SQL sessions over these tables share: its object stores

@@ -168,7 +168,7 @@ impl Session {
             else {
                 continue;
             };
-            let provider = scan::provider(&table, &self.ctx)
+            let provider = scan::provider(&table, &self.ctx, cache.file_lists())
                 .await
                 .and_then(|p| scan::with_tail(p, &tail))
                 .map_err(sql_error)?;
