@@ -36,8 +36,8 @@ pub const BATCH_ROWS: usize = 16_384;
 
 /// Runs `workers` workers until `shutdown`; in-flight jobs finish or are released.
 pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: CancellationToken) {
-    // The tails' flush loop stops after the workers: its last round commits what they left.
     platform.pending.activate();
+    // The tails' flush loop stops after the workers: its last round commits what they left.
     let flushing = CancellationToken::new();
     let flusher = tokio::spawn(crate::tails::run(platform.clone(), flushing.clone()));
     let mut handles = Vec::new();

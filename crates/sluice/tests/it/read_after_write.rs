@@ -73,24 +73,7 @@ fn the_first_query_after_an_upload_sees_every_row_of_it() {
 fn a_query_does_not_wait_out_a_failed_jobs_retry() {
     // A pipeline that fails (its model's input does not exist yet) and retries an hour
     // later; queries would wait an hour too if a retry counted as not done.
-    let project = project_waiting(
-        "1h",
-        r#"
-[tables.weekly]
-layer = "gold"
-sql = "SELECT count(*) AS days FROM gold.daily_revenue"
-
-[triggers.reports]
-on = "object-created"
-bucket = "raw"
-prefix = "reports/"
-pipeline = "reports"
-
-[pipelines.reports]
-steps = [{ refresh = "weekly" }]
-retry = { max_attempts = 3, backoff = "1h", max_backoff = "1h" }
-"#,
-    );
+    let project = project_waiting("1h", &failing_reports_pipeline("1h", "1h"));
     let server = Server::start(project.path());
     server.put_bytes("raw", "reports/go.txt", b"go");
     // A liveness bound, not a timing claim: the query must come back at all.

@@ -187,23 +187,7 @@ fn too_many_invalid_rows_fail_the_run_keep_the_quarantine_and_publish_nothing() 
 
 #[test]
 fn a_missing_input_is_retried_with_backoff_then_dead_lettered_then_replayed() {
-    let project = taxi_project(|t| {
-        t + r#"
-[tables.weekly]
-layer = "gold"
-sql = "SELECT count(*) AS days FROM gold.daily_revenue"
-
-[triggers.reports]
-on = "object-created"
-bucket = "raw"
-prefix = "reports/"
-pipeline = "reports"
-
-[pipelines.reports]
-steps = [{ refresh = "weekly" }]
-retry = { max_attempts = 3, backoff = "100ms", max_backoff = "1s" }
-"#
-    });
+    let project = taxi_project(|t| t + &failing_reports_pipeline("100ms", "1s"));
     let server = Server::start(project.path());
     server.put_bytes("raw", "reports/go.txt", b"go");
     let status = server.wait_idle(Duration::from_secs(60));

@@ -68,6 +68,29 @@ pub fn taxi_project(edit: impl Fn(String) -> String) -> tempfile::TempDir {
     dir
 }
 
+/// Config for a `reports` pipeline, started by any object under `raw/reports/`, whose one
+/// step refreshes a model of `gold.daily_revenue`: it fails (and retries after `backoff`,
+/// up to `max_backoff`, three attempts) until a taxi file has made that table.
+pub fn failing_reports_pipeline(backoff: &str, max_backoff: &str) -> String {
+    format!(
+        r#"
+[tables.weekly]
+layer = "gold"
+sql = "SELECT count(*) AS days FROM gold.daily_revenue"
+
+[triggers.reports]
+on = "object-created"
+bucket = "raw"
+prefix = "reports/"
+pipeline = "reports"
+
+[pipelines.reports]
+steps = [{{ refresh = "weekly" }}]
+retry = {{ max_attempts = 3, backoff = "{backoff}", max_backoff = "{max_backoff}" }}
+"#
+    )
+}
+
 /// A running `sluice up`; killed on drop.
 pub struct Server {
     pub child: Child,

@@ -151,23 +151,7 @@ fn state_survives_reopening_the_file() {
 #[test]
 fn runs_are_found_by_id_prefix() {
     let store = SqliteStore::open_in_memory().unwrap();
-    let mut run = Run {
-        id: Uuid::now_v7(),
-        job_id: JobId(Uuid::now_v7()),
-        event_id: Uuid::now_v7(),
-        pipeline: "taxi".into(),
-        attempt: 1,
-        status: RunStatus::Running,
-        started_at: Utc::now(),
-        finished_at: None,
-        rows_in: 0,
-        rows_valid: 0,
-        rows_quarantined: 0,
-        bytes_read: 0,
-        bytes_written: 0,
-        error: None,
-        detail: serde_json::json!({}),
-    };
+    let mut run = a_run(JobId(Uuid::now_v7()), Uuid::now_v7(), "taxi", 1);
     store.save_run(&run).unwrap();
     run.status = RunStatus::Succeeded;
     run.rows_in = 10;
@@ -313,14 +297,15 @@ fn a_batch_takes_due_jobs_of_the_lead_pipeline_one_event_per_object_within_its_l
     assert_eq!(rest, ["b.csv", "big.csv", "c.csv", "f.csv"]);
 }
 
-fn run_of(leased: &LeasedJob, status: RunStatus) -> Run {
+/// A run just started, with nothing read or written yet.
+fn a_run(job_id: JobId, event_id: Uuid, pipeline: &str, attempt: u32) -> Run {
     Run {
         id: Uuid::now_v7(),
-        job_id: leased.job.id,
-        event_id: leased.event.id.0,
-        pipeline: leased.job.pipeline.clone(),
-        attempt: leased.job.attempts,
-        status,
+        job_id,
+        event_id,
+        pipeline: pipeline.into(),
+        attempt,
+        status: RunStatus::Running,
         started_at: Utc::now(),
         finished_at: None,
         rows_in: 0,
@@ -355,7 +340,7 @@ fn a_batch_ends_its_jobs_in_one_go_and_reports_the_leases_it_lost() {
     assert_eq!(batch.len(), 4);
     let mut runs: Vec<Run> = batch
         .iter()
-        .map(|l| run_of(l, RunStatus::Running))
+        .map(|l| a_run(l.job.id, l.event.id.0, &l.job.pipeline, l.job.attempts))
         .collect();
     store.save_runs(&runs.iter().collect::<Vec<_>>()).unwrap();
     assert!(
