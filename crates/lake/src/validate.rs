@@ -48,12 +48,16 @@ pub struct CompiledContract {
     format: Format,
     /// Schema seen by expressions: contract columns, lineage and `_key_*` columns, then derived columns.
     input_schema: SchemaRef,
-    derived: Vec<(String, Arc<dyn PhysicalExpr>)>,
+    /// Each derived column: its name, its expression, and the schema of the columns
+    /// before it (what it is evaluated over).
+    derived: Vec<(String, Arc<dyn PhysicalExpr>, SchemaRef)>,
     checks: Vec<(usize, Arc<dyn PhysicalExpr>)>,
     key_regex: Option<regex::Regex>,
     key_names: Vec<String>,
     /// Schema of the rows written to the table.
     output_schema: SchemaRef,
+    /// Where each output column is among the input columns.
+    output_idx: Vec<usize>,
     unique_idx: Vec<usize>,
 }
 
@@ -109,8 +113,8 @@ impl CompiledContract {
                             why: "the expression has no type (it is always NULL)".into(),
                         });
                     }
+                    derived.push((d.name.clone(), expr, Arc::new(schema)));
                     fields.push(Field::new(&d.name, storage_type(&ty), true));
-                    derived.push((d.name.clone(), expr));
                 }
                 Err(why) => {
                     errors.push(ContractError {
@@ -147,6 +151,15 @@ impl CompiledContract {
         output.push(Field::new(SOURCE_OBJECT_COLUMN, DataType::Utf8, false));
         output.push(Field::new(SOURCE_VERSION_COLUMN, DataType::Utf8, false));
         output.push(Field::new(SOURCE_LINE_COLUMN, DataType::Int64, false));
+        let output_idx = output
+            .iter()
+            .map(|f| {
+                fields
+                    .iter()
+                    .position(|i| i.name() == f.name())
+                    .expect("every output column is an input column")
+            })
+            .collect();
         let unique_idx = contract
             .unique
             .iter()
@@ -164,6 +177,7 @@ impl CompiledContract {
             key_regex,
             key_names,
             output_schema: Arc::new(Schema::new(output)),
+            output_idx,
             unique_idx,
         })
     }
@@ -333,13 +347,9 @@ impl Validator<'_> {
         for value in &self.key_values {
             arrays.push(Arc::new(StringArray::from(vec![value.as_deref(); n])));
         }
-        for (name, expr) in &self.compiled.derived {
-            let fields: Vec<Field> = self.compiled.input_schema.fields()[..arrays.len()]
-                .iter()
-                .map(|f| f.as_ref().clone())
-                .collect();
-            let partial = RecordBatch::try_new(Arc::new(Schema::new(fields)), arrays.clone())
-                .map_err(|e| EvalError {
+        for (name, expr, inputs) in &self.compiled.derived {
+            let partial =
+                RecordBatch::try_new(inputs.clone(), arrays.clone()).map_err(|e| EvalError {
                     what: format!("derived column {name:?}"),
                     why: e.to_string(),
                 })?;
@@ -418,17 +428,9 @@ impl Validator<'_> {
         let keep = BooleanArray::from_iter(reasons.iter().map(|r| Some(r.is_none())));
         let projected: Vec<ArrayRef> = self
             .compiled
-            .output_schema
-            .fields()
+            .output_idx
             .iter()
-            .map(|f| {
-                let i = self
-                    .compiled
-                    .input_schema
-                    .index_of(f.name())
-                    .expect("every output column is an input column");
-                arrays[i].clone()
-            })
+            .map(|&i| arrays[i].clone())
             .collect();
         let out =
             RecordBatch::try_new(self.compiled.output_schema.clone(), projected).map_err(|e| {

@@ -246,3 +246,42 @@ fn the_iso_fast_path_agrees_with_chrono() {
         assert_eq!(fast, slow, "{s}");
     }
 }
+
+#[test]
+fn cached_hour_offsets_agree_with_the_zone_across_its_transitions() {
+    // Every 7 minutes (seconds and micros varied) over the days around each zone's
+    // transitions, twice (the second pass answers from the cache), against chrono-tz.
+    let cases = [
+        ("America/New_York", ["2024-03-09", "2024-11-02"]),
+        // Half-hour daylight saving.
+        ("Australia/Lord_Howe", ["2024-04-06", "2024-10-05"]),
+        ("Asia/Kathmandu", ["2024-01-01", "2024-06-30"]),
+        ("Europe/London", ["2024-03-30", "2024-10-26"]),
+    ];
+    for (zone, days) in cases {
+        let tz: chrono_tz::Tz = zone.parse().unwrap();
+        let hours = HourOffsets::new();
+        for day in days {
+            let start = NaiveDate::parse_from_str(day, "%Y-%m-%d")
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap();
+            for pass in 0..2 {
+                for step in 0..(3 * 24 * 60 / 7) {
+                    let naive = start
+                        + chrono::Duration::minutes(step * 7)
+                        + chrono::Duration::microseconds(step * 1_234_567 % 60_000_000);
+                    let want = tz
+                        .from_local_datetime(&naive)
+                        .earliest()
+                        .map(|t| t.timestamp_micros());
+                    assert_eq!(
+                        hours.to_utc_micros(tz, &naive),
+                        want,
+                        "{zone} {naive} (pass {pass})"
+                    );
+                }
+            }
+        }
+    }
+}
