@@ -257,6 +257,9 @@ fn cached_hour_offsets_agree_with_the_zone_across_its_transitions() {
         ("Australia/Lord_Howe", ["2024-04-06", "2024-10-05"]),
         ("Asia/Kathmandu", ["2024-01-01", "2024-06-30"]),
         ("Europe/London", ["2024-03-30", "2024-10-26"]),
+        // Transitions one minute past the hour (until 2011): a gap and an overlap that
+        // start inside an hour whose first microsecond is unremarkable.
+        ("America/St_Johns", ["2010-03-13", "2010-11-06"]),
     ];
     for (zone, days) in cases {
         let tz: chrono_tz::Tz = zone.parse().unwrap();
