@@ -1005,8 +1005,10 @@ impl PartitionWriter {
         // ingest's CPU.
         let parts = order.len();
         let mut sorted = Vec::with_capacity(batches.len());
-        for (batch, of_row) in batches.into_iter().zip(&of_rows) {
-            let of_row: Vec<u32> = of_row.iter().map(|&n| rank[n as usize]).collect();
+        for (batch, mut of_row) in batches.into_iter().zip(of_rows) {
+            for p in of_row.iter_mut() {
+                *p = rank[*p as usize];
+            }
             let mut starts = vec![0usize; parts + 1];
             for &p in &of_row {
                 starts[p as usize + 1] += 1;

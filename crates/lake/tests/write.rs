@@ -49,11 +49,13 @@ fn batches_over(windows: usize, day_of: fn(i64) -> &'static str) -> Vec<RecordBa
     batches
 }
 
+/// Days in an order that is not theirs: the first row's day sorts last.
 fn day_of_three(n: i64) -> &'static str {
-    ["2024-01-01", "2024-01-02", "2024-01-03"][(n % 3) as usize]
+    ["2024-01-03", "2024-01-01", "2024-01-02"][(n % 3) as usize]
 }
 
-/// Every (day, n) of the table's active files, sorted; and the number of files.
+/// Every (day, n) of the table's active files, sorted; and the number of files. Panics
+/// when a row sits in a file of another day's partition.
 async fn contents(lake: &Lake) -> (Vec<(String, i64)>, usize) {
     let table = lake.table().await;
     let files = delta::active_files(lake.name, &table).await.unwrap();
@@ -74,7 +76,16 @@ async fn contents(lake: &Lake) -> (Vec<(String, i64)>, usize) {
                 .as_any()
                 .downcast_ref::<Int64Array>()
                 .unwrap();
+            // The partition the log records for the file is the rows' own day.
+            let partition = add.partition_values.get("day").cloned().flatten();
             for i in 0..batch.num_rows() {
+                assert_eq!(
+                    partition.as_deref(),
+                    Some(days.value(i)),
+                    "row {} sits in {}",
+                    n.value(i),
+                    add.path
+                );
                 rows.push((days.value(i).to_string(), n.value(i)));
             }
         }
