@@ -49,6 +49,8 @@ pub struct PreparedColumn<'a> {
     pattern: Option<regex::Regex>,
     allowed: HashSet<String>,
     tz: Option<chrono_tz::Tz>,
+    /// Bytes of the longest `map` key.
+    longest_map_key: usize,
     /// The zone's offset for the local hours seen lately (see [`HourOffsets`]).
     hours: HourOffsets,
     null_values: &'a [String],
@@ -129,6 +131,7 @@ impl<'a> PreparedColumn<'a> {
                 .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
             allowed: column.allowed.iter().cloned().collect(),
             tz: column.timezone.as_ref().and_then(|t| t.parse().ok()),
+            longest_map_key: column.map.keys().map(String::len).max().unwrap_or(0),
             hours: HourOffsets::new(),
             null_values,
         }
@@ -177,17 +180,42 @@ impl<'a> PreparedColumn<'a> {
         if v.is_empty() || self.null_values.iter().any(|n| n == v) {
             return None;
         }
-        if !self.column.map.is_empty() {
-            let lowered = v.to_lowercase();
-            if let Some(mapped) = self.column.map.get(&lowered) {
-                return if mapped.is_empty() {
-                    None
-                } else {
-                    Some(mapped.as_str())
-                };
-            }
+        if let Some(mapped) = self.mapped(v) {
+            return (!mapped.is_empty()).then_some(mapped);
         }
         Some(v)
+    }
+
+    /// The value `v` maps to (keys compare case-insensitively). Short ASCII values, the
+    /// usual codes, are lowered on the stack: no allocation per value.
+    fn mapped(&self, v: &str) -> Option<&str> {
+        if self.column.map.is_empty() {
+            return None;
+        }
+        let mut buf = [0u8; 32];
+        let found = if v.is_ascii() {
+            // Lowering ASCII keeps its length: a longer value cannot be a key.
+            if v.len() > self.longest_map_key {
+                return None;
+            }
+            if v.len() > buf.len() {
+                return self
+                    .column
+                    .map
+                    .get(&v.to_ascii_lowercase())
+                    .map(String::as_str);
+            }
+            let lowered = &mut buf[..v.len()];
+            lowered.copy_from_slice(v.as_bytes());
+            lowered.make_ascii_lowercase();
+            // ASCII lowered is ASCII.
+            std::str::from_utf8(lowered)
+                .ok()
+                .and_then(|k| self.column.map.get(k))
+        } else {
+            self.column.map.get(&v.to_lowercase())
+        };
+        found.map(String::as_str)
     }
 
     fn check_text(&self, row: usize, v: &str) -> Option<ColumnFailure> {
@@ -298,6 +326,8 @@ impl<'a> PreparedColumn<'a> {
             }),
             ColumnType::Decimal { precision, scale } => {
                 let (p, s) = (*precision, *scale);
+                let ranged = self.column.min.is_some() || self.column.max.is_some();
+                let unit = 10f64.powi(s as i32);
                 let array = each_value!(Decimal128Builder::with_capacity(n), |row, v| {
                     parse_decimal(v, p, s)
                         .ok_or_else(|| {
@@ -308,7 +338,11 @@ impl<'a> PreparedColumn<'a> {
                             )
                         })
                         .and_then(|x| {
-                            let as_f64 = x as f64 / 10f64.powi(s as i32);
+                            if !ranged {
+                                return Ok(x);
+                            }
+                            // i128 to f64 is a slow library call; most amounts fit an i64.
+                            let as_f64 = i64::try_from(x).map_or(x as f64, |x| x as f64) / unit;
                             match self.check_range(row, as_f64, v) {
                                 Some(f) => Err(f),
                                 None => Ok(x),
@@ -502,6 +536,59 @@ fn parse_bool(v: &str) -> Option<bool> {
 
 /// Parses a decimal, rounding half away from zero to `scale` digits (arrow's parser truncates).
 fn parse_decimal(v: &str, precision: u8, scale: i8) -> Option<i128> {
+    if let Some(plain) = parse_plain_decimal(v, precision, scale) {
+        return plain;
+    }
+    parse_decimal_any(v, precision, scale)
+}
+
+/// The common spelling, `-?digits[.digits]` with at most 18 digits, in one pass over its
+/// bytes into an i64 (no exponent, sign or overflow handling per digit, no second parse to
+/// round). None: another spelling, for [`parse_decimal_any`]; Some(None): a plain number
+/// that does not fit.
+fn parse_plain_decimal(v: &str, precision: u8, scale: i8) -> Option<Option<i128>> {
+    let b = v.as_bytes();
+    let (negative, digits) = match b.first()? {
+        b'-' => (true, &b[1..]),
+        _ => (false, b),
+    };
+    // 18 digits and a point at most: the mantissa fits an i64.
+    if digits.is_empty() || digits.len() > 19 || !(0..=18).contains(&scale) {
+        return None;
+    }
+    let mut mantissa: i64 = 0;
+    let mut frac_digits: Option<u32> = None;
+    for (i, &c) in digits.iter().enumerate() {
+        match c {
+            b'0'..=b'9' if i < 18 || frac_digits.is_some() => {
+                mantissa = mantissa * 10 + i64::from(c - b'0');
+                if let Some(f) = &mut frac_digits {
+                    *f += 1;
+                }
+            }
+            // One point, with digits on both sides.
+            b'.' if frac_digits.is_none() && i > 0 && i + 1 < digits.len() => frac_digits = Some(0),
+            _ => return None,
+        }
+    }
+    let frac_digits = frac_digits.unwrap_or(0);
+    let scale = scale as u32;
+    let mut value = i128::from(mantissa);
+    if frac_digits <= scale {
+        value *= 10i128.pow(scale - frac_digits);
+    } else {
+        // Round half away from zero to `scale` digits.
+        let divisor = 10i128.pow(frac_digits - scale);
+        let (q, r) = (value / divisor, value % divisor);
+        value = if r * 2 >= divisor { q + 1 } else { q };
+    }
+    let fits = value < 10i128.pow(u32::from(precision.min(38)));
+    Some(fits.then_some(if negative { -value } else { value }))
+}
+
+/// Any spelling arrow parses (exponents, a sign, a bare point), rounded like
+/// [`parse_plain_decimal`].
+fn parse_decimal_any(v: &str, precision: u8, scale: i8) -> Option<i128> {
     use arrow::compute::kernels::cast_utils::parse_decimal as arrow_parse;
     use arrow::datatypes::Decimal128Type;
     let frac_digits = v

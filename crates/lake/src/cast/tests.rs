@@ -199,6 +199,35 @@ fn not_null_map_allowed_and_pattern() {
         vec![(2, "missing"), (3, "not_allowed"), (4, "missing")]
     );
 
+    // Keys longer than the stack buffer, non-ASCII keys, and a key mapped to null.
+    let mut col = column(ColumnType::String);
+    let long = "a voided trip that the vendor never charged for".to_string();
+    col.map = [
+        (long.clone(), "void".to_string()),
+        ("crédit".to_string(), "credit".to_string()),
+        ("n/a".to_string(), String::new()),
+    ]
+    .into();
+    let (a, f) = cast(
+        &col,
+        &[
+            Some("A VOIDED TRIP that the vendor never charged for"),
+            Some("CRÉDIT"),
+            Some("N/A"),
+            Some("a voided trip that the vendor never charged for, twice"),
+            Some("crd"),
+        ],
+    );
+    let a = a.as_any().downcast_ref::<StringArray>().unwrap();
+    assert_eq!((a.value(0), a.value(1)), ("void", "credit"));
+    assert!(a.is_null(2));
+    assert_eq!(
+        a.value(3),
+        "a voided trip that the vendor never charged for, twice"
+    );
+    assert_eq!(a.value(4), "crd");
+    assert!(f.is_empty());
+
     let mut col = column(ColumnType::String);
     col.pattern = Some("[A-Z]{3}".into());
     let (_, f) = cast(&col, &[Some("ABC"), Some("ABCD")]);
@@ -286,5 +315,65 @@ fn cached_hour_offsets_agree_with_the_zone_across_its_transitions() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn the_plain_decimal_fast_path_rounds_and_bounds_like_arrow() {
+    // (text, precision, scale, expected)
+    let cases: &[(&str, u8, i8, Option<i128>)] = &[
+        ("12.345", 10, 2, Some(1235)),
+        ("-12.345", 10, 2, Some(-1235)),
+        ("12.344", 10, 2, Some(1234)),
+        ("0.005", 10, 2, Some(1)),
+        ("-0.004", 10, 2, Some(0)),
+        ("7", 10, 2, Some(700)),
+        ("99999999.99", 10, 2, Some(9_999_999_999)),
+        ("99999999.995", 10, 2, None),
+        ("100000000", 10, 2, None),
+        ("000000000001.5", 3, 1, Some(15)),
+    ];
+    for &(text, p, s, want) in cases {
+        assert_eq!(
+            parse_plain_decimal(text, p, s),
+            Some(want),
+            "{text} ({p},{s})"
+        );
+        assert_eq!(
+            parse_decimal_any(text, p, s),
+            want,
+            "{text} ({p},{s}) via arrow"
+        );
+    }
+    // Other spellings go to arrow's parser.
+    for text in [
+        "+1.5",
+        ".5",
+        "5.",
+        "1e3",
+        "1.2.3",
+        "-",
+        "",
+        "12345678901234567890",
+        " 1",
+    ] {
+        assert_eq!(parse_plain_decimal(text, 38, 2), None, "{text:?}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2_000))]
+    #[test]
+    fn the_plain_decimal_fast_path_agrees_with_arrow(
+        // At most 18 digits: all of them take the fast path.
+        text in "-?[0-9]{1,10}(\\.[0-9]{1,8})?",
+        precision in 1u8..=38,
+        scale in 0i8..=12,
+    ) {
+        let scale = scale.min(precision as i8);
+        proptest::prop_assert_eq!(
+            parse_plain_decimal(&text, precision, scale),
+            Some(parse_decimal_any(&text, precision, scale))
+        );
     }
 }
