@@ -987,30 +987,31 @@ async fn spawn_reader(
             }
         };
         let mut validator = compiled.validator(&source_for_thread, &version, &key_text);
-        loop {
-            match source.next_batch(batch_rows) {
-                Ok(Some(batch)) => {
-                    let rows_in = batch.num_rows() as u64;
-                    let item =
-                        validator
-                            .validate(&batch)
-                            .map_err(Error::from)
-                            .map(|v| Chunk::Rows {
-                                valid: v.valid,
-                                rejected: v.rejected,
-                                rows_in,
-                            });
-                    let failed = item.is_err();
-                    if !send(item) || failed {
-                        return;
+        let finished = if object_size > SMALL_OBJECT_BYTES {
+            // A large object is parsed on a thread of its own, a few batches ahead of the
+            // validation here: the two stages (~a third and ~two thirds of the reading
+            // CPU of a taxi file) run side by side, beside the writer.
+            std::thread::scope(|scope| {
+                let (parsed_tx, parsed_rx) = std::sync::mpsc::sync_channel::<Parsed>(2);
+                let source = &mut source;
+                scope.spawn(move || {
+                    loop {
+                        let next = source.next_batch(batch_rows);
+                        let last = !matches!(next, Ok(Some(_)));
+                        if parsed_tx.send(next).is_err() || last {
+                            break;
+                        }
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    send(Err(bad_file(e)));
-                    return;
-                }
-            }
+                });
+                // Returning drops the receiver, which stops the parser at its next batch.
+                validate_all(parsed_rx.into_iter(), &mut validator, &send, &bad_file)
+            })
+        } else {
+            let parsed = std::iter::from_fn(|| Some(source.next_batch(batch_rows)));
+            validate_all(parsed, &mut validator, &send, &bad_file)
+        };
+        if !finished {
+            return;
         }
         drop(source);
         let (sha256, bytes) = match hashing_file {
@@ -1049,6 +1050,46 @@ async fn spawn_reader(
     });
 
     Ok(Some((rx, reader_thread)))
+}
+
+/// A parsed batch, the end of the source, or why it cannot be read.
+type Parsed = Result<Option<read::SourceBatch>, read::ReadError>;
+
+/// Validates a source's batches in order, sending each outcome on; true when the source
+/// ended cleanly, false when it failed or the receiver is gone (already told or moot).
+fn validate_all(
+    batches: impl Iterator<Item = Parsed>,
+    validator: &mut crate::validate::Validator<'_>,
+    send: &dyn Fn(Result<Chunk, Error>) -> bool,
+    bad_file: &dyn Fn(read::ReadError) -> Error,
+) -> bool {
+    for parsed in batches {
+        match parsed {
+            Ok(Some(batch)) => {
+                let rows_in = batch.num_rows() as u64;
+                let item = validator
+                    .validate(&batch)
+                    .map_err(Error::from)
+                    .map(|v| Chunk::Rows {
+                        valid: v.valid,
+                        rejected: v.rejected,
+                        rows_in,
+                    });
+                let failed = item.is_err();
+                if !send(item) || failed {
+                    return false;
+                }
+            }
+            Ok(None) => return true,
+            Err(e) => {
+                send(Err(bad_file(e)));
+                return false;
+            }
+        }
+    }
+    // The parsing thread ended without saying so (it panicked).
+    send(Err(Error::Internal("the parsing thread died".into())));
+    false
 }
 
 /// Like [`Hashing`], but its state is shared so the reader thread can read it after the source is done.

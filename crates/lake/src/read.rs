@@ -173,7 +173,7 @@ impl RawRows<'_> {
                 RawColumn::Unprintable => None,
             };
             // Writing a str into a Vec cannot fail; were it to, the value reads as null.
-            let written = text.is_some_and(|t| serde_json::to_writer(&mut out, t.as_ref()).is_ok());
+            let written = text.is_some_and(|t| json_string(&mut out, t.as_ref()));
             if !written {
                 out.extend_from_slice(b"null");
             }
@@ -250,6 +250,18 @@ pub fn open(
             Box::new(ParquetSource::new(file, contract)?)
         }
     })
+}
+
+/// Appends `text` as a JSON string, as serde_json writes it: most values need no escape
+/// and are copied between quotes as they are.
+fn json_string(out: &mut Vec<u8>, text: &str) -> bool {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        return true;
+    }
+    serde_json::to_writer(out, text).is_ok()
 }
 
 /// Where the newlines are in the bytes read so far but not yet consumed as records.
@@ -407,6 +419,22 @@ impl Source for CsvSource {
                         "row has {fields} fields but the header has {width} (the extra fields are not empty)"
                     ),
                 });
+            }
+            // The record's UTF-8 checked in one pass (fields split at ASCII bytes are then
+            // text too), not field by field; a record that is not text goes field by
+            // field to name the bad ones.
+            match csv::StringRecord::from_byte_record(std::mem::take(&mut self.record)) {
+                Ok(text) => {
+                    for (i, builder) in builders.iter_mut().enumerate() {
+                        match text.get(i) {
+                            None => builder.append_null(),
+                            Some(value) => builder.append_value(value),
+                        }
+                    }
+                    self.record = text.into_byte_record();
+                    continue;
+                }
+                Err(e) => self.record = e.into_byte_record(),
             }
             for (i, builder) in builders.iter_mut().enumerate() {
                 match self.record.get(i) {

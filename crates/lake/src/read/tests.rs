@@ -242,3 +242,24 @@ fn raw_rows_render_each_field_as_json_text() {
     let parsed: serde_json::Value = serde_json::from_str(&raw.row(0)).unwrap();
     assert_eq!(parsed["note \"q\""], "a,\"b\"\n\\");
 }
+
+#[test]
+fn raw_values_are_json_strings_exactly_as_serde_json_writes_them() {
+    for text in [
+        "",
+        "plain 1.5",
+        "quote \" inside",
+        "back\\slash",
+        "tab\tnew\nline\r",
+        "\u{1}\u{1f}\u{7f}",
+        "héllo ✓ 𝄞",
+    ] {
+        let mut ours = Vec::new();
+        assert!(json_string(&mut ours, text));
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            serde_json::to_string(text).unwrap(),
+            "{text:?}"
+        );
+    }
+}
