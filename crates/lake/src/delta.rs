@@ -907,7 +907,7 @@ pub struct FileWriter {
 pub const WINDOW_BYTES: usize = 64 << 20;
 
 enum Encoder {
-    Idle(Box<PartitionWriter>),
+    Idle(Box<WindowWriter>),
     Busy(tokio::task::JoinHandle<WindowWritten>),
     /// A window's write failed or its task died: the writer is gone.
     Broken,
@@ -915,7 +915,7 @@ enum Encoder {
 
 /// What the task writing a window hands back.
 struct WindowWritten {
-    writer: Box<PartitionWriter>,
+    writer: Box<WindowWriter>,
     /// The files it finished (also when it failed: they are deleted then).
     finished: Vec<Add>,
     result: Result<(), Error>,
@@ -924,27 +924,70 @@ struct WindowWritten {
 impl Drop for FileWriter {
     fn drop(&mut self) {
         // A writer dropped mid-window (an ingest that failed) stops its task; the Delta
-        // writer it owns aborts its unfinished uploads.
+        // writers it owns abort their unfinished uploads.
         if let Encoder::Busy(task) = &self.encoder {
             task.abort();
         }
     }
 }
 
-/// Writes windows into files one partition at a time.
-struct PartitionWriter {
-    inner: RecordBatchWriter,
+/// How many Delta writers encode a window's partitions side by side: encoding and
+/// compressing is most of an ingest's CPU, and one writer alone was the slowest stage
+/// of a taxi ingest (docs/benchmarks.md, session 19). Each lane has a file open, so
+/// memory grows by one open file per lane.
+fn lane_count() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+}
+
+/// Writes windows into files: a window's partitions are shared out among its lanes, each
+/// writing one partition at a time on a task of its own.
+struct WindowWriter {
     table: String,
     /// Converts the partition columns (named) to comparable rows (None for unpartitioned
     /// tables).
     partitions: Option<(arrow::row::RowConverter, Vec<String>)>,
+    /// The Delta writers (at least one).
+    lanes: Vec<PartitionWriter>,
+}
+
+/// One Delta writer: one file open at a time.
+struct PartitionWriter {
+    inner: RecordBatchWriter,
+    table: String,
     /// The partition whose file is open, if any.
     open: Option<arrow::row::OwnedRow>,
 }
 
-impl PartitionWriter {
-    /// Writes a window's rows, partition by partition in partition order, adding the
-    /// files it finishes to `finished` (on error too: the caller deletes them).
+/// A window's rows, each batch reordered by partition: partition `p`'s rows are
+/// `starts[p]..starts[p + 1]` of every batch.
+struct SortedWindow {
+    batches: Vec<(RecordBatch, Vec<usize>)>,
+    /// Each partition's key, in partition order.
+    keys: Vec<arrow::row::OwnedRow>,
+    columns: Vec<String>,
+    /// The next partition a lane should take.
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl SortedWindow {
+    /// Partition `p`'s rows as one batch.
+    fn partition(&self, p: usize) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let slices: Vec<RecordBatch> = self
+            .batches
+            .iter()
+            .filter(|(_, starts)| starts[p + 1] > starts[p])
+            .map(|(batch, starts)| batch.slice(starts[p], starts[p + 1] - starts[p]))
+            .collect();
+        match slices.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => arrow::compute::concat_batches(&slices[0].schema(), &slices),
+        }
+    }
+}
+
+impl WindowWriter {
+    /// Writes a window's rows, partition by partition, adding the files it finishes to
+    /// `finished` (on error too: the caller deletes them).
     async fn write_window(
         &mut self,
         batches: Vec<RecordBatch>,
@@ -952,7 +995,7 @@ impl PartitionWriter {
     ) -> Result<(), Error> {
         let Some((converter, columns)) = &self.partitions else {
             for batch in batches {
-                self.write(batch).await?;
+                self.lanes[0].write(batch).await?;
             }
             return Ok(());
         };
@@ -991,10 +1034,13 @@ impl PartitionWriter {
             rank[*number as usize] = i as u32;
         }
         if let [(key, _)] = order.as_slice() {
-            // One partition: the window's batches as they are, no copy.
-            finished.extend(self.open_partition(key.owned()).await?);
+            // One partition: the window's batches as they are, no copy, into the first
+            // lane (whose file stays open for the next window: a stream of one partition,
+            // as compaction writes, makes files of the target size).
+            let lane = &mut self.lanes[0];
+            finished.extend(lane.open_partition(key.owned()).await?);
             for batch in batches {
-                self.write_partition(batch, &columns).await?;
+                lane.write_partition(batch, &columns).await?;
             }
             return Ok(());
         }
@@ -1026,21 +1072,80 @@ impl PartitionWriter {
             let batch = arrow::compute::take_record_batch(&batch, &indices).map_err(split)?;
             sorted.push((batch, starts));
         }
-        for (p, (key, _)) in order.iter().enumerate() {
-            let slices: Vec<RecordBatch> = sorted
-                .iter()
-                .filter(|(_, starts)| starts[p + 1] > starts[p])
-                .map(|(batch, starts)| batch.slice(starts[p], starts[p + 1] - starts[p]))
-                .collect();
-            let batch = match slices.as_slice() {
-                [one] => one.clone(),
-                _ => arrow::compute::concat_batches(&slices[0].schema(), &slices).map_err(split)?,
-            };
-            drop(slices);
-            finished.extend(self.open_partition(key.owned()).await?);
-            self.write_partition(batch, &columns).await?;
+        let window = Arc::new(SortedWindow {
+            batches: sorted,
+            keys: order.iter().map(|(key, _)| key.owned()).collect(),
+            columns,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        });
+        // The lanes take the partitions in order, each the next one not yet taken, on
+        // tasks of their own (a JoinSet: a writer dropped mid-window aborts them all).
+        let mut tasks = tokio::task::JoinSet::new();
+        for lane in std::mem::take(&mut self.lanes) {
+            tasks.spawn(lane.write_partitions(window.clone()));
         }
-        Ok(())
+        let mut failure = None;
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((lane, files, result)) => {
+                    self.lanes.push(lane);
+                    finished.extend(files);
+                    if let Err(e) = result {
+                        failure.get_or_insert(e);
+                    }
+                }
+                Err(e) => {
+                    failure.get_or_insert(Error::Internal(format!(
+                        "writing files of {} stopped: {e}",
+                        self.table
+                    )));
+                }
+            }
+        }
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Finishes every lane's open file.
+    async fn flush(&mut self) -> Result<Vec<Add>, Error> {
+        let mut adds = Vec::new();
+        for lane in &mut self.lanes {
+            adds.extend(lane.flush().await?);
+        }
+        Ok(adds)
+    }
+}
+
+impl PartitionWriter {
+    /// Writes the window's partitions this lane takes, one after another; hands itself
+    /// back with the files it finished (on error too: the caller deletes them).
+    async fn write_partitions(
+        mut self,
+        window: Arc<SortedWindow>,
+    ) -> (Self, Vec<Add>, Result<(), Error>) {
+        let mut finished = Vec::new();
+        let result = async {
+            loop {
+                let p = window
+                    .next
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(key) = window.keys.get(p) else {
+                    return Ok(());
+                };
+                let batch = window.partition(p).map_err(|e| {
+                    Error::Internal(format!(
+                        "splitting rows of {} by partition: {e}",
+                        self.table
+                    ))
+                })?;
+                finished.extend(self.open_partition(key.clone()).await?);
+                self.write_partition(batch, &window.columns).await?;
+            }
+        }
+        .await;
+        (self, finished, result)
     }
 
     /// Writes rows that all belong to one partition, so the Delta writer need not split
@@ -1125,8 +1230,8 @@ impl FileWriter {
         target: u64,
         compression: Compression,
     ) -> Result<Self, Error> {
-        let inner = RecordBatchWriter::for_table(table).map_err(|e| Error::delta(name, e))?;
-        let schema = inner.arrow_schema();
+        let first = RecordBatchWriter::for_table(table).map_err(|e| Error::delta(name, e))?;
+        let schema = first.arrow_schema();
         let mut props = WriterProperties::builder()
             .set_compression(compression)
             .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
@@ -1140,9 +1245,21 @@ impl FileWriter {
                 );
             }
         }
-        let inner = inner
-            .with_writer_properties(props.build())
-            .with_target_file_size(target);
+        let props = props.build();
+        let mut inners = vec![first];
+        for _ in 1..lane_count() {
+            inners.push(RecordBatchWriter::for_table(table).map_err(|e| Error::delta(name, e))?);
+        }
+        let lanes = inners
+            .into_iter()
+            .map(|inner| PartitionWriter {
+                inner: inner
+                    .with_writer_properties(props.clone())
+                    .with_target_file_size(target),
+                table: name.to_string(),
+                open: None,
+            })
+            .collect();
         let partition_by = partition_columns(name, table)?;
         let partitions = if partition_by.is_empty() {
             None
@@ -1165,11 +1282,10 @@ impl FileWriter {
             rows: 0,
             window: Vec::new(),
             window_bytes: 0,
-            encoder: Encoder::Idle(Box::new(PartitionWriter {
-                inner,
+            encoder: Encoder::Idle(Box::new(WindowWriter {
                 table: name.to_string(),
                 partitions,
-                open: None,
+                lanes,
             })),
             finished: Vec::new(),
         })
@@ -1209,7 +1325,7 @@ impl FileWriter {
     /// The Delta writer, once the window being written is done. When that write failed,
     /// the files this writer finished are deleted (nothing will commit them) and the
     /// error returned.
-    async fn idle(&mut self) -> Result<Box<PartitionWriter>, Error> {
+    async fn idle(&mut self) -> Result<Box<WindowWriter>, Error> {
         let failure = match std::mem::replace(&mut self.encoder, Encoder::Broken) {
             Encoder::Idle(writer) => return Ok(writer),
             Encoder::Busy(task) => match task.await {
