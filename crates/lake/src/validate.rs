@@ -79,6 +79,7 @@ impl CompiledContract {
     /// Compiles derived columns and checks.
     pub fn compile(contract: &Contract, format: &Format) -> Result<Self, Vec<ContractError>> {
         let ctx = SessionContext::new();
+        ctx.register_udf(md5::udf());
         let mut errors = Vec::new();
         let mut fields: Vec<Field> = contract
             .columns
@@ -467,6 +468,8 @@ pub fn count_reasons(rejected: &[Rejection], into: &mut BTreeMap<String, u64>) {
         *into.entry(r.code.clone()).or_default() += 1;
     }
 }
+
+mod md5;
 
 #[cfg(test)]
 mod tests;
