@@ -4,7 +4,7 @@
 //! batches, on one thread: the floor under any ingest that has to tokenize the file.
 //! `bench/run` reports sluice's ingest speed as a fraction of this.
 //!
-//! usage: cargo run --release --example arrow_csv_decode -- FILE.csv
+//! usage: cargo run --release -p sluice --example arrow_csv_decode -- FILE.csv
 //! prints: {"bytes": N, "rows": N, "seconds": S, "mb_per_s": X}
 
 use std::fs::File;
