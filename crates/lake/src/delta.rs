@@ -1214,14 +1214,19 @@ impl FileWriter {
     /// object's, a batch of small objects'): Snappy, not zstd. Parquet makes a zstd
     /// compressor and decompressor for every column chunk, which for a 100-row object
     /// spread over 31 partitions (31 files x 24 columns) cost more than compressing its rows.
+    ///
+    /// One lane: its few rows are not worth a second core, and the tail's flushes that use
+    /// it run beside queries waiting for a runtime worker (two lanes took both workers:
+    /// 8 writers' p99 freshness went from 99-120 ms to 183-209 ms, docs/benchmarks.md,
+    /// session 19).
     pub fn small(name: &str, table: &DeltaTable) -> Result<Self, Error> {
-        Self::build(name, table, TARGET_FILE_SIZE, Compression::SNAPPY)
+        Self::build(name, table, TARGET_FILE_SIZE, Compression::SNAPPY, 1)
     }
 
     /// A writer whose files end near `target` bytes.
     pub fn with_target_size(name: &str, table: &DeltaTable, target: u64) -> Result<Self, Error> {
         let zstd = Compression::ZSTD(ZstdLevel::try_new(3).expect("3 is a valid zstd level"));
-        Self::build(name, table, target, zstd)
+        Self::build(name, table, target, zstd, lane_count())
     }
 
     fn build(
@@ -1229,6 +1234,7 @@ impl FileWriter {
         table: &DeltaTable,
         target: u64,
         compression: Compression,
+        lanes: usize,
     ) -> Result<Self, Error> {
         let first = RecordBatchWriter::for_table(table).map_err(|e| Error::delta(name, e))?;
         let schema = first.arrow_schema();
@@ -1247,7 +1253,7 @@ impl FileWriter {
         }
         let props = props.build();
         let mut inners = vec![first];
-        for _ in 1..lane_count() {
+        for _ in 1..lanes {
             inners.push(RecordBatchWriter::for_table(table).map_err(|e| Error::delta(name, e))?);
         }
         let lanes = inners
