@@ -245,3 +245,76 @@ fn quarantine_reasons_are_the_ones_a_person_would_give() {
         assert!(!row["reason"].as_str().unwrap().is_empty());
     }
 }
+
+/// A source over 4 MiB is parsed on a thread of its own, ahead of validation: every row
+/// still lands once, and a quarantined row still names its own line, before and after a
+/// malformed row in the middle of the file.
+#[test]
+fn a_file_parsed_on_its_own_thread_keeps_every_row_and_every_line() {
+    let project = taxi_project(|t| t.replace("max_invalid_pct = 40", "max_invalid_pct = 100"));
+    let server = Server::start(project.path());
+    let file = "yellow_tripdata_2019-06_sample.csv";
+    let text = std::fs::read_to_string(shared_data(&format!("nyc_tlc/{file}"))).unwrap();
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().unwrap();
+    let rows: Vec<&str> = lines.collect();
+    // Lines (1-based, header = 1) of the sample's May pickups: the month check's rows.
+    let may: Vec<i64> = rows
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| {
+            r.split(',')
+                .nth(1)
+                .is_some_and(|p| p.starts_with("2019-05"))
+        })
+        .map(|(i, _)| i as i64 + 2)
+        .collect();
+    assert_eq!(may.len(), 16);
+    let (copies, broken_after) = (55usize, 27usize);
+    let mut big = String::from(header);
+    big.push('\n');
+    let mut expected_may = Vec::new();
+    let mut line = 1i64;
+    for copy in 0..copies {
+        if copy == broken_after {
+            big.push_str("1,2019-06-03 10:00:00,oops\n");
+            line += 1;
+        }
+        expected_may.extend(may.iter().map(|l| l + line - 1));
+        for row in &rows {
+            big.push_str(row);
+            big.push('\n');
+        }
+        line += rows.len() as i64;
+    }
+    assert!(big.len() > 5 << 20, "{} bytes", big.len());
+    let broken_line = 1 + (broken_after * rows.len()) as i64 + 1;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.csv");
+    std::fs::write(&path, &big).unwrap();
+    server.put_file("raw", "landing/yellow_tripdata_2019-06_big.csv", &path);
+    server.wait_idle(Duration::from_secs(300));
+
+    let runs = server.runs();
+    let run = runs.iter().find(|r| r["pipeline"] == "taxi").unwrap();
+    assert_eq!(run["status"], "succeeded", "{run}");
+    assert_eq!(as_i64(&run["rows_in"]), (copies * rows.len()) as i64 + 1);
+    assert_eq!(as_i64(&run["rows_valid"]), 946 * copies as i64);
+    assert_eq!(as_i64(&run["rows_quarantined"]), 54 * copies as i64 + 1);
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(*) FROM silver.trips")),
+        946 * copies as i64
+    );
+    let broken =
+        server.query("SELECT line FROM sluice.quarantine WHERE reason_code = 'field_count'");
+    assert_eq!(broken.len(), 1);
+    assert_eq!(as_i64(&broken[0]["line"]), broken_line);
+    let mut outside: Vec<i64> = server
+        .query("SELECT line FROM sluice.quarantine WHERE reason_code = 'outside_month'")
+        .iter()
+        .map(|r| as_i64(&r["line"]))
+        .collect();
+    outside.sort_unstable();
+    expected_may.sort_unstable();
+    assert_eq!(outside, expected_may);
+}
