@@ -875,6 +875,169 @@ fn dictionary_pays(ty: &DataType) -> bool {
     )
 }
 
+/// Rows of a writer's first window that [`settle_encodings`] looks at.
+const SAMPLE_ROWS: usize = 4096;
+
+/// Fewer values than this in the sample say nothing of a column: it keeps the defaults.
+const SAMPLE_MIN: usize = 1024;
+
+/// A first window of at least this many rows (a large source, a compaction) is worth the
+/// few tens of milliseconds [`settle_encodings`]' trials take.
+const TRIAL_ROWS: usize = 64 * 1024;
+
+/// A trial encoding within this fraction of the smallest counts as small as it.
+const SAMPLE_TIE: f64 = 0.01;
+
+/// Settles how each column of a writer's files is encoded, from a sample of the first
+/// rows it writes:
+///
+/// - the dictionary is turned off for columns whose values are mostly distinct (more than
+///   half): identifiers, hashes, line numbers (amounts keep theirs). Their dictionary was as large as their
+///   values, every value was hashed into it and the file held indices on top (a taxi
+///   ingest's `trip_id` and `_source_line`: ~1.6% of its CPU);
+/// - when `trials`, each column without a dictionary is written alone a few ways (zstd
+///   level 1 or the writer's level; integers and instants also as DELTA_BINARY_PACKED),
+///   and the fastest of those within 1% of the smallest is kept. zstd's level 3 took
+///   3.2x level 1's time on an md5's hex digits and compressed them worse (x1.93 against
+///   x2.00); instants in random order packed as deltas were smaller than PLAIN and half
+///   its compression time (docs/benchmarks.md, session 20). Columns where level 3
+///   compresses better keep it. Only a first window of [`TRIAL_ROWS`] runs trials.
+fn settle_encodings(
+    props: WriterProperties,
+    first: Option<&RecordBatch>,
+    trials: bool,
+) -> WriterProperties {
+    let Some(batch) = first else {
+        return props;
+    };
+    let sample = batch.num_rows().min(SAMPLE_ROWS);
+    let mut builder = props.clone().into_builder();
+    let mut changed = false;
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let column = column.slice(0, sample);
+        if column.len() - column.null_count() < SAMPLE_MIN {
+            continue;
+        }
+        let path = parquet::schema::types::ColumnPath::from(field.name().as_str());
+        let mut dictionary = props.dictionary_enabled(&path);
+        // Amounts keep their dictionary whatever their spread: the sums queries take
+        // read them faster that way (without it, two of the benchmark's queries over
+        // amounts took 17-27% longer, docs/benchmarks.md, session 20).
+        let amount = matches!(
+            field.data_type(),
+            DataType::Decimal32(..) | DataType::Decimal64(..) | DataType::Decimal128(..)
+        );
+        if dictionary && !amount && mostly_distinct(&column) {
+            dictionary = false;
+            builder = builder.set_column_dictionary_enabled(path.clone(), false);
+            changed = true;
+        }
+        if !trials || dictionary {
+            continue;
+        }
+        if let Some((encoding, compression)) = smallest_encoding(field, &column, &props, &path) {
+            if let Some(encoding) = encoding {
+                builder = builder.set_column_encoding(path.clone(), encoding);
+            }
+            builder = builder.set_column_compression(path, compression);
+            changed = true;
+        }
+    }
+    if changed { builder.build() } else { props }
+}
+
+/// The encoding (None: the default) and compression of the fastest trial within
+/// [`SAMPLE_TIE`] of the smallest, when it differs from the writer's own; None when no
+/// trial differs or none could be written.
+fn smallest_encoding(
+    field: &arrow::datatypes::FieldRef,
+    sample: &ArrayRef,
+    props: &WriterProperties,
+    path: &parquet::schema::types::ColumnPath,
+) -> Option<(Option<parquet::basic::Encoding>, Compression)> {
+    use parquet::basic::Encoding;
+    let own = props.compression(path);
+    let mut levels = Vec::new();
+    if matches!(own, Compression::ZSTD(level) if level.compression_level() > 1) {
+        levels.push(Compression::ZSTD(ZstdLevel::try_new(1).ok()?));
+    }
+    levels.push(own);
+    let ty = field.data_type();
+    let integral = ty.is_integer()
+        || matches!(
+            ty,
+            DataType::Timestamp(_, _)
+                | DataType::Date32
+                | DataType::Date64
+                | DataType::Time32(_)
+                | DataType::Time64(_)
+        );
+    let mut encodings = Vec::new();
+    if integral {
+        encodings.push(Some(Encoding::DELTA_BINARY_PACKED));
+    }
+    encodings.push(None);
+    if levels.len() == 1 && encodings.len() == 1 {
+        return None;
+    }
+    // Fastest first: a lower level before a higher one, packed before PLAIN.
+    let mut sizes = Vec::new();
+    for &compression in &levels {
+        for &encoding in &encodings {
+            let size = trial_size(field, sample, encoding, compression)?;
+            sizes.push((encoding, compression, size));
+        }
+    }
+    let smallest = sizes.iter().map(|(_, _, size)| *size).min()?;
+    let limit = smallest as f64 * (1.0 + SAMPLE_TIE);
+    let (encoding, compression, _) = sizes
+        .into_iter()
+        .find(|(_, _, size)| *size as f64 <= limit)?;
+    (encoding.is_some() || compression != own).then_some((encoding, compression))
+}
+
+/// The compressed bytes of a sample written alone as one Parquet column chunk.
+fn trial_size(
+    field: &arrow::datatypes::FieldRef,
+    sample: &ArrayRef,
+    encoding: Option<parquet::basic::Encoding>,
+    compression: Compression,
+) -> Option<i64> {
+    let schema = Arc::new(Schema::new(vec![field.clone()]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![sample.clone()]).ok()?;
+    let mut props = WriterProperties::builder()
+        .set_dictionary_enabled(false)
+        .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
+        .set_compression(compression);
+    if let Some(encoding) = encoding {
+        props = props.set_encoding(encoding);
+    }
+    let mut writer =
+        parquet::arrow::ArrowWriter::try_new(Vec::new(), schema, Some(props.build())).ok()?;
+    writer.write(&batch).ok()?;
+    let metadata = writer.close().ok()?;
+    Some(metadata.row_group(0).column(0).compressed_size())
+}
+
+/// Whether more than half of a sample's values (nulls aside) differ from each other.
+fn mostly_distinct(sample: &ArrayRef) -> bool {
+    let present = sample.len() - sample.null_count();
+    let converter = match arrow::row::RowConverter::new(vec![arrow::row::SortField::new(
+        sample.data_type().clone(),
+    )]) {
+        Ok(c) => c,
+        Err(_) => return false,
+    };
+    let Ok(rows) = converter.convert_columns(std::slice::from_ref(sample)) else {
+        return false;
+    };
+    let values: std::collections::HashSet<arrow::row::Row<'_>> = (0..sample.len())
+        .filter(|&i| sample.is_valid(i))
+        .map(|i| rows.row(i))
+        .collect();
+    values.len() * 2 > present
+}
+
 /// Streams batches into Parquet files (zstd) of a table; nothing is visible until [`commit`].
 ///
 /// Batches are gathered into windows of about [`WINDOW_BYTES`]; a background task writes
@@ -948,6 +1111,9 @@ struct WindowWriter {
     partitions: Option<(arrow::row::RowConverter, Vec<String>)>,
     /// The Delta writers (at least one).
     lanes: Vec<PartitionWriter>,
+    /// The lanes' file properties, until the first window settles each column's encoding
+    /// (see [`settle_encodings`]); None after.
+    unsettled: Option<WriterProperties>,
 }
 
 /// One Delta writer: one file open at a time.
@@ -993,6 +1159,17 @@ impl WindowWriter {
         batches: Vec<RecordBatch>,
         finished: &mut Vec<Add>,
     ) -> Result<(), Error> {
+        if let Some(props) = self.unsettled.take() {
+            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let props = settle_encodings(props, batches.first(), rows >= TRIAL_ROWS);
+            self.lanes = std::mem::take(&mut self.lanes)
+                .into_iter()
+                .map(|lane| PartitionWriter {
+                    inner: lane.inner.with_writer_properties(props.clone()),
+                    ..lane
+                })
+                .collect();
+        }
         let Some((converter, columns)) = &self.partitions else {
             for batch in batches {
                 self.lanes[0].write(batch).await?;
@@ -1259,9 +1436,7 @@ impl FileWriter {
         let lanes = inners
             .into_iter()
             .map(|inner| PartitionWriter {
-                inner: inner
-                    .with_writer_properties(props.clone())
-                    .with_target_file_size(target),
+                inner: inner.with_target_file_size(target),
                 table: name.to_string(),
                 open: None,
             })
@@ -1292,6 +1467,7 @@ impl FileWriter {
                 table: name.to_string(),
                 partitions,
                 lanes,
+                unsettled: Some(props),
             })),
             finished: Vec::new(),
         })
