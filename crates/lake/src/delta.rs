@@ -892,9 +892,9 @@ const SAMPLE_TIE: f64 = 0.01;
 /// rows it writes:
 ///
 /// - the dictionary is turned off for columns whose values are mostly distinct (more than
-///   half): identifiers, hashes, line numbers (amounts keep theirs). Their dictionary was as large as their
-///   values, every value was hashed into it and the file held indices on top (a taxi
-///   ingest's `trip_id` and `_source_line`: ~1.6% of its CPU);
+///   half): identifiers, hashes, line numbers (amounts keep theirs). Their dictionary was
+///   as large as their values, every value was hashed into it and the file held indices
+///   on top (a taxi ingest's `trip_id` and `_source_line`: ~1.6% of its CPU);
 /// - when `trials`, each column without a dictionary is written alone a few ways (zstd
 ///   level 1 or the writer's level; integers and instants also as DELTA_BINARY_PACKED),
 ///   and the fastest of those within 1% of the smallest is kept. zstd's level 3 took

@@ -168,3 +168,145 @@ async fn a_failed_write_leaves_no_file_behind() {
     let (rows, files) = contents(&lake).await;
     assert_eq!((rows.len(), files), (0, 0));
 }
+
+/// Rows of many kinds of column: `id` an md5's hex digits, `at` whole seconds of one day
+/// in random order (as trips' times), `line` ascending numbers, `amount` cents spread wide, `kind` one of five
+/// words.
+fn mixed(rows: usize) -> RecordBatch {
+    use arrow::array::{Decimal128Array, TimestampMicrosecondArray};
+    use md5::Digest as _;
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("day", DataType::Utf8, true),
+        Field::new("id", DataType::Utf8, true),
+        Field::new(
+            "at",
+            DataType::Timestamp(arrow::datatypes::TimeUnit::Microsecond, Some("UTC".into())),
+            true,
+        ),
+        Field::new("line", DataType::Int64, true),
+        Field::new("amount", DataType::Decimal128(10, 2), true),
+        Field::new("kind", DataType::Utf8, true),
+    ]));
+    let digest = |i: usize| md5::Md5::digest(i.to_le_bytes());
+    let day_start = 1_704_067_200_000_000i64; // 2024-01-01T00:00:00Z
+    RecordBatch::try_new(
+        schema,
+        vec![
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|_| "2024-01-01"),
+            )),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| hex::encode(digest(i))),
+            )),
+            Arc::new(
+                TimestampMicrosecondArray::from_iter_values((0..rows).map(|i| {
+                    let d = digest(i);
+                    let second = u32::from_le_bytes([d[0], d[1], d[2], d[3]]) % 86_400;
+                    day_start + i64::from(second) * 1_000_000
+                }))
+                .with_timezone("UTC"),
+            ),
+            Arc::new(Int64Array::from_iter_values(
+                (0..rows as i64).map(|i| 2 + i * 3),
+            )),
+            Arc::new(
+                Decimal128Array::from_iter_values(
+                    (0..rows).map(|i| i128::from(digest(i)[4]) * 397 + i128::from(digest(i)[5])),
+                )
+                .with_precision_and_scale(10, 2)
+                .unwrap(),
+            ),
+            Arc::new(StringArray::from_iter_values(
+                (0..rows).map(|i| ["cash", "card", "none", "dispute", "unknown"][i % 5]),
+            )),
+        ],
+    )
+    .unwrap()
+}
+
+/// Each column's encodings in the one file that writing `mixed(rows)` made, by name;
+/// and the rows written and read back.
+async fn written_encodings(
+    rows: usize,
+) -> (
+    std::collections::BTreeMap<String, Vec<parquet::basic::Encoding>>,
+    RecordBatch,
+    RecordBatch,
+) {
+    let written = mixed(rows);
+    let schema = written.schema();
+    let lake = Lake::new("events", "silver/events", schema.as_ref(), &["day"]).await;
+    let table = lake.table().await;
+    let mut writer = delta::FileWriter::new(lake.name, &table).unwrap();
+    writer.write(written.clone()).await.unwrap();
+    let adds = writer.finish(&[]).await.unwrap();
+    assert_eq!(adds.len(), 1, "one partition, one file");
+    lake.commit_adds(adds.clone(), &[]).await;
+    // Partition values of plain dates need no escaping in the path.
+    let file = std::fs::File::open(lake.root().join(&adds[0].path)).unwrap();
+    let reader = parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+    let meta = parquet::file::reader::FileReader::metadata(&reader);
+    let mut encodings = std::collections::BTreeMap::new();
+    for column in meta.row_group(0).columns() {
+        encodings.insert(column.column_path().string(), column.encodings().collect());
+    }
+    let table = lake.table().await;
+    let batches = delta::read_file(lake.name, &table, &adds[0], &schema)
+        .await
+        .unwrap();
+    let read = arrow::compute::concat_batches(&schema, &batches).unwrap();
+    (encodings, written, read)
+}
+
+/// Asserts what `column`'s encodings say: whether it has a dictionary, and whether it is
+/// packed as deltas.
+fn assert_encoded(
+    encodings: &std::collections::BTreeMap<String, Vec<parquet::basic::Encoding>>,
+    column: &str,
+    dictionary: bool,
+    packed: bool,
+) {
+    use parquet::basic::Encoding;
+    let found = &encodings[column];
+    let has_dictionary = found
+        .iter()
+        .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY));
+    let has_packed = found.contains(&Encoding::DELTA_BINARY_PACKED);
+    assert_eq!(
+        (has_dictionary, has_packed),
+        (dictionary, packed),
+        "{column}: (dictionary, packed) from {found:?}"
+    );
+}
+
+#[tokio::test]
+async fn each_column_is_encoded_as_its_first_rows_call_for() {
+    let (encodings, written, read) = written_encodings(80_000).await;
+    // Mostly distinct values lose the dictionary; repeating ones and amounts keep it. A
+    // large first window runs trials: instants in random order and evenly spaced numbers
+    // are smaller packed as deltas than PLAIN; hex digits are not numbers.
+    assert_encoded(&encodings, "id", false, false);
+    assert_encoded(&encodings, "at", false, true);
+    assert_encoded(&encodings, "line", false, true);
+    assert_encoded(&encodings, "amount", true, false);
+    assert_encoded(&encodings, "kind", true, false);
+    // Whatever the encodings, the rows read back are the rows written.
+    assert_eq!(read.num_rows(), written.num_rows());
+    for name in ["id", "at", "line", "amount", "kind"] {
+        assert_eq!(
+            read.column_by_name(name).unwrap().as_ref(),
+            written.column_by_name(name).unwrap().as_ref(),
+            "column {name} reads back as written"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_small_first_window_settles_dictionaries_without_trials() {
+    let (encodings, written, read) = written_encodings(5_000).await;
+    assert_encoded(&encodings, "id", false, false);
+    // No trials under 64 Ki rows: instants stay PLAIN.
+    assert_encoded(&encodings, "at", false, false);
+    assert_encoded(&encodings, "kind", true, false);
+    assert_eq!(read, written);
+}

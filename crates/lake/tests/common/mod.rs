@@ -12,12 +12,7 @@ use sluice_lake::{LakePaths, delta};
 
 /// The Parquet files under the table's directory (committed or not), relative to it.
 pub fn parquet_files(lake: &Lake) -> std::collections::BTreeSet<String> {
-    let root = lake
-        .paths
-        .url(lake.location)
-        .unwrap()
-        .to_file_path()
-        .unwrap();
+    let root = lake.root();
     let mut found = std::collections::BTreeSet::new();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
@@ -70,6 +65,15 @@ impl Lake {
             location,
             partition_by,
         }
+    }
+
+    /// The table's directory.
+    pub fn root(&self) -> std::path::PathBuf {
+        self.paths
+            .url(self.location)
+            .unwrap()
+            .to_file_path()
+            .unwrap()
     }
 
     /// The table at its latest version.
