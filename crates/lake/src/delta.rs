@@ -888,8 +888,8 @@ const TRIAL_ROWS: usize = 64 * 1024;
 /// A trial encoding within this fraction of the smallest counts as small as it.
 const SAMPLE_TIE: f64 = 0.01;
 
-/// Settles how each column of a writer's files is encoded, from a sample of the first
-/// rows it writes:
+/// Settles how each column of a writer's files is encoded (partition columns aside), from
+/// a sample of the first rows it writes:
 ///
 /// - the dictionary is turned off for columns whose values are mostly distinct (more than
 ///   half): identifiers, hashes, line numbers (amounts keep theirs). Their dictionary was
@@ -905,6 +905,7 @@ const SAMPLE_TIE: f64 = 0.01;
 fn settle_encodings(
     props: WriterProperties,
     first: Option<&RecordBatch>,
+    partition_by: &[String],
     trials: bool,
 ) -> WriterProperties {
     let Some(batch) = first else {
@@ -914,6 +915,10 @@ fn settle_encodings(
     let mut builder = props.clone().into_builder();
     let mut changed = false;
     for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        // Partition columns are in the path, not in the files.
+        if partition_by.contains(field.name()) {
+            continue;
+        }
         let column = column.slice(0, sample);
         if column.len() - column.null_count() < SAMPLE_MIN {
             continue;
@@ -1161,7 +1166,8 @@ impl WindowWriter {
     ) -> Result<(), Error> {
         if let Some(props) = self.unsettled.take() {
             let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-            let props = settle_encodings(props, batches.first(), rows >= TRIAL_ROWS);
+            let partition_by = self.partitions.as_ref().map_or(&[][..], |(_, p)| p);
+            let props = settle_encodings(props, batches.first(), partition_by, rows >= TRIAL_ROWS);
             self.lanes = std::mem::take(&mut self.lanes)
                 .into_iter()
                 .map(|lane| PartitionWriter {
