@@ -54,6 +54,26 @@ pub struct PreparedColumn<'a> {
     /// The zone's offset for the local hours seen lately (see [`HourOffsets`]).
     hours: HourOffsets,
     null_values: &'a [String],
+    /// A decimal column's `min` and `max` in units of its scale (`0.01` of a
+    /// `decimal(10,2)` is 1), so a value is checked with two integer comparisons; a value
+    /// outside them goes through [`PreparedColumn::check_range`] for its message.
+    decimal_bounds: (i128, i128),
+}
+
+/// `bound` (a contract's `min` or `max`) times `unit`, as a whole number of units: a
+/// product within a billionth of a whole number is that number (`0.1 * 100` is
+/// 10.000000000000002 in floating point), else `round` (ceil for a minimum, floor for a
+/// maximum) brings it to the nearest whole unit inside the range.
+fn scaled_bound(bound: f64, unit: f64, round: fn(f64) -> f64) -> i128 {
+    let scaled = bound * unit;
+    let whole = scaled.round();
+    let units = if (scaled - whole).abs() <= 1e-9 * whole.abs().max(1.0) {
+        whole
+    } else {
+        round(scaled)
+    };
+    // Saturates at i128's ends (and a NaN, which validation rejects, becomes 0).
+    units as i128
 }
 
 /// A direct-mapped cache of a time zone's UTC offset per local hour, so a column of local
@@ -134,6 +154,20 @@ impl<'a> PreparedColumn<'a> {
             longest_map_key: column.map.keys().map(String::len).max().unwrap_or(0),
             hours: HourOffsets::new(),
             null_values,
+            decimal_bounds: match column.ty {
+                ColumnType::Decimal { scale, .. } => {
+                    let unit = 10f64.powi(i32::from(scale));
+                    (
+                        column
+                            .min
+                            .map_or(i128::MIN, |m| scaled_bound(m, unit, f64::ceil)),
+                        column
+                            .max
+                            .map_or(i128::MAX, |m| scaled_bound(m, unit, f64::floor)),
+                    )
+                }
+                _ => (i128::MIN, i128::MAX),
+            },
         }
     }
 
@@ -176,7 +210,14 @@ impl<'a> PreparedColumn<'a> {
 
     /// Applies map, trimming and null spellings; None means null.
     fn normalize<'v>(&'v self, raw: Option<&'v str>) -> Option<&'v str> {
-        let v = raw?.trim();
+        let v = raw?;
+        // Most values start and end with a visible ASCII character: nothing to trim, and no
+        // UTF-8 decoding at either end to find that out.
+        let v = match v.as_bytes() {
+            [first, .., last] if first.is_ascii_graphic() && last.is_ascii_graphic() => v,
+            [only] if only.is_ascii_graphic() => v,
+            _ => v.trim(),
+        };
         if v.is_empty() || self.null_values.iter().any(|n| n == v) {
             return None;
         }
@@ -326,7 +367,7 @@ impl<'a> PreparedColumn<'a> {
             }),
             ColumnType::Decimal { precision, scale } => {
                 let (p, s) = (*precision, *scale);
-                let ranged = self.column.min.is_some() || self.column.max.is_some();
+                let (lo, hi) = self.decimal_bounds;
                 let unit = 10f64.powi(s as i32);
                 let array = each_value!(Decimal128Builder::with_capacity(n), |row, v| {
                     parse_decimal(v, p, s)
@@ -338,12 +379,11 @@ impl<'a> PreparedColumn<'a> {
                             )
                         })
                         .and_then(|x| {
-                            if !ranged {
+                            if (lo..=hi).contains(&x) {
                                 return Ok(x);
                             }
-                            // i128 to f64 is a slow library call; most amounts fit an i64.
-                            let as_f64 = i64::try_from(x).map_or(x as f64, |x| x as f64) / unit;
-                            match self.check_range(row, as_f64, v) {
+                            // Out of range: i128 to f64 (a library call) only to say why.
+                            match self.check_range(row, x as f64 / unit, v) {
                                 Some(f) => Err(f),
                                 None => Ok(x),
                             }

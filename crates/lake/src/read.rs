@@ -312,6 +312,10 @@ pub struct CsvSource {
     header: Arc<Vec<String>>,
     mapping: Vec<Option<usize>>,
     record: csv::ByteRecord,
+    /// Each column's text bytes per row in the batch before (in 1/256ths of a byte):
+    /// the next batch's buffers are sized by them, so they do not grow (a reallocation
+    /// copies the buffer and touches fresh pages) while a batch is read.
+    widths: Vec<usize>,
 }
 
 impl CsvSource {
@@ -356,6 +360,7 @@ impl CsvSource {
             header: Arc::new(header),
             mapping,
             record: csv::ByteRecord::new(),
+            widths: Vec::new(),
         })
     }
 }
@@ -374,8 +379,13 @@ fn csv_error(e: csv::Error) -> ReadError {
 impl Source for CsvSource {
     fn next_batch(&mut self, max_rows: usize) -> Result<Option<SourceBatch>, ReadError> {
         let width = self.header.len();
+        let rows = max_rows.min(8192);
         let mut builders: Vec<StringBuilder> = (0..width)
-            .map(|_| StringBuilder::with_capacity(max_rows.min(8192), 16 * max_rows.min(8192)))
+            .map(|i| {
+                // A column's bytes in the batch before, scaled to this one, plus an eighth.
+                let bytes = self.widths.get(i).map_or(16 * rows, |w| w * rows / 256);
+                StringBuilder::with_capacity(rows, bytes + bytes / 8 + 64)
+            })
             .collect();
         let mut lines = Vec::with_capacity(max_rows.min(8192));
         let mut problems = Vec::new();
@@ -456,6 +466,10 @@ impl Source for CsvSource {
         if lines.is_empty() {
             return Ok(None);
         }
+        self.widths = builders
+            .iter()
+            .map(|b| b.values_slice().len() * 256 / lines.len())
+            .collect();
         let raw_columns: Vec<ArrayRef> = builders
             .into_iter()
             .map(|mut b| Arc::new(b.finish()) as ArrayRef)

@@ -102,6 +102,70 @@ fn decimals_keep_scale() {
 }
 
 #[test]
+fn decimal_ranges_hold_at_their_edges() {
+    // Bounds that are not whole units of the scale, or that floating point cannot hold
+    // exactly (0.1 * 100 is 10.000000000000002), bound the values a person would expect.
+    let mut col = column(ColumnType::Decimal {
+        precision: 10,
+        scale: 2,
+    });
+    col.min = Some(0.1);
+    col.max = Some(100.005);
+    let (a, f) = cast(
+        &col,
+        &[
+            Some("0.10"),
+            Some("0.09"),
+            Some("100.00"),
+            Some("100.01"),
+            Some(" 50.5 "),
+            Some("-1"),
+            Some("99999999.99"),
+        ],
+    );
+    let a = a.as_any().downcast_ref::<Decimal128Array>().unwrap();
+    assert_eq!(a.value_as_string(0), "0.10");
+    assert_eq!(a.value_as_string(2), "100.00");
+    assert_eq!(a.value_as_string(4), "50.50");
+    assert_eq!(
+        codes(&f),
+        vec![
+            (1, "below_min"),
+            (3, "above_max"),
+            (5, "below_min"),
+            (6, "above_max")
+        ]
+    );
+    assert_eq!(f[0].message, "c: 0.09 is below the minimum 0.1");
+    assert_eq!(f[1].message, "c: 100.01 is above the maximum 100.005");
+    // Only a minimum: no maximum is made up.
+    col.max = None;
+    let (_, f) = cast(&col, &[Some("99999999.99"), Some("0")]);
+    assert_eq!(codes(&f), vec![(1, "below_min")]);
+}
+
+#[test]
+fn values_are_trimmed_of_any_white_space() {
+    let (a, f) = cast(
+        &column(ColumnType::Int),
+        &[
+            Some("\t7\r"),
+            Some("\u{a0}8"),
+            Some("9 "),
+            Some(" "),
+            Some("1"),
+        ],
+    );
+    let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!(
+        (a.value(0), a.value(1), a.value(2), a.value(4)),
+        (7, 8, 9, 1)
+    );
+    assert!(a.is_null(3));
+    assert!(f.is_empty());
+}
+
+#[test]
 fn booleans_in_many_spellings() {
     let (a, f) = cast(
         &column(ColumnType::Bool),
