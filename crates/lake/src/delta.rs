@@ -1057,7 +1057,7 @@ pub struct FileWriter {
     schema: SchemaRef,
     rows: u64,
     /// The window being filled, and its bytes in memory.
-    window: Vec<RecordBatch>,
+    window: Vec<Selected>,
     window_bytes: usize,
     /// The Delta writer: here between windows, inside the task writing a window otherwise.
     encoder: Encoder,
@@ -1129,6 +1129,29 @@ struct PartitionWriter {
     open: Option<arrow::row::OwnedRow>,
 }
 
+/// A batch and which of its rows are to be written (all when `keep` is None).
+struct Selected {
+    batch: RecordBatch,
+    keep: Option<BooleanArray>,
+}
+
+impl Selected {
+    /// The rows to be written.
+    fn num_rows(&self) -> usize {
+        self.keep
+            .as_ref()
+            .map_or(self.batch.num_rows(), BooleanArray::true_count)
+    }
+
+    /// The rows to be written, as a batch of their own.
+    fn into_batch(self) -> Result<RecordBatch, arrow::error::ArrowError> {
+        match self.keep {
+            None => Ok(self.batch),
+            Some(keep) => arrow::compute::filter_record_batch(&self.batch, &keep),
+        }
+    }
+}
+
 /// A window's rows, each batch reordered by partition: partition `p`'s rows are
 /// `starts[p]..starts[p + 1]` of every batch.
 struct SortedWindow {
@@ -1161,13 +1184,14 @@ impl WindowWriter {
     /// `finished` (on error too: the caller deletes them).
     async fn write_window(
         &mut self,
-        batches: Vec<RecordBatch>,
+        batches: Vec<Selected>,
         finished: &mut Vec<Add>,
     ) -> Result<(), Error> {
         if let Some(props) = self.unsettled.take() {
-            let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+            let rows: usize = batches.iter().map(Selected::num_rows).sum();
             let partition_by = self.partitions.as_ref().map_or(&[][..], |(_, p)| p);
-            let props = settle_encodings(props, batches.first(), partition_by, rows >= TRIAL_ROWS);
+            let first = batches.first().map(|s| &s.batch);
+            let props = settle_encodings(props, first, partition_by, rows >= TRIAL_ROWS);
             self.lanes = std::mem::take(&mut self.lanes)
                 .into_iter()
                 .map(|lane| PartitionWriter {
@@ -1176,39 +1200,60 @@ impl WindowWriter {
                 })
                 .collect();
         }
-        let Some((converter, columns)) = &self.partitions else {
-            for batch in batches {
-                self.lanes[0].write(batch).await?;
-            }
-            return Ok(());
-        };
         let table = self.table.clone();
         let split = |e: arrow::error::ArrowError| {
             Error::Internal(format!("splitting rows of {table} by partition: {e}"))
         };
+        let Some((converter, columns)) = &self.partitions else {
+            for selected in batches {
+                let batch = selected.into_batch().map_err(split)?;
+                self.lanes[0].write(batch).await?;
+            }
+            return Ok(());
+        };
         let mut keys = Vec::with_capacity(batches.len());
-        for batch in &batches {
+        for selected in &batches {
             let mut values: Vec<ArrayRef> = Vec::with_capacity(columns.len());
             for name in columns {
-                values.push(batch.column_by_name(name).cloned().ok_or_else(|| {
-                    Error::Internal(format!("rows for {table} lack partition column {name}"))
-                })?);
+                values.push(
+                    selected
+                        .batch
+                        .column_by_name(name)
+                        .cloned()
+                        .ok_or_else(|| {
+                            Error::Internal(format!(
+                                "rows for {table} lack partition column {name}"
+                            ))
+                        })?,
+                );
             }
             keys.push(converter.convert_columns(&values).map_err(split)?);
         }
         let columns = columns.clone();
-        // Each row's partition: numbered as first seen, then renumbered in partition order.
+        // Each kept row's partition: numbered as first seen, then renumbered in partition
+        // order. Rows not kept get SKIP and no partition (their keys may be anything).
+        const SKIP: u32 = u32::MAX;
         let mut numbers: HashMap<arrow::row::Row<'_>, u32> = HashMap::new();
         let mut of_rows: Vec<Vec<u32>> = Vec::with_capacity(keys.len());
-        for rows in &keys {
-            of_rows.push(
-                rows.iter()
-                    .map(|key| {
-                        let next = numbers.len() as u32;
-                        *numbers.entry(key).or_insert(next)
+        for (rows, selected) in keys.iter().zip(&batches) {
+            let mut number = |key| {
+                let next = numbers.len() as u32;
+                *numbers.entry(key).or_insert(next)
+            };
+            of_rows.push(match &selected.keep {
+                None => rows.iter().map(&mut number).collect(),
+                Some(keep) => rows
+                    .iter()
+                    .enumerate()
+                    .map(|(row, key)| {
+                        if keep.is_valid(row) && keep.value(row) {
+                            number(key)
+                        } else {
+                            SKIP
+                        }
                     })
                     .collect(),
-            );
+            });
         }
         let mut order: Vec<(arrow::row::Row<'_>, u32)> = numbers.into_iter().collect();
         order.sort_unstable_by_key(|(key, _)| *key);
@@ -1217,42 +1262,46 @@ impl WindowWriter {
             rank[*number as usize] = i as u32;
         }
         if let [(key, _)] = order.as_slice() {
-            // One partition: the window's batches as they are, no copy, into the first
-            // lane (whose file stays open for the next window: a stream of one partition,
-            // as compaction writes, makes files of the target size).
+            // One partition: the window's batches as they are (no copy unless some rows
+            // are not kept), into the first lane (whose file stays open for the next
+            // window: a stream of one partition, as compaction writes, makes files of the
+            // target size).
             let lane = &mut self.lanes[0];
             finished.extend(lane.open_partition(key.owned()).await?);
-            for batch in batches {
+            for selected in batches {
+                let batch = selected.into_batch().map_err(split)?;
                 lane.write_partition(batch, &columns).await?;
             }
             return Ok(());
         }
-        // Each batch reordered by partition (a gather within one batch, which stays in
-        // cache), so a partition's rows are one slice of every batch; then each partition's
-        // slices are joined, written and dropped. Gathering a partition's rows straight from
-        // the whole window (`interleave`) touched a cache line per value: ~10% of an
-        // ingest's CPU.
+        // Each batch reordered by partition, its rows not kept left out (one gather within
+        // one batch, which stays in cache), so a partition's rows are one slice of every
+        // batch; then each partition's slices are joined, written and dropped. Gathering a
+        // partition's rows straight from the whole window (`interleave`) touched a cache
+        // line per value: ~10% of an ingest's CPU.
         let parts = order.len();
         let mut sorted = Vec::with_capacity(batches.len());
-        for (batch, mut of_row) in batches.into_iter().zip(of_rows) {
-            for p in of_row.iter_mut() {
-                *p = rank[*p as usize];
-            }
+        for (selected, mut of_row) in batches.into_iter().zip(of_rows) {
             let mut starts = vec![0usize; parts + 1];
-            for &p in &of_row {
-                starts[p as usize + 1] += 1;
+            for p in of_row.iter_mut().filter(|p| **p != SKIP) {
+                *p = rank[*p as usize];
+                starts[*p as usize + 1] += 1;
             }
             for p in 0..parts {
                 starts[p + 1] += starts[p];
             }
             let mut next = starts.clone();
-            let mut indices = vec![0u32; of_row.len()];
-            for (row, &p) in of_row.iter().enumerate() {
+            let mut indices = vec![0u32; starts[parts]];
+            for (row, &p) in of_row.iter().enumerate().filter(|(_, p)| **p != SKIP) {
                 indices[next[p as usize]] = row as u32;
                 next[p as usize] += 1;
             }
+            if indices.is_empty() {
+                continue;
+            }
             let indices = arrow::array::UInt32Array::from(indices);
-            let batch = arrow::compute::take_record_batch(&batch, &indices).map_err(split)?;
+            let batch =
+                arrow::compute::take_record_batch(&selected.batch, &indices).map_err(split)?;
             sorted.push((batch, starts));
         }
         let window = Arc::new(SortedWindow {
@@ -1481,12 +1530,26 @@ impl FileWriter {
 
     /// Writes a batch (partitioned as the table declares).
     pub async fn write(&mut self, batch: RecordBatch) -> Result<(), Error> {
-        if batch.num_rows() == 0 {
+        self.write_selected(batch, None).await
+    }
+
+    /// Writes the rows of a batch that `keep` selects (all of them when None), as a
+    /// validator leaves them: the partition sort skips the others in the same gather that
+    /// orders the rest, instead of a filter copying every column first.
+    pub async fn write_selected(
+        &mut self,
+        batch: RecordBatch,
+        keep: Option<BooleanArray>,
+    ) -> Result<(), Error> {
+        let rows = keep.as_ref().map_or(batch.num_rows(), |k| k.true_count());
+        if rows == 0 {
             return Ok(());
         }
-        self.rows += batch.num_rows() as u64;
+        // A selection of every row is no selection.
+        let keep = keep.filter(|_| rows < batch.num_rows());
+        self.rows += rows as u64;
         self.window_bytes += batch.get_array_memory_size();
-        self.window.push(batch);
+        self.window.push(Selected { batch, keep });
         if self.window_bytes >= WINDOW_BYTES {
             self.write_window().await?;
         }

@@ -16,7 +16,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array as _, ArrayRef, AsArray as _, Int64Array, RecordBatch, StringArray,
+    Array as _, ArrayRef, AsArray as _, BooleanArray, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -205,7 +205,9 @@ impl<R: Read> Read for Hashing<R> {
 /// What the reader thread sends: validated rows, then the end of the source.
 enum Chunk {
     Rows {
-        valid: RecordBatch,
+        /// Every row of the source batch, validated: `keep` selects the valid ones.
+        rows: RecordBatch,
+        keep: Option<BooleanArray>,
         rejected: Vec<Rejection>,
         rows_in: u64,
     },
@@ -731,18 +733,26 @@ impl Batch<'_> {
         while let Some(item) = rx.recv().await {
             match item {
                 Ok(Chunk::Rows {
-                    valid,
+                    rows,
+                    keep,
                     rejected,
                     rows_in,
                 }) => {
+                    let valid_rows = keep.as_ref().map_or(rows.num_rows(), |k| k.true_count());
                     report.rows_in += rows_in;
-                    report.rows_valid += valid.num_rows() as u64;
+                    report.rows_valid += valid_rows as u64;
                     report.rows_quarantined += rejected.len() as u64;
                     count_reasons(&rejected, &mut report.reasons);
                     let written = async {
                         match &mut silver_writer {
-                            Some(w) => w.write(valid).await?,
-                            None if valid.num_rows() > 0 => buffered.push(valid),
+                            Some(w) => w.write_selected(rows, keep).await?,
+                            None if valid_rows > 0 => buffered.push(match keep {
+                                None => rows,
+                                Some(keep) => arrow::compute::filter_record_batch(&rows, &keep)
+                                    .map_err(|e| {
+                                        Error::Internal(format!("filtering valid rows: {e}"))
+                                    })?,
+                            }),
                             None => {}
                         }
                         if !quarantine_done && !rejected.is_empty() {
@@ -1071,7 +1081,8 @@ fn validate_all(
                     .validate(&batch)
                     .map_err(Error::from)
                     .map(|v| Chunk::Rows {
-                        valid: v.valid,
+                        rows: v.rows,
+                        keep: v.keep,
                         rejected: v.rejected,
                         rows_in,
                     });

@@ -292,10 +292,28 @@ pub struct Validator<'a> {
 /// The outcome of validating one batch.
 #[derive(Debug)]
 pub struct Validated {
-    /// Valid rows, in the output schema.
-    pub valid: RecordBatch,
+    /// Every row of the batch in the output schema, rejected ones too: `keep` says which
+    /// are valid. Writers take the valid rows in the gather that orders them by partition
+    /// ([`crate::delta::FileWriter::write_selected`]) rather than a filter copying them
+    /// first.
+    pub rows: RecordBatch,
+    /// Which of `rows` are valid; None when all are.
+    pub keep: Option<BooleanArray>,
     /// Rejected rows.
     pub rejected: Vec<Rejection>,
+}
+
+impl Validated {
+    /// The valid rows as a batch of their own.
+    pub fn valid(&self) -> Result<RecordBatch, EvalError> {
+        match &self.keep {
+            None => Ok(self.rows.clone()),
+            Some(keep) => filter_record_batch(&self.rows, keep).map_err(|e| EvalError {
+                what: "filtering valid rows".into(),
+                why: e.to_string(),
+            }),
+        }
+    }
 }
 
 /// A validation step failed in a way that is a bug or a broken expression, not bad data.
@@ -426,7 +444,10 @@ impl Validator<'_> {
                 }
             }
         }
-        let keep = BooleanArray::from_iter(reasons.iter().map(|r| Some(r.is_none())));
+        let keep = reasons
+            .iter()
+            .any(Option::is_some)
+            .then(|| BooleanArray::from_iter(reasons.iter().map(|r| Some(r.is_none()))));
         let projected: Vec<ArrayRef> = self
             .compiled
             .output_idx
@@ -440,10 +461,6 @@ impl Validator<'_> {
                     why: e.to_string(),
                 }
             })?;
-        let valid = filter_record_batch(&out, &keep).map_err(|e| EvalError {
-            what: "filtering valid rows".into(),
-            why: e.to_string(),
-        })?;
         let raw = batch.raw_rows();
         let rejected = reasons
             .into_iter()
@@ -458,7 +475,11 @@ impl Validator<'_> {
                 })
             })
             .collect();
-        Ok(Validated { valid, rejected })
+        Ok(Validated {
+            rows: out,
+            keep,
+            rejected,
+        })
     }
 }
 

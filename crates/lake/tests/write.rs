@@ -1,10 +1,12 @@
 //! `delta::FileWriter` on a real partitioned Delta table: rows arriving in windows and in
 //! any partition order land once each in their partition; a stream of one partition keeps
-//! one file open across windows; a failed write leaves no file behind.
+//! one file open across windows; rows a validator rejected are left out, partitions and
+//! all; a failed write leaves no file behind.
 
 use std::sync::Arc;
 
-use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::array::{AsArray as _, BooleanArray, Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::Int64Type;
 use arrow::datatypes::{DataType, Field, Schema};
 use sluice_lake::delta;
 
@@ -139,6 +141,81 @@ async fn one_partition_streamed_over_several_windows_makes_one_file() {
     lake.commit_adds(adds, &[]).await;
     let (rows, files) = contents(&lake).await;
     assert_eq!((rows.len(), files), (total, 1));
+}
+
+/// Which rows of a batch a validator rejected, by number.
+type Rejects = fn(i64) -> bool;
+
+/// Every fifth row is one a validator rejected, in a day no kept row has.
+fn rejected(n: i64) -> bool {
+    n % 5 == 0
+}
+
+fn three_days_or_rejected(n: i64) -> &'static str {
+    if rejected(n) {
+        "2099-01-01"
+    } else {
+        day_of_three(n)
+    }
+}
+
+fn one_day_or_rejected(n: i64) -> &'static str {
+    if rejected(n) {
+        "2099-01-01"
+    } else {
+        "2024-01-01"
+    }
+}
+
+#[tokio::test]
+async fn only_selected_rows_are_written_and_rejected_rows_make_no_partition() {
+    // Kept rows in three days (the partition sort's gather skips the others) and in one
+    // (the window is written as it is, filtered).
+    for days in [
+        three_days_or_rejected as fn(i64) -> &'static str,
+        one_day_or_rejected,
+    ] {
+        let lake = Lake::new("events", "silver/events", &schema(), &["day"]).await;
+        let table = lake.table().await;
+        let mut writer = delta::FileWriter::new(lake.name, &table).unwrap();
+        let mut expected = Vec::new();
+        let mut batches: Vec<(RecordBatch, Rejects)> = batches_over(2, days)
+            .into_iter()
+            .map(|b| (b, rejected as Rejects))
+            .collect();
+        // A batch whose rows were all rejected, and one with none rejected.
+        batches.push((batch(5_000_000, 10, |_| "2099-01-01"), |_| true));
+        batches.push((batch(6_000_000, 4, |_| "2024-01-02"), |_| false));
+        for (b, rejected) in batches {
+            let day = b.column(0).as_string::<i32>().clone();
+            let n = b.column(1).as_primitive::<Int64Type>().clone();
+            let keep = BooleanArray::from_iter(n.values().iter().map(|&n| Some(!rejected(n))));
+            for i in (0..b.num_rows()).filter(|&i| keep.value(i)) {
+                expected.push((day.value(i).to_string(), n.value(i)));
+            }
+            let keep = (keep.true_count() < keep.len()).then_some(keep);
+            writer.write_selected(b, keep).await.unwrap();
+        }
+        assert_eq!(writer.rows(), expected.len() as u64);
+        let adds = writer.finish(&[]).await.unwrap();
+        for add in &adds {
+            assert_ne!(
+                add.partition_values
+                    .get("day")
+                    .cloned()
+                    .flatten()
+                    .as_deref(),
+                Some("2099-01-01"),
+                "a file of rejected rows only: {}",
+                add.path
+            );
+        }
+        lake.commit_adds(adds, &[]).await;
+        let (rows, _) = contents(&lake).await;
+        expected.sort();
+        assert_eq!(rows.len(), expected.len());
+        assert!(rows == expected, "every kept row once, in its own day");
+    }
 }
 
 #[tokio::test]

@@ -73,7 +73,7 @@ fn run(text: &str, key: &str) -> (Vec<RecordBatch>, Vec<Rejection>, u64) {
     while let Some(batch) = source.next_batch(2).unwrap() {
         n += batch.num_rows() as u64;
         let v = validator.validate(&batch).unwrap();
-        valid.push(v.valid);
+        valid.push(v.valid().unwrap());
         rejected.extend(v.rejected);
     }
     (valid, rejected, n)
