@@ -16,7 +16,7 @@ use std::io::Read;
 use std::sync::Arc;
 
 use arrow::array::{
-    Array as _, ArrayRef, AsArray as _, BooleanArray, Int64Array, RecordBatch, StringArray,
+    Array as _, ArrayRef, AsArray as _, Int64Array, RecordBatch, StringArray,
     TimestampMicrosecondArray,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -32,7 +32,7 @@ use crate::delta::{self, FileWriter, TAG_COMPACTED, TAG_SHA256, TAG_SOURCE};
 use crate::objects::{ObjectReader, Objects};
 use crate::read::{self, SourceFormat};
 use crate::tail::{self, Tail};
-use crate::validate::{CompiledContract, Rejection, count_reasons};
+use crate::validate::{CompiledContract, Rejection, Validated, count_reasons};
 use crate::{Error, LakePaths};
 
 /// The silver table a batch of objects goes into.
@@ -205,14 +205,14 @@ impl<R: Read> Read for Hashing<R> {
 /// What the reader thread sends: validated rows, then the end of the source.
 enum Chunk {
     Rows {
-        /// Every row of the source batch, validated: `keep` selects the valid ones.
-        rows: RecordBatch,
-        keep: Option<BooleanArray>,
-        rejected: Vec<Rejection>,
+        validated: Validated,
         rows_in: u64,
     },
     /// The source is read: its SHA-256 (None when its store version vouched for it) and size.
-    Done { sha256: Option<String>, bytes: u64 },
+    Done {
+        sha256: Option<String>,
+        bytes: u64,
+    },
 }
 
 /// Ingests one object into a silver table, exactly once.
@@ -733,26 +733,19 @@ impl Batch<'_> {
         while let Some(item) = rx.recv().await {
             match item {
                 Ok(Chunk::Rows {
-                    rows,
-                    keep,
-                    rejected,
+                    mut validated,
                     rows_in,
                 }) => {
-                    let valid_rows = keep.as_ref().map_or(rows.num_rows(), |k| k.true_count());
+                    let valid_rows = validated.valid_rows();
+                    let rejected = std::mem::take(&mut validated.rejected);
                     report.rows_in += rows_in;
                     report.rows_valid += valid_rows as u64;
                     report.rows_quarantined += rejected.len() as u64;
                     count_reasons(&rejected, &mut report.reasons);
                     let written = async {
                         match &mut silver_writer {
-                            Some(w) => w.write_selected(rows, keep).await?,
-                            None if valid_rows > 0 => buffered.push(match keep {
-                                None => rows,
-                                Some(keep) => arrow::compute::filter_record_batch(&rows, &keep)
-                                    .map_err(|e| {
-                                        Error::Internal(format!("filtering valid rows: {e}"))
-                                    })?,
-                            }),
+                            Some(w) => w.write_selected(validated.rows, validated.keep).await?,
+                            None if valid_rows > 0 => buffered.push(validated.valid()?),
                             None => {}
                         }
                         if !quarantine_done && !rejected.is_empty() {
@@ -1080,12 +1073,7 @@ fn validate_all(
                 let item = validator
                     .validate(&batch)
                     .map_err(Error::from)
-                    .map(|v| Chunk::Rows {
-                        rows: v.rows,
-                        keep: v.keep,
-                        rejected: v.rejected,
-                        rows_in,
-                    });
+                    .map(|validated| Chunk::Rows { validated, rows_in });
                 let failed = item.is_err();
                 if !send(item) || failed {
                     return false;

@@ -304,6 +304,13 @@ pub struct Validated {
 }
 
 impl Validated {
+    /// How many rows are valid.
+    pub fn valid_rows(&self) -> usize {
+        self.keep
+            .as_ref()
+            .map_or(self.rows.num_rows(), BooleanArray::true_count)
+    }
+
     /// The valid rows as a batch of their own.
     pub fn valid(&self) -> Result<RecordBatch, EvalError> {
         match &self.keep {
