@@ -895,13 +895,17 @@ const SAMPLE_TIE: f64 = 0.01;
 ///   half): identifiers, hashes, line numbers (amounts keep theirs). Their dictionary was
 ///   as large as their values, every value was hashed into it and the file held indices
 ///   on top (a taxi ingest's `trip_id` and `_source_line`: ~1.6% of its CPU);
-/// - when `trials`, each column without a dictionary is written alone a few ways (zstd
-///   level 1 or the writer's level; integers and instants also as DELTA_BINARY_PACKED),
-///   and the fastest of those within 1% of the smallest is kept. zstd's level 3 took
-///   3.2x level 1's time on an md5's hex digits and compressed them worse (x1.93 against
-///   x2.00); instants in random order packed as deltas were smaller than PLAIN and half
-///   its compression time (docs/benchmarks.md, session 20). Columns where level 3
-///   compresses better keep it. Only a first window of [`TRIAL_ROWS`] runs trials.
+/// - when `trials`, each column is written alone a few ways and the fastest of those
+///   within 1% of the smallest is kept: uncompressed, zstd level 1 or the writer's level;
+///   without a dictionary, integers and instants also packed as deltas
+///   (DELTA_BINARY_PACKED) and floats split into byte streams (BYTE_STREAM_SPLIT). zstd's
+///   level 3 took 3.2x level 1's time on an md5's hex digits and compressed them worse
+///   (x1.93 against x2.00); instants in random order packed as deltas were smaller than
+///   PLAIN and half its compression time (docs/benchmarks.md, session 20). Coordinates
+///   split into byte streams were ~10% smaller than PLAIN at level 3 in half the time, and
+///   a dictionary of a few codes (vendor, payment type, weekday) gained nothing from zstd
+///   but its cost (session 23). Columns where level 3 compresses better keep it. Only a
+///   first window of [`TRIAL_ROWS`] runs trials.
 fn settle_encodings(
     props: WriterProperties,
     first: Option<&RecordBatch>,
@@ -937,10 +941,12 @@ fn settle_encodings(
             builder = builder.set_column_dictionary_enabled(path.clone(), false);
             changed = true;
         }
-        if !trials || dictionary {
+        if !trials {
             continue;
         }
-        if let Some((encoding, compression)) = smallest_encoding(field, &column, &props, &path) {
+        if let Some((encoding, compression)) =
+            smallest_encoding(field, &column, &props, &path, dictionary)
+        {
             if let Some(encoding) = encoding {
                 builder = builder.set_column_encoding(path.clone(), encoding);
             }
@@ -953,20 +959,25 @@ fn settle_encodings(
 
 /// The encoding (None: the default) and compression of the fastest trial within
 /// [`SAMPLE_TIE`] of the smallest, when it differs from the writer's own; None when no
-/// trial differs or none could be written.
+/// trial differs or none could be written. A column with a `dictionary` keeps it: only
+/// its compression is tried.
 fn smallest_encoding(
     field: &arrow::datatypes::FieldRef,
     sample: &ArrayRef,
     props: &WriterProperties,
     path: &parquet::schema::types::ColumnPath,
+    dictionary: bool,
 ) -> Option<(Option<parquet::basic::Encoding>, Compression)> {
     use parquet::basic::Encoding;
     let own = props.compression(path);
-    let mut levels = Vec::new();
+    // Fastest first: none, a lower level, the writer's own.
+    let mut levels = vec![Compression::UNCOMPRESSED];
     if matches!(own, Compression::ZSTD(level) if level.compression_level() > 1) {
         levels.push(Compression::ZSTD(ZstdLevel::try_new(1).ok()?));
     }
-    levels.push(own);
+    if !levels.contains(&own) {
+        levels.push(own);
+    }
     let ty = field.data_type();
     let integral = ty.is_integer()
         || matches!(
@@ -977,19 +988,22 @@ fn smallest_encoding(
                 | DataType::Time32(_)
                 | DataType::Time64(_)
         );
+    // Split streams only for floats: every Parquet reader of the last years reads them
+    // there (Spark from 3.2); for integers the format added them only in 2024.
+    let float = matches!(ty, DataType::Float32 | DataType::Float64);
+    // Packed or split before PLAIN: they make zstd's work smaller.
     let mut encodings = Vec::new();
-    if integral {
+    if !dictionary && integral {
         encodings.push(Some(Encoding::DELTA_BINARY_PACKED));
     }
-    encodings.push(None);
-    if levels.len() == 1 && encodings.len() == 1 {
-        return None;
+    if !dictionary && float {
+        encodings.push(Some(Encoding::BYTE_STREAM_SPLIT));
     }
-    // Fastest first: a lower level before a higher one, packed before PLAIN.
+    encodings.push(None);
     let mut sizes = Vec::new();
     for &compression in &levels {
         for &encoding in &encodings {
-            let size = trial_size(field, sample, encoding, compression)?;
+            let size = trial_size(field, sample, dictionary, encoding, compression)?;
             sizes.push((encoding, compression, size));
         }
     }
@@ -1005,13 +1019,14 @@ fn smallest_encoding(
 fn trial_size(
     field: &arrow::datatypes::FieldRef,
     sample: &ArrayRef,
+    dictionary: bool,
     encoding: Option<parquet::basic::Encoding>,
     compression: Compression,
 ) -> Option<i64> {
     let schema = Arc::new(Schema::new(vec![field.clone()]));
     let batch = RecordBatch::try_new(schema.clone(), vec![sample.clone()]).ok()?;
     let mut props = WriterProperties::builder()
-        .set_dictionary_enabled(false)
+        .set_dictionary_enabled(dictionary)
         .set_statistics_enabled(parquet::file::properties::EnabledStatistics::None)
         .set_compression(compression);
     if let Some(encoding) = encoding {

@@ -247,8 +247,9 @@ async fn a_failed_write_leaves_no_file_behind() {
 }
 
 /// Rows of many kinds of column: `id` an md5's hex digits, `at` whole seconds of one day
-/// in random order (as trips' times), `line` ascending numbers, `amount` cents spread wide, `kind` one of five
-/// words.
+/// in random order (as trips' times), `line` ascending numbers, `amount` cents spread wide,
+/// `kind` one of four words in random order, `lon` longitudes within a city (as trips'
+/// coordinates).
 fn mixed(rows: usize) -> RecordBatch {
     use arrow::array::{Decimal128Array, TimestampMicrosecondArray};
     use md5::Digest as _;
@@ -263,6 +264,7 @@ fn mixed(rows: usize) -> RecordBatch {
         Field::new("line", DataType::Int64, true),
         Field::new("amount", DataType::Decimal128(10, 2), true),
         Field::new("kind", DataType::Utf8, true),
+        Field::new("lon", DataType::Float64, true),
     ]));
     let digest = |i: usize| md5::Md5::digest(i.to_le_bytes());
     let day_start = 1_704_067_200_000_000i64; // 2024-01-01T00:00:00Z
@@ -293,23 +295,25 @@ fn mixed(rows: usize) -> RecordBatch {
                 .with_precision_and_scale(10, 2)
                 .unwrap(),
             ),
-            Arc::new(StringArray::from_iter_values(
-                (0..rows).map(|i| ["cash", "card", "none", "dispute", "unknown"][i % 5]),
-            )),
+            Arc::new(StringArray::from_iter_values((0..rows).map(|i| {
+                ["cash", "card", "none", "dispute"][usize::from(digest(i)[6]) % 4]
+            }))),
+            Arc::new(arrow::array::Float64Array::from_iter_values((0..rows).map(
+                |i| {
+                    let d = digest(i);
+                    let unit =
+                        u64::from_le_bytes(d[8..16].try_into().unwrap()) as f64 / 2f64.powi(64);
+                    -74.02 + 0.24 * unit
+                },
+            ))),
         ],
     )
     .unwrap()
 }
 
-/// Each column's encodings in the one file that writing `mixed(rows)` made, by name;
-/// and the rows written and read back.
-async fn written_encodings(
-    rows: usize,
-) -> (
-    std::collections::BTreeMap<String, Vec<parquet::basic::Encoding>>,
-    RecordBatch,
-    RecordBatch,
-) {
+/// Each column's encodings and compression in the one file that writing `mixed(rows)`
+/// made, by name; and the rows written and read back.
+async fn written_encodings(rows: usize) -> (Encodings, RecordBatch, RecordBatch) {
     let written = mixed(rows);
     let schema = written.schema();
     let lake = Lake::new("events", "silver/events", schema.as_ref(), &["day"]).await;
@@ -325,7 +329,10 @@ async fn written_encodings(
     let meta = parquet::file::reader::FileReader::metadata(&reader);
     let mut encodings = std::collections::BTreeMap::new();
     for column in meta.row_group(0).columns() {
-        encodings.insert(column.column_path().string(), column.encodings().collect());
+        encodings.insert(
+            column.column_path().string(),
+            (column.encodings().collect(), column.compression()),
+        );
     }
     let table = lake.table().await;
     let batches = delta::read_file(lake.name, &table, &adds[0], &schema)
@@ -335,41 +342,62 @@ async fn written_encodings(
     (encodings, written, read)
 }
 
-/// Asserts what `column`'s encodings say: whether it has a dictionary, and whether it is
-/// packed as deltas.
+/// Each column's encodings and compression, by name.
+type Encodings = std::collections::BTreeMap<
+    String,
+    (Vec<parquet::basic::Encoding>, parquet::basic::Compression),
+>;
+
+/// Asserts what `column`'s encodings say: whether it has a dictionary, which encoding
+/// other than PLAIN its values have (packed as deltas, split into byte streams), if any,
+/// and whether it is compressed.
 fn assert_encoded(
-    encodings: &std::collections::BTreeMap<String, Vec<parquet::basic::Encoding>>,
+    encodings: &Encodings,
     column: &str,
     dictionary: bool,
-    packed: bool,
+    other: Option<parquet::basic::Encoding>,
+    compressed: bool,
 ) {
-    use parquet::basic::Encoding;
-    let found = &encodings[column];
+    use parquet::basic::{Compression, Encoding};
+    let (found, compression) = &encodings[column];
     let has_dictionary = found
         .iter()
         .any(|e| matches!(e, Encoding::RLE_DICTIONARY | Encoding::PLAIN_DICTIONARY));
-    let has_packed = found.contains(&Encoding::DELTA_BINARY_PACKED);
+    let has_other = found.iter().copied().find(|e| {
+        matches!(
+            e,
+            Encoding::DELTA_BINARY_PACKED | Encoding::BYTE_STREAM_SPLIT
+        )
+    });
     assert_eq!(
-        (has_dictionary, has_packed),
-        (dictionary, packed),
-        "{column}: (dictionary, packed) from {found:?}"
+        (
+            has_dictionary,
+            has_other,
+            *compression != Compression::UNCOMPRESSED
+        ),
+        (dictionary, other, compressed),
+        "{column}: (dictionary, encoding, compressed) from {found:?}, {compression:?}"
     );
 }
 
 #[tokio::test]
 async fn each_column_is_encoded_as_its_first_rows_call_for() {
+    use parquet::basic::Encoding::{BYTE_STREAM_SPLIT, DELTA_BINARY_PACKED};
     let (encodings, written, read) = written_encodings(80_000).await;
     // Mostly distinct values lose the dictionary; repeating ones and amounts keep it. A
     // large first window runs trials: instants in random order and evenly spaced numbers
-    // are smaller packed as deltas than PLAIN; hex digits are not numbers.
-    assert_encoded(&encodings, "id", false, false);
-    assert_encoded(&encodings, "at", false, true);
-    assert_encoded(&encodings, "line", false, true);
-    assert_encoded(&encodings, "amount", true, false);
-    assert_encoded(&encodings, "kind", true, false);
+    // are smaller packed as deltas than PLAIN; hex digits are not numbers; coordinates
+    // are smaller split into byte streams. Four codes in random order are as small
+    // without zstd as with it; amounts spread wide are not.
+    assert_encoded(&encodings, "id", false, None, true);
+    assert_encoded(&encodings, "at", false, Some(DELTA_BINARY_PACKED), true);
+    assert_encoded(&encodings, "line", false, Some(DELTA_BINARY_PACKED), true);
+    assert_encoded(&encodings, "amount", true, None, true);
+    assert_encoded(&encodings, "kind", true, None, false);
+    assert_encoded(&encodings, "lon", false, Some(BYTE_STREAM_SPLIT), true);
     // Whatever the encodings, the rows read back are the rows written.
     assert_eq!(read.num_rows(), written.num_rows());
-    for name in ["id", "at", "line", "amount", "kind"] {
+    for name in ["id", "at", "line", "amount", "kind", "lon"] {
         assert_eq!(
             read.column_by_name(name).unwrap().as_ref(),
             written.column_by_name(name).unwrap().as_ref(),
@@ -381,9 +409,10 @@ async fn each_column_is_encoded_as_its_first_rows_call_for() {
 #[tokio::test]
 async fn a_small_first_window_settles_dictionaries_without_trials() {
     let (encodings, written, read) = written_encodings(5_000).await;
-    assert_encoded(&encodings, "id", false, false);
-    // No trials under 64 Ki rows: instants stay PLAIN.
-    assert_encoded(&encodings, "at", false, false);
-    assert_encoded(&encodings, "kind", true, false);
+    assert_encoded(&encodings, "id", false, None, true);
+    // No trials under 64 Ki rows: instants and floats stay PLAIN, codes compressed.
+    assert_encoded(&encodings, "at", false, None, true);
+    assert_encoded(&encodings, "lon", false, None, true);
+    assert_encoded(&encodings, "kind", true, None, true);
     assert_eq!(read, written);
 }
