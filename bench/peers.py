@@ -240,3 +240,32 @@ def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
         con.execute(sql).fetchall()
         times.append(time.perf_counter() - t)
     return json.dumps(times)
+
+
+def duckdb_answer(spec_path: str, name: str) -> str:
+    """One of QUERIES' answer in DuckDB over the given Parquet files (see duckdb_time_query):
+    JSON, a list of rows, each a list of values in the query's column order (decimals as
+    numbers, dates as ISO text), for bench/run to compare with sluice's."""
+    import datetime
+    import decimal
+    import json
+
+    import duckdb
+
+    with open(spec_path) as f:
+        spec = json.load(f)
+    con = duckdb.connect()
+    for table, files in spec.items():
+        con.execute(
+            f"CREATE VIEW {table} AS SELECT * FROM read_parquet({json.dumps(files)}, hive_partitioning = true)"
+        )
+
+    def plain(v):
+        if isinstance(v, decimal.Decimal):
+            return float(v)
+        if isinstance(v, (datetime.date, datetime.datetime)):
+            return v.isoformat()
+        return v
+
+    rows = con.execute(duckdb_query_sql(name).format(trips="trips", zones="zones")).fetchall()
+    return json.dumps([[plain(v) for v in row] for row in rows])
