@@ -189,6 +189,38 @@ fn parse_uuid(s: &str, column: &'static str) -> Result<Uuid> {
     })
 }
 
+/// Statements the connection keeps parsed: every statement of the store's fixed SQL, with
+/// room for the listings whose SQL varies.
+const STATEMENT_CACHE: usize = 128;
+
+/// Statements run through the connection's statement cache: each SQL text is parsed once,
+/// not on every call (parsing was ~1.4% of the server's CPU with eight writers of small
+/// objects, docs/benchmarks.md, session 23).
+pub(crate) trait CachedSql {
+    /// `Connection::execute`, cached.
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize>;
+
+    /// `Connection::query_row`, cached.
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>;
+}
+
+impl CachedSql for Connection {
+    fn execute_cached<P: rusqlite::Params>(&self, sql: &str, params: P) -> rusqlite::Result<usize> {
+        self.prepare_cached(sql)?.execute(params)
+    }
+
+    fn query_row_cached<T, P, F>(&self, sql: &str, params: P, f: F) -> rusqlite::Result<T>
+    where
+        P: rusqlite::Params,
+        F: FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    {
+        self.prepare_cached(sql)?.query_row(params, f)
+    }
+}
+
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
@@ -203,6 +235,7 @@ impl SqliteStore {
 
     fn init(conn: Connection) -> Result<Self> {
         conn.busy_timeout(Duration::from_secs(10))?;
+        conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
@@ -222,7 +255,7 @@ impl SqliteStore {
 
 /// Inserts or updates a run by id.
 fn save_run(conn: &Connection, run: &Run) -> Result<()> {
-    conn.execute(
+    conn.execute_cached(
         &format!(
             "INSERT INTO runs ({RUN_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)
              ON CONFLICT(id) DO UPDATE SET status = excluded.status, finished_at = excluded.finished_at,
@@ -260,7 +293,7 @@ fn end_job(
     now: DateTime<Utc>,
 ) -> Result<()> {
     let n = match outcome {
-        JobOutcome::Done => conn.execute(
+        JobOutcome::Done => conn.execute_cached(
             "UPDATE jobs SET status = 'done', lease_owner = NULL, lease_expires_at = NULL,
                  last_error = NULL, updated_at = ?3
              WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
@@ -269,7 +302,7 @@ fn end_job(
         JobOutcome::Failed {
             error,
             retry_at: Some(at),
-        } => conn.execute(
+        } => conn.execute_cached(
             "UPDATE jobs SET status = 'pending', next_run_at = ?4, lease_owner = NULL,
                  lease_expires_at = NULL, last_error = ?3, updated_at = ?5
              WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
@@ -278,7 +311,7 @@ fn end_job(
         JobOutcome::Failed {
             error,
             retry_at: None,
-        } => conn.execute(
+        } => conn.execute_cached(
             "UPDATE jobs SET status = 'dead', lease_owner = NULL, lease_expires_at = NULL,
                  last_error = ?3, updated_at = ?4
              WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
@@ -294,7 +327,7 @@ fn end_job(
 /// Brings a store made by an earlier sluice up to [`SCHEMA`] (columns added since).
 fn migrate(conn: &Connection) -> Result<()> {
     let has_column = |table: &str, column: &str| -> Result<bool> {
-        let mut stmt = conn.prepare(&format!("PRAGMA table_info({table})"))?;
+        let mut stmt = conn.prepare_cached(&format!("PRAGMA table_info({table})"))?;
         let names = stmt.query_map([], |r| r.get::<_, String>(1))?;
         for name in names {
             if name? == column {
@@ -323,17 +356,17 @@ fn lease_row(
     now_us: i64,
     expires: i64,
 ) -> Result<LeasedJob> {
-    tx.execute(
+    tx.execute_cached(
         "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_owner = ?2,
              lease_expires_at = ?3, updated_at = ?4 WHERE id = ?1",
         params![id, worker, expires, now_us],
     )?;
-    let job = check_job(tx.query_row(
+    let job = check_job(tx.query_row_cached(
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
         [id],
         job_from_row,
     )?)?;
-    let event = check_event(tx.query_row(
+    let event = check_event(tx.query_row_cached(
         &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
         [job.event_id.to_string()],
         event_from_row,
@@ -427,7 +460,7 @@ pub(crate) fn check_event(parsed: (i64, String, String, Event)) -> Result<Stored
 
 fn insert_event(tx: &rusqlite::Transaction<'_>, event: &Event, jobs: &[NewJob]) -> Result<i64> {
     let o = &event.object;
-    tx.execute(
+    tx.execute_cached(
         "INSERT INTO events (id, kind, source, time, correlation_id, bucket, key, size, sha256, version)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         params![
@@ -445,7 +478,7 @@ fn insert_event(tx: &rusqlite::Transaction<'_>, event: &Event, jobs: &[NewJob]) 
     )?;
     let seq = tx.last_insert_rowid();
     for job in jobs {
-        tx.execute(
+        tx.execute_cached(
             "INSERT INTO jobs (id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, created_at, updated_at)
              VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6)",
             params![
@@ -533,7 +566,7 @@ impl StateStore for SqliteStore {
     fn record_write(&self, meta: &ObjectMeta, event: &Event, jobs: &[NewJob]) -> Result<i64> {
         self.with(|conn| {
             let tx = conn.transaction()?;
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO objects (bucket, key, size, etag, content_type, metadata, last_modified, sha256, version)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(bucket, key) DO UPDATE SET size = excluded.size, etag = excluded.etag,
@@ -560,7 +593,7 @@ impl StateStore for SqliteStore {
     fn record_removal(&self, event: &Event, jobs: &[NewJob]) -> Result<i64> {
         self.with(|conn| {
             let tx = conn.transaction()?;
-            tx.execute(
+            tx.execute_cached(
                 "DELETE FROM objects WHERE bucket = ?1 AND key = ?2",
                 params![event.object.bucket, event.object.key],
             )?;
@@ -573,7 +606,7 @@ impl StateStore for SqliteStore {
     fn object_meta(&self, bucket: &str, key: &str) -> Result<Option<ObjectMeta>> {
         self.with(|conn| {
             Ok(conn
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {OBJECT_COLUMNS} FROM objects WHERE bucket = ?1 AND key = ?2"),
                     params![bucket, key],
                     meta_from_row,
@@ -591,7 +624,7 @@ impl StateStore for SqliteStore {
     ) -> Result<Vec<ObjectMeta>> {
         self.with(|conn| {
             // Keys compare as bytes (S3 lists in UTF-8 binary order).
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {OBJECT_COLUMNS} FROM objects
                  WHERE bucket = ?1 AND CAST(key AS BLOB) > CAST(?2 AS BLOB)
                    AND substr(key, 1, length(?3)) = ?3
@@ -605,7 +638,8 @@ impl StateStore for SqliteStore {
 
     fn list_buckets(&self) -> Result<Vec<(String, DateTime<Utc>)>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare("SELECT name, created_at FROM buckets ORDER BY name")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT name, created_at FROM buckets ORDER BY name")?;
             let rows =
                 stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, from_micros(r.get(1)?))))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
@@ -614,7 +648,7 @@ impl StateStore for SqliteStore {
 
     fn create_bucket(&self, name: &str, now: DateTime<Utc>) -> Result<bool> {
         self.with(|conn| {
-            Ok(conn.execute(
+            Ok(conn.execute_cached(
                 "INSERT INTO buckets (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
                 params![name, micros(now)],
             )? == 1)
@@ -624,7 +658,7 @@ impl StateStore for SqliteStore {
     fn delete_bucket(&self, name: &str) -> Result<()> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let objects: i64 = tx.query_row(
+            let objects: i64 = tx.query_row_cached(
                 "SELECT COUNT(*) FROM objects WHERE bucket = ?1",
                 [name],
                 |r| r.get(0),
@@ -632,7 +666,7 @@ impl StateStore for SqliteStore {
             if objects > 0 {
                 return Err(Error::BucketNotEmpty(name.to_string()));
             }
-            let n = tx.execute("DELETE FROM buckets WHERE name = ?1", [name])?;
+            let n = tx.execute_cached("DELETE FROM buckets WHERE name = ?1", [name])?;
             if n == 0 {
                 return Err(Error::NotFound {
                     what: "bucket",
@@ -646,7 +680,7 @@ impl StateStore for SqliteStore {
 
     fn create_upload(&self, upload: &Upload) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO uploads (upload_id, bucket, key, content_type, metadata, initiated) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![
                     upload.upload_id,
@@ -664,7 +698,7 @@ impl StateStore for SqliteStore {
     fn get_upload(&self, upload_id: &str) -> Result<Option<Upload>> {
         self.with(|conn| {
             Ok(conn
-                .query_row(
+                .query_row_cached(
                     "SELECT upload_id, bucket, key, content_type, metadata, initiated FROM uploads WHERE upload_id = ?1",
                     [upload_id],
                     upload_from_row,
@@ -675,7 +709,7 @@ impl StateStore for SqliteStore {
 
     fn put_upload_part(&self, upload_id: &str, part: &UploadPart) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO upload_parts (upload_id, part_number, size, etag, last_modified, sha256, slot_offset)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
                  ON CONFLICT(upload_id, part_number) DO UPDATE SET size = excluded.size, etag = excluded.etag,
@@ -697,7 +731,7 @@ impl StateStore for SqliteStore {
 
     fn list_upload_parts(&self, upload_id: &str) -> Result<Vec<UploadPart>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT part_number, size, etag, last_modified, sha256, slot_offset FROM upload_parts
                  WHERE upload_id = ?1 ORDER BY part_number",
             )?;
@@ -717,7 +751,7 @@ impl StateStore for SqliteStore {
 
     fn list_uploads(&self, bucket: &str) -> Result<Vec<Upload>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT upload_id, bucket, key, content_type, metadata, initiated FROM uploads WHERE bucket = ?1 ORDER BY key, initiated",
             )?;
             let rows = stmt.query_map([bucket], upload_from_row)?;
@@ -728,8 +762,8 @@ impl StateStore for SqliteStore {
     fn delete_upload(&self, upload_id: &str) -> Result<()> {
         self.with(|conn| {
             let tx = conn.transaction()?;
-            tx.execute("DELETE FROM upload_parts WHERE upload_id = ?1", [upload_id])?;
-            tx.execute("DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
+            tx.execute_cached("DELETE FROM upload_parts WHERE upload_id = ?1", [upload_id])?;
+            tx.execute_cached("DELETE FROM uploads WHERE upload_id = ?1", [upload_id])?;
             tx.commit()?;
             Ok(())
         })
@@ -737,7 +771,7 @@ impl StateStore for SqliteStore {
 
     fn list_events(&self, limit: usize) -> Result<Vec<StoredEvent>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events ORDER BY seq DESC LIMIT ?1"
             ))?;
             let rows = stmt.query_map([limit as i64], event_from_row)?;
@@ -748,7 +782,7 @@ impl StateStore for SqliteStore {
     fn get_event(&self, id: EventId) -> Result<StoredEvent> {
         self.with(|conn| {
             let found = conn
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {EVENT_COLUMNS} FROM events WHERE id = ?1"),
                     [id.to_string()],
                     event_from_row,
@@ -774,7 +808,7 @@ impl StateStore for SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now_us = micros(now);
             let id: Option<String> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT id FROM jobs
                      WHERE (status = 'pending' AND next_run_at <= ?1)
                         OR (status = 'running' AND lease_expires_at <= ?1)
@@ -807,7 +841,7 @@ impl StateStore for SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now_us = micros(now);
             let candidates: Vec<(String, String, String, i64)> = {
-                let mut stmt = tx.prepare(
+                let mut stmt = tx.prepare_cached(
                     "SELECT j.id, e.bucket, e.key, e.size FROM jobs j JOIN events e ON e.id = j.event_id
                      WHERE j.pipeline = ?1 AND e.kind = ?2 AND j.id != ?3 AND e.size <= ?4
                        AND ((j.status = 'pending' AND j.next_run_at <= ?5)
@@ -885,7 +919,7 @@ impl StateStore for SqliteStore {
 
     fn extend_lease(&self, job: JobId, worker: &str, until: DateTime<Utc>) -> Result<()> {
         self.with(|conn| {
-            let n = conn.execute(
+            let n = conn.execute_cached(
                 "UPDATE jobs SET lease_expires_at = ?3 WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
                 params![job.to_string(), worker, micros(until)],
             )?;
@@ -898,7 +932,7 @@ impl StateStore for SqliteStore {
 
     fn recover_orphaned_jobs(&self, now: DateTime<Utc>) -> Result<usize> {
         self.with(|conn| {
-            Ok(conn.execute(
+            Ok(conn.execute_cached(
                 "UPDATE jobs SET status = 'pending', next_run_at = ?1, lease_owner = NULL,
                      lease_expires_at = NULL, updated_at = ?1
                  WHERE status = 'running'",
@@ -909,7 +943,7 @@ impl StateStore for SqliteStore {
 
     fn release_job(&self, job: JobId, worker: &str) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
+            conn.execute_cached(
                 "UPDATE jobs SET status = 'pending', attempts = MAX(attempts - 1, 0),
                      lease_owner = NULL, lease_expires_at = NULL
                  WHERE id = ?1 AND status = 'running' AND lease_owner = ?2",
@@ -921,7 +955,7 @@ impl StateStore for SqliteStore {
 
     fn next_due(&self) -> Result<Option<DateTime<Utc>>> {
         self.with(|conn| {
-            let at: Option<i64> = conn.query_row(
+            let at: Option<i64> = conn.query_row_cached(
                 "SELECT MIN(t) FROM (
                      SELECT MIN(next_run_at) AS t FROM jobs WHERE status = 'pending'
                      UNION ALL
@@ -935,7 +969,7 @@ impl StateStore for SqliteStore {
 
     fn list_jobs(&self, limit: usize) -> Result<Vec<Job>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs ORDER BY created_at DESC, id DESC LIMIT ?1"
             ))?;
             let rows = stmt.query_map([limit as i64], job_from_row)?;
@@ -945,7 +979,7 @@ impl StateStore for SqliteStore {
 
     fn jobs_for_event(&self, event: EventId) -> Result<Vec<Job>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE event_id = ?1 ORDER BY created_at, id"
             ))?;
             let rows = stmt.query_map([event.to_string()], job_from_row)?;
@@ -955,7 +989,7 @@ impl StateStore for SqliteStore {
 
     fn runs_of_job(&self, job: JobId) -> Result<Vec<Run>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE job_id = ?1 ORDER BY started_at, id"
             ))?;
             let rows = stmt.query_map([job.0.to_string()], run_from_row)?;
@@ -966,7 +1000,8 @@ impl StateStore for SqliteStore {
     fn job_counts(&self) -> Result<JobCounts> {
         self.with(|conn| {
             let mut counts = JobCounts::default();
-            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
             for row in rows {
                 let (status, n) = row?;
@@ -985,7 +1020,7 @@ impl StateStore for SqliteStore {
 
     fn list_dlq(&self) -> Result<Vec<Job>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'dead' ORDER BY updated_at DESC"
             ))?;
             let rows = stmt.query_map([], job_from_row)?;
@@ -997,7 +1032,7 @@ impl StateStore for SqliteStore {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let found = tx
-                .query_row(
+                .query_row_cached(
                     &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1 AND status = 'dead'"),
                     [job.to_string()],
                     job_from_row,
@@ -1011,7 +1046,7 @@ impl StateStore for SqliteStore {
             };
             let dead = check_job(found)?;
             let new_id = JobId(Uuid::now_v7());
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO jobs (id, event_id, pipeline, trigger_name, status, attempts, max_attempts, next_run_at, created_at, updated_at, replay_of)
                  VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?6, ?6, ?6, ?7)",
                 params![
@@ -1024,7 +1059,7 @@ impl StateStore for SqliteStore {
                     job.to_string(),
                 ],
             )?;
-            tx.execute(
+            tx.execute_cached(
                 "UPDATE jobs SET status = 'replayed', updated_at = ?2 WHERE id = ?1",
                 params![job.to_string(), micros(now)],
             )?;
@@ -1073,7 +1108,7 @@ impl StateStore for SqliteStore {
 
     fn list_runs(&self, limit: usize) -> Result<Vec<Run>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs ORDER BY started_at DESC, id DESC LIMIT ?1"
             ))?;
             let rows = stmt.query_map([limit as i64], run_from_row)?;
@@ -1084,7 +1119,7 @@ impl StateStore for SqliteStore {
     fn get_run(&self, id: &str) -> Result<Run> {
         self.with(|conn| {
             let pattern = format!("{}%", id.replace(['%', '_'], ""));
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {RUN_COLUMNS} FROM runs WHERE id LIKE ?1 ORDER BY started_at LIMIT 2"
             ))?;
             let mut runs = stmt
@@ -1114,14 +1149,14 @@ impl StateStore for SqliteStore {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let existing: Option<String> = tx
-                .query_row(
+                .query_row_cached(
                     "SELECT result FROM idempotency_keys WHERE key = ?1",
                     [key],
                     |r| r.get(0),
                 )
                 .optional()?;
             if existing.is_none() {
-                tx.execute(
+                tx.execute_cached(
                     "INSERT INTO idempotency_keys (key, result, created_at) VALUES (?1, ?2, ?3)",
                     params![key, result, micros(now)],
                 )?;
@@ -1133,7 +1168,7 @@ impl StateStore for SqliteStore {
 
     fn table_versions(&self, table: &str) -> Result<Vec<TableVersion>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT name, layer, version, schema, partition_by, description, owner, location, registered_at
                  FROM catalog_tables WHERE name = ?1 ORDER BY version",
             )?;
@@ -1158,7 +1193,7 @@ impl StateStore for SqliteStore {
 
     fn register_table_version(&self, v: &TableVersion) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO catalog_tables (name, version, layer, schema, partition_by, description, owner, location, registered_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT(name, version) DO UPDATE SET description = excluded.description,

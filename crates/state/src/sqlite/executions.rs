@@ -3,14 +3,16 @@
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension as _, Row, params};
 
-use super::{EVENT_COLUMNS, SqliteStore, check_event, event_from_row, from_micros, micros};
+use super::{
+    CachedSql as _, EVENT_COLUMNS, SqliteStore, check_event, event_from_row, from_micros, micros,
+};
 use crate::{Error, Execution, ExecutionEvent, ExecutionStatus, ExecutionStore, Result};
 
 const COLUMNS: &str =
     "id, workflow, definition, status, input, output, error, cause, started_at, stopped_at";
 
 fn insert_execution(conn: &rusqlite::Connection, e: &Execution) -> rusqlite::Result<usize> {
-    conn.execute(
+    conn.execute_cached(
         &format!(
             "INSERT INTO executions ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
         ),
@@ -61,7 +63,7 @@ impl ExecutionStore for SqliteStore {
 
     fn finish_execution(&self, e: &Execution) -> Result<()> {
         self.with(|conn| {
-            let changed = conn.execute(
+            let changed = conn.execute_cached(
                 "UPDATE executions SET status = ?2, output = ?3, error = ?4, cause = ?5, stopped_at = ?6
                  WHERE id = ?1",
                 params![
@@ -85,7 +87,7 @@ impl ExecutionStore for SqliteStore {
 
     fn list_executions(&self, limit: usize) -> Result<Vec<Execution>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM executions ORDER BY started_at DESC, id DESC LIMIT ?1"
             ))?;
             let rows = stmt.query_map([limit as i64], execution_from_row)?;
@@ -96,7 +98,7 @@ impl ExecutionStore for SqliteStore {
     fn get_execution(&self, id: &str) -> Result<Execution> {
         self.with(|conn| {
             let pattern = format!("{}%", id.replace(['%', '_'], ""));
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM executions WHERE id LIKE ?1 ORDER BY started_at LIMIT 2"
             ))?;
             let mut found = stmt
@@ -119,7 +121,7 @@ impl ExecutionStore for SqliteStore {
 
     fn running_executions(&self) -> Result<Vec<Execution>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM executions WHERE status = 'RUNNING' ORDER BY started_at, id"
             ))?;
             let rows = stmt.query_map([], execution_from_row)?;
@@ -169,7 +171,7 @@ impl ExecutionStore for SqliteStore {
 
     fn execution_events(&self, execution: &str) -> Result<Vec<ExecutionEvent>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT id, previous_id, time, kind, details FROM execution_events
                  WHERE execution_id = ?1 ORDER BY id",
             )?;
@@ -198,7 +200,7 @@ impl ExecutionStore for SqliteStore {
     ) -> Result<bool> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let claimed = tx.execute(
+            let claimed = tx.execute_cached(
                 "INSERT INTO schedule_ticks (schedule, tick, execution_id, recorded_at)
                  VALUES (?1, ?2, ?3, ?4) ON CONFLICT(schedule, tick) DO NOTHING",
                 params![schedule, micros(tick), execution.id, micros(Utc::now())],
@@ -214,7 +216,7 @@ impl ExecutionStore for SqliteStore {
 
     fn skip_schedule_ticks(&self, schedule: &str, tick: DateTime<Utc>) -> Result<()> {
         self.with(|conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO schedule_ticks (schedule, tick, execution_id, recorded_at)
                  VALUES (?1, ?2, NULL, ?3) ON CONFLICT(schedule, tick) DO NOTHING",
                 params![schedule, micros(tick), micros(Utc::now())],
@@ -225,7 +227,7 @@ impl ExecutionStore for SqliteStore {
 
     fn last_schedule_tick(&self, schedule: &str) -> Result<Option<DateTime<Utc>>> {
         self.with(|conn| {
-            let tick: Option<i64> = conn.query_row(
+            let tick: Option<i64> = conn.query_row_cached(
                 "SELECT MAX(tick) FROM schedule_ticks WHERE schedule = ?1",
                 [schedule],
                 |r| r.get(0),
@@ -236,7 +238,7 @@ impl ExecutionStore for SqliteStore {
 
     fn put_custom_event(&self, id: &str, body: &str, time: DateTime<Utc>) -> Result<i64> {
         self.with(|conn| {
-            conn.execute(
+            conn.execute_cached(
                 "INSERT INTO custom_events (id, body, time) VALUES (?1, ?2, ?3)",
                 params![id, body, micros(time)],
             )?;
@@ -246,7 +248,7 @@ impl ExecutionStore for SqliteStore {
 
     fn custom_events_after(&self, after: i64, limit: usize) -> Result<Vec<(i64, String)>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
+            let mut stmt = conn.prepare_cached(
                 "SELECT seq, body FROM custom_events WHERE seq > ?1 ORDER BY seq LIMIT ?2",
             )?;
             let rows =
@@ -257,7 +259,7 @@ impl ExecutionStore for SqliteStore {
 
     fn object_events_after(&self, after: i64, limit: usize) -> Result<Vec<crate::StoredEvent>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
             ))?;
             let rows = stmt.query_map(params![after, limit as i64], event_from_row)?;
@@ -277,7 +279,7 @@ impl ExecutionStore for SqliteStore {
             }
         };
         self.with(|conn| {
-            Ok(conn.query_row(
+            Ok(conn.query_row_cached(
                 &format!("SELECT COALESCE(MAX(seq), 0) FROM {table}"),
                 [],
                 |r| r.get(0),
@@ -288,7 +290,7 @@ impl ExecutionStore for SqliteStore {
     fn routing_cursor(&self, stream: &str) -> Result<Option<i64>> {
         self.with(|conn| {
             Ok(conn
-                .query_row(
+                .query_row_cached(
                     "SELECT seq FROM routing_cursors WHERE stream = ?1",
                     [stream],
                     |r| r.get(0),
@@ -300,7 +302,7 @@ impl ExecutionStore for SqliteStore {
     fn route_events(&self, stream: &str, seq: i64, executions: &[Execution]) -> Result<()> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            tx.execute(
+            tx.execute_cached(
                 "INSERT INTO routing_cursors (stream, seq) VALUES (?1, ?2)
                  ON CONFLICT(stream) DO UPDATE SET seq = excluded.seq",
                 params![stream, seq],
@@ -315,7 +317,7 @@ impl ExecutionStore for SqliteStore {
 
     fn failed_executions(&self, limit: usize) -> Result<Vec<Execution>> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM executions
                  WHERE status IN ('FAILED', 'TIMED_OUT') AND redriven_as IS NULL
                  ORDER BY stopped_at DESC, id DESC LIMIT ?1"
@@ -328,7 +330,7 @@ impl ExecutionStore for SqliteStore {
     fn redrive_execution(&self, failed: &str, new: &Execution) -> Result<()> {
         self.with(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let taken = tx.execute(
+            let taken = tx.execute_cached(
                 "UPDATE executions SET redriven_as = ?2
                  WHERE id = ?1 AND status IN ('FAILED', 'TIMED_OUT') AND redriven_as IS NULL",
                 params![failed, new.id],
@@ -347,8 +349,8 @@ impl ExecutionStore for SqliteStore {
 
     fn execution_steps(&self, execution: &str) -> Result<Vec<(String, String)>> {
         self.with(|conn| {
-            let mut stmt =
-                conn.prepare("SELECT key, value FROM execution_steps WHERE execution_id = ?1")?;
+            let mut stmt = conn
+                .prepare_cached("SELECT key, value FROM execution_steps WHERE execution_id = ?1")?;
             let rows = stmt.query_map([execution], |r| Ok((r.get(0)?, r.get(1)?)))?;
             Ok(rows.collect::<rusqlite::Result<Vec<_>>>()?)
         })
