@@ -213,14 +213,18 @@ def duckdb_query_sql(name: str) -> str:
     return sql.replace("approx_percentile_cont(trip_duration_minutes, ", "approx_quantile(trip_duration_minutes, ")
 
 
-def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
-    """Times one of QUERIES `runs` times in DuckDB over the given Parquet files; JSON list of seconds.
+# Queries whose answers are approximate in both engines (each its own t-digest): their
+# numbers are compared loosely.
+APPROXIMATE = {"duration_percentiles_by_hour"}
+
+
+def duckdb_over(spec_path: str):
+    """A DuckDB connection (2 threads) with views `trips` and `zones` over the given Parquet files.
 
     spec_path: a JSON file {"trips": [files], "zones": [files]}, the files the Delta logs say are active.
     Partition values live in the paths (year=/month=/date=), as Delta writes them.
     """
     import json
-    import time
 
     import duckdb
 
@@ -233,6 +237,16 @@ def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
         con.execute(
             f"CREATE VIEW {table} AS SELECT * FROM read_parquet({json.dumps(files)}, hive_partitioning = true)"
         )
+    return con
+
+
+def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
+    """Times one of QUERIES `runs` times in DuckDB over the files of `spec_path` (see
+    duckdb_over); JSON list of seconds."""
+    import json
+    import time
+
+    con = duckdb_over(spec_path)
     sql = duckdb_query_sql(name).format(trips="trips", zones="zones")
     times = []
     for _ in range(runs):
@@ -243,22 +257,12 @@ def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
 
 
 def duckdb_answer(spec_path: str, name: str) -> str:
-    """One of QUERIES' answer in DuckDB over the given Parquet files (see duckdb_time_query):
+    """One of QUERIES' answer in DuckDB over the files of `spec_path` (see duckdb_over):
     JSON, a list of rows, each a list of values in the query's column order (decimals as
     numbers, dates as ISO text), for bench/run to compare with sluice's."""
     import datetime
     import decimal
     import json
-
-    import duckdb
-
-    with open(spec_path) as f:
-        spec = json.load(f)
-    con = duckdb.connect()
-    for table, files in spec.items():
-        con.execute(
-            f"CREATE VIEW {table} AS SELECT * FROM read_parquet({json.dumps(files)}, hive_partitioning = true)"
-        )
 
     def plain(v):
         if isinstance(v, decimal.Decimal):
@@ -267,5 +271,6 @@ def duckdb_answer(spec_path: str, name: str) -> str:
             return v.isoformat()
         return v
 
-    rows = con.execute(duckdb_query_sql(name).format(trips="trips", zones="zones")).fetchall()
+    sql = duckdb_query_sql(name).format(trips="trips", zones="zones")
+    rows = duckdb_over(spec_path).execute(sql).fetchall()
     return json.dumps([[plain(v) for v in row] for row in rows])

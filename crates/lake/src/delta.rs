@@ -1000,6 +1000,9 @@ fn smallest_encoding(
         encodings.push(Some(Encoding::BYTE_STREAM_SPLIT));
     }
     encodings.push(None);
+    if levels.len() == 1 && encodings.len() == 1 {
+        return None;
+    }
     let mut sizes = Vec::new();
     for &compression in &levels {
         for &encoding in &encodings {
