@@ -38,9 +38,11 @@ use deltalake::DeltaTable;
 use object_store::ObjectMeta;
 
 mod by_partition;
+mod dense_groups;
 mod tail;
 
 pub use by_partition::{ByPartition, ByPartitionExec};
+pub use dense_groups::{DENSE_RANGE, DenseGroups, DenseGroupsExec};
 pub use tail::{TailBatch, with_tail};
 
 use deltalake::kernel::Version;

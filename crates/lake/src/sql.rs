@@ -131,6 +131,7 @@ impl Session {
             .with_runtime_env(cache.runtime())
             .with_default_features()
             .with_physical_optimizer_rule(Arc::new(scan::ByPartition))
+            .with_physical_optimizer_rule(Arc::new(scan::DenseGroups))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let catalog = Arc::new(MemoryCatalogProvider::new());

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use arrow::array::{Date32Array, Decimal128Array, Int64Array, RecordBatch, StringArray};
+use arrow::array::{
+    Date32Array, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+};
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::pretty::pretty_format_batches;
 use deltalake::kernel::Add;
@@ -461,4 +463,153 @@ async fn aggregates_by_partition_columns_answer_as_the_hash_aggregate_does() {
         let plan = text(format!("EXPLAIN {}", query.replace("{t}", "silver.trips"))).await;
         assert_eq!(plan.contains("ByPartitionExec"), folded, "{query}: {plan}");
     }
+}
+
+/// Aggregates grouped by one integer column go through `scan::DenseGroupsExec` and answer
+/// exactly as DataFusion's own hash aggregate does over the same rows: null keys, null
+/// values, several files and batches, a filter below, FILTER clauses, and keys too wide
+/// for its window, handed over to DataFusion's aggregate at the first batch or midway.
+#[tokio::test]
+async fn aggregates_by_an_integer_column_answer_as_the_hash_aggregate_does() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("code", DataType::Int32, true),
+        Field::new("fare", DataType::Decimal128(10, 2), true),
+        Field::new("note", DataType::Utf8, true),
+    ]));
+    let lake = Lake::new("rides", "silver/rides", &schema, &[]).await;
+    let batch = |ids: &[i64], code: &dyn Fn(i64) -> Option<i32>| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from(ids.to_vec())),
+                Arc::new(Int32Array::from_iter(ids.iter().map(|&id| code(id)))),
+                Arc::new(
+                    Decimal128Array::from_iter(
+                        ids.iter()
+                            .map(|&id| (id % 7 != 0).then_some(i128::from(id % 1000) * 13)),
+                    )
+                    .with_precision_and_scale(10, 2)
+                    .unwrap(),
+                ),
+                Arc::new(StringArray::from_iter(
+                    ids.iter()
+                        .map(|&id| (id % 11 != 0).then(|| format!("n{}", id % 97))),
+                )),
+            ],
+        )
+        .unwrap()
+    };
+    // Ids span more than a window; codes are 1..=6 and nulls in every file.
+    let code = |id: i64| (id % 13 != 0).then_some(1 + (id % 6) as i32);
+    let mut batches = Vec::new();
+    for commit in 0..3i64 {
+        let ids: Vec<i64> = (0..30_000).map(|i| commit * 40_000 + i).collect();
+        let rows = batch(&ids, &code);
+        lake.commit(rows.clone(), &[], &[]).await;
+        batches.push(rows);
+    }
+    const { assert!(80_000 > sluice_lake::scan::DENSE_RANGE) };
+    let entry = TableEntry {
+        schema: "silver".into(),
+        name: "rides".into(),
+        location: "silver/rides".into(),
+    };
+    let session = Session::open(&lake.paths, &[entry], &lake.tables)
+        .await
+        .unwrap();
+    // Rows in a known order: narrow keys, then one batch of keys far apart, then narrow.
+    let ordered: Vec<RecordBatch> = (0..8i64)
+        .map(|b| {
+            let ids: Vec<i64> = (0..5_000).map(|i| b * 5_000 + i).collect();
+            let wide = |id: i64| Some(if id % 2 == 0 { id as i32 * 1_000 } else { -7 });
+            let keys: &dyn Fn(i64) -> Option<i32> = if b == 5 { &wide } else { &code };
+            batch(&ids, keys)
+        })
+        .collect();
+    session
+        .register_batches("bronze", "ordered", schema.clone(), ordered.clone())
+        .unwrap();
+    // The oracle: DataFusion alone, the same rows in memory.
+    let oracle = datafusion::prelude::SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(2),
+    );
+    for (name, rows) in [("rides", batches), ("ordered", ordered)] {
+        let table = datafusion::datasource::MemTable::try_new(schema.clone(), vec![rows]).unwrap();
+        oracle.register_table(name, Arc::new(table)).unwrap();
+    }
+    let cases = [
+        (
+            "SELECT code, count(*) AS n, sum(fare) AS s, count(fare) AS nf, avg(fare) AS a, \
+             min(note) AS lo, max(note) AS hi, max(id) AS top FROM {rides} GROUP BY code ORDER BY code",
+            Some(false),
+        ),
+        (
+            "SELECT count(*) AS n, sum(fare) AS s, code FROM {rides} WHERE fare > 1 AND id % 3 = 0 \
+             GROUP BY code ORDER BY code",
+            Some(false),
+        ),
+        (
+            "SELECT code, count(*) FILTER (WHERE id % 2 = 0) AS even, \
+             sum(fare) FILTER (WHERE note > 'n5') AS s FROM {rides} GROUP BY code ORDER BY code",
+            Some(false),
+        ),
+        (
+            "SELECT code, count(*) AS n FROM {rides} WHERE id % 2 = 3 GROUP BY code",
+            Some(false),
+        ),
+        (
+            "SELECT count(*) AS groups, sum(n) AS rows, sum(s) AS fares FROM \
+             (SELECT id, count(*) AS n, sum(fare) AS s FROM {rides} GROUP BY id)",
+            Some(true),
+        ),
+        (
+            "SELECT code, count(*) AS n, sum(fare) AS s, min(id) AS lo FROM {ordered} \
+             GROUP BY code ORDER BY code",
+            Some(true),
+        ),
+        (
+            "SELECT code, note, count(*) AS n FROM {rides} WHERE id % 97 < 3 \
+             GROUP BY code, note ORDER BY code, note",
+            None,
+        ),
+    ];
+    for (query, handed_over) in cases {
+        let ours = query
+            .replace("{rides}", "silver.rides")
+            .replace("{ordered}", "bronze.ordered");
+        let theirs = query
+            .replace("{rides}", "rides")
+            .replace("{ordered}", "ordered");
+        let answer_ours = answer(&session, &ours).await;
+        let expected = oracle.sql(&theirs).await.unwrap().collect().await.unwrap();
+        let expected = pretty_format_batches(&expected).unwrap().to_string();
+        assert_eq!(answer_ours, expected, "{query}");
+        assert!(
+            answer_ours.lines().count() > 4 || query.contains("= 3 "),
+            "{answer_ours}"
+        );
+        let plan = answer(&session, &format!("EXPLAIN ANALYZE {ours}")).await;
+        assert_eq!(
+            plan.contains("DenseGroupsExec"),
+            handed_over.is_some(),
+            "{query}: {plan}"
+        );
+        if let Some(handed_over) = handed_over {
+            assert_eq!(
+                !plan.contains("handed_over_rows=0,") && !plan.contains("handed_over_rows=0]"),
+                handed_over,
+                "{query}: {plan}"
+            );
+        }
+    }
+}
+
+/// `sql`'s answer in `session`, as a text table.
+async fn answer(session: &Session, sql: &str) -> String {
+    let result = session
+        .query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    pretty_format_batches(&result.batches).unwrap().to_string()
 }

@@ -290,11 +290,11 @@ struct Fold {
 /// Arrays of a constant argument (`count(*)` counts a literal 1), made once and sliced
 /// for each batch rather than filled anew per batch.
 #[derive(Default)]
-struct Constants(Vec<(ScalarValue, ArrayRef)>);
+pub(super) struct Constants(Vec<(ScalarValue, ArrayRef)>);
 
 impl Constants {
     /// `rows` copies of `value`.
-    fn array(&mut self, value: ScalarValue, rows: usize) -> Result<ArrayRef> {
+    pub(super) fn array(&mut self, value: ScalarValue, rows: usize) -> Result<ArrayRef> {
         let made = self.0.iter().position(|(v, _)| *v == value);
         if let Some(i) = made
             && self.0[i].1.len() >= rows
