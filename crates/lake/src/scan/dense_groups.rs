@@ -6,7 +6,10 @@
 //! partial aggregate grouped by one integer expression with [`DenseGroupsExec`], which
 //! finds a row's group at `key - base` in an array of [`DENSE_RANGE`] slots (a window
 //! centred on the first batch's keys) and feeds DataFusion's own groups accumulators, so
-//! the partial state, its schema and the final aggregate are unchanged.
+//! the partial state, its schema and the final aggregate are unchanged. While groups are
+//! few, counts and decimal sums are summed per batch in independent lanes and merged once
+//! per batch ([`Shortcut`]). A filter right below is applied by the exec itself, so
+//! batches whose rows all pass are not copied into FilterExec's coalescer.
 //!
 //! Nothing is assumed of the keys. When a batch holds a key outside the window (a wide
 //! column such as an id), the exec emits the groups it has as partial state and hands
@@ -32,6 +35,7 @@ use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
 };
@@ -88,6 +92,8 @@ impl PhysicalOptimizerRule for DenseGroups {
 #[derive(Debug)]
 pub struct DenseGroupsExec {
     input: Arc<dyn ExecutionPlan>,
+    /// The filter between the input and the aggregate, applied here.
+    predicate: Option<Predicate>,
     /// The aggregate replaced: what a partition hands its input over to.
     group_by: Arc<PhysicalGroupBy>,
     aggregates: Vec<Arc<AggregateFunctionExpr>>,
@@ -120,8 +126,22 @@ impl DenseGroupsExec {
         if !as_i64_exactly(&key.data_type(&aggregate.input_schema())?) {
             return Ok(None);
         }
+        // A filter below is applied here: batches whose rows all pass go on as they are,
+        // where FilterExec would copy them into its coalescer (4% of a grouped query's CPU).
+        let (input, predicate) = match aggregate.input().downcast_ref::<FilterExec>() {
+            Some(filter) if filter.fetch().is_none() => (
+                filter.input().clone(),
+                Some(Predicate {
+                    expr: filter.predicate().clone(),
+                    projection: filter.projection().as_ref().map(|p| p.to_vec()),
+                    schema: filter.schema(),
+                }),
+            ),
+            _ => (aggregate.input().clone(), None),
+        };
         Ok(Some(Self::new(
-            aggregate.input().clone(),
+            input,
+            predicate,
             Arc::new(group.clone()),
             aggregate.aggr_expr().to_vec(),
             aggregate.filter_expr().to_vec(),
@@ -131,6 +151,7 @@ impl DenseGroupsExec {
 
     fn new(
         input: Arc<dyn ExecutionPlan>,
+        predicate: Option<Predicate>,
         group_by: Arc<PhysicalGroupBy>,
         aggregates: Vec<Arc<AggregateFunctionExpr>>,
         filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
@@ -145,6 +166,7 @@ impl DenseGroupsExec {
         );
         Self {
             input,
+            predicate,
             group_by,
             aggregates,
             filters,
@@ -158,6 +180,14 @@ impl DenseGroupsExec {
         &self.group_by.expr()[0].0
     }
 
+    /// The rows the aggregate reads: the input's, or the filter's when there is one.
+    fn rows_schema(&self) -> SchemaRef {
+        match &self.predicate {
+            Some(predicate) => predicate.schema.clone(),
+            None => self.input.schema(),
+        }
+    }
+
     /// DataFusion's partial aggregate over `rest`, the input a partition could not group
     /// through its array.
     fn hand_over(
@@ -166,11 +196,11 @@ impl DenseGroupsExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let rest: Arc<dyn PartitionStream> = Arc::new(Rest {
-            schema: self.input.schema(),
+            schema: self.rows_schema(),
             stream: Mutex::new(Some(rest)),
         });
         let source = StreamingTableExec::try_new(
-            self.input.schema(),
+            self.rows_schema(),
             vec![rest],
             None,
             Vec::new(),
@@ -183,9 +213,39 @@ impl DenseGroupsExec {
             self.aggregates.clone(),
             self.filters.clone(),
             Arc::new(source),
-            self.input.schema(),
+            self.rows_schema(),
         )?;
         aggregate.execute(0, context)
+    }
+}
+
+/// A filter the exec applies to its input's batches, as FilterExec would.
+#[derive(Debug, Clone)]
+struct Predicate {
+    expr: Arc<dyn PhysicalExpr>,
+    /// The columns the filter passes on, if not all.
+    projection: Option<Vec<usize>>,
+    /// The filter's output: what the aggregate's expressions read.
+    schema: SchemaRef,
+}
+
+impl Predicate {
+    /// The rows of `batch` the predicate holds for (null is false), projected.
+    fn apply(&self, batch: RecordBatch) -> Result<RecordBatch> {
+        let rows = batch.num_rows();
+        let mask = self.expr.evaluate(&batch)?.into_array(rows)?;
+        let mask = mask.as_boolean_opt().ok_or_else(|| {
+            DataFusionError::Internal(format!("filter {} is not a boolean", self.expr))
+        })?;
+        let kept = if mask.null_count() == 0 && mask.true_count() == rows {
+            batch
+        } else {
+            arrow::compute::filter_record_batch(&batch, mask)?
+        };
+        match &self.projection {
+            Some(columns) => Ok(kept.project(columns)?),
+            None => Ok(kept),
+        }
     }
 }
 
@@ -246,7 +306,11 @@ impl DisplayAs for DenseGroupsExec {
             "DenseGroupsExec: gby=[{}], aggr=[{}]",
             self.key(),
             aggregates.join(", ")
-        )
+        )?;
+        if let Some(predicate) = &self.predicate {
+            write!(f, ", filter=[{}]", predicate.expr)?;
+        }
+        Ok(())
     }
 }
 
@@ -269,9 +333,11 @@ impl ExecutionPlan for DenseGroupsExec {
     ) -> Result<TreeNodeRecursion> {
         let arguments = self.aggregates.iter().flat_map(|a| a.expressions());
         let filters = self.filters.iter().flatten().cloned();
+        let predicate = self.predicate.iter().map(|p| p.expr.clone());
         for expr in std::iter::once(self.key().clone())
             .chain(arguments)
             .chain(filters)
+            .chain(predicate)
         {
             if f(&expr)? == TreeNodeRecursion::Stop {
                 return Ok(TreeNodeRecursion::Stop);
@@ -292,6 +358,7 @@ impl ExecutionPlan for DenseGroupsExec {
         }
         Ok(Arc::new(Self::new(
             children.swap_remove(0),
+            self.predicate.clone(),
             self.group_by.clone(),
             self.aggregates.clone(),
             self.filters.clone(),
@@ -305,6 +372,13 @@ impl ExecutionPlan for DenseGroupsExec {
         context: Arc<TaskContext>,
     ) -> Result<SendableRecordBatchStream> {
         let input = self.input.execute(partition, context.clone())?;
+        let input: SendableRecordBatchStream = match self.predicate.clone() {
+            Some(predicate) => {
+                let filtered = input.map(move |batch| predicate.apply(batch?));
+                Box::pin(RecordBatchStreamAdapter::new(self.rows_schema(), filtered))
+            }
+            None => input,
+        };
         let accumulators = self
             .aggregates
             .iter()
@@ -314,7 +388,7 @@ impl ExecutionPlan for DenseGroupsExec {
             .aggregates
             .iter()
             .zip(&self.filters)
-            .map(|(a, f)| Shortcut::of(a, f.is_some(), &self.input.schema()))
+            .map(|(a, f)| Shortcut::of(a, f.is_some(), &self.rows_schema()))
             .collect::<Result<Vec<_>>>()?;
         let mut fold = Fold {
             key: self.key().clone(),
@@ -331,6 +405,7 @@ impl ExecutionPlan for DenseGroupsExec {
         let handed_over = MetricBuilder::new(&self.metrics).counter("handed_over_rows", partition);
         let this = Self::new(
             self.input.clone(),
+            self.predicate.clone(),
             self.group_by.clone(),
             self.aggregates.clone(),
             self.filters.clone(),
@@ -580,34 +655,88 @@ fn sum_by_group(
     groups: usize,
     (precision, scale): (u8, i8),
 ) -> Result<ArrayRef> {
-    let mut lanes = vec![0i128; LANES * groups];
-    // Values per lane and group: a group without any has a null sum.
-    let mut counts = vec![0u32; LANES * groups];
+    // A lane sums at most `rows` values of `precision` digits: within an i64 when narrow
+    // (decimal(10,2) for any batch size up to 900 million rows), and i64 adds are half
+    // the work of i128 ones.
+    let narrow = values.precision() <= 18
+        && i128::try_from(rows.len())
+            .is_ok_and(|n| n * 10i128.pow(values.precision().into()) <= i128::from(i64::MAX));
+    let sums = if narrow {
+        lane_sums::<i64>(values, rows, groups)
+    } else {
+        lane_sums::<i128>(values, rows, groups)
+    };
+    let sums = Decimal128Array::from_iter(sums).with_precision_and_scale(precision, scale)?;
+    Ok(Arc::new(sums))
+}
+
+/// A lane's running sum: i64 when the values allow, else i128 (both wrapping, so the
+/// total's bits are DataFusion's whatever the order of additions).
+trait LaneSum: Copy + Default {
+    fn add(self, value: i128) -> Self;
+    fn widen(self) -> i128;
+}
+
+impl LaneSum for i64 {
+    #[inline]
+    fn add(self, value: i128) -> Self {
+        self.wrapping_add(value as i64)
+    }
+
+    fn widen(self) -> i128 {
+        self.into()
+    }
+}
+
+impl LaneSum for i128 {
+    #[inline]
+    fn add(self, value: i128) -> Self {
+        self.wrapping_add(value)
+    }
+
+    fn widen(self) -> i128 {
+        self
+    }
+}
+
+/// Each group's sum over [`LANES`] independent lanes; None for a group without values.
+fn lane_sums<T: LaneSum>(
+    values: &Decimal128Array,
+    rows: &[usize],
+    groups: usize,
+) -> Vec<Option<i128>> {
+    let mut lanes = vec![T::default(); LANES * groups];
+    let mut seen = vec![false; groups];
     let raw = values.values();
     match values.nulls().filter(|n| n.null_count() > 0) {
         None => {
             for (i, (&group, &value)) in rows.iter().zip(raw.iter()).enumerate() {
                 let slot = (i % LANES) * groups + group;
-                lanes[slot] = lanes[slot].wrapping_add(value);
-                counts[slot] += 1;
+                lanes[slot] = lanes[slot].add(value);
+            }
+            for &group in rows {
+                seen[group] = true;
             }
         }
         Some(nulls) => {
-            // Branch-free: a null adds zero and counts nothing.
+            // Branch-free: a null adds zero.
             let valid = rows.iter().zip(raw.iter()).zip(nulls.iter()).enumerate();
             for (i, ((&group, &value), valid)) in valid {
                 let slot = (i % LANES) * groups + group;
-                lanes[slot] = lanes[slot].wrapping_add(if valid { value } else { 0 });
-                counts[slot] += u32::from(valid);
+                lanes[slot] = lanes[slot].add(if valid { value } else { 0 });
+            }
+            for i in nulls.valid_indices() {
+                seen[rows[i]] = true;
             }
         }
     }
-    let sums = (0..groups).map(|g| {
-        let seen = (0..LANES).any(|l| counts[l * groups + g] > 0);
-        seen.then(|| (0..LANES).fold(0i128, |a, l| a.wrapping_add(lanes[l * groups + g])))
-    });
-    let sums = Decimal128Array::from_iter(sums).with_precision_and_scale(precision, scale)?;
-    Ok(Arc::new(sums))
+    (0..groups)
+        .map(|g| {
+            let total =
+                (0..LANES).fold(0i128, |a, l| a.wrapping_add(lanes[l * groups + g].widen()));
+            seen[g].then_some(total)
+        })
+        .collect()
 }
 
 impl Fold {
@@ -786,6 +915,30 @@ mod tests {
             .collect();
         let summed: Vec<Option<i128>> = summed.as_primitive::<Decimal128Type>().iter().collect();
         assert_eq!(summed, expected);
+        // Decimals of at most 18 digits are summed in i64 lanes: the same sums.
+        for nullable in [false, true] {
+            let values: Vec<Option<i128>> = (0..1_003)
+                .map(|i: i128| (!nullable || i % 3 != 0).then_some(i * 9_000_000 - 4_000_000_000))
+                .collect();
+            let narrow = Decimal128Array::from_iter(values.iter().copied())
+                .with_precision_and_scale(10, 2)
+                .unwrap();
+            let summed = sum_by_group(&narrow, &rows, groups, (20, 2)).unwrap();
+            let summed: Vec<Option<i128>> =
+                summed.as_primitive::<Decimal128Type>().iter().collect();
+            let expected: Vec<Option<i128>> = (0..groups)
+                .map(|g| {
+                    let mine = rows
+                        .iter()
+                        .zip(&values)
+                        .filter(|(r, v)| **r == g && v.is_some());
+                    let (n, total) =
+                        mine.fold((0, 0i128), |(n, t), (_, v)| (n + 1, t + v.unwrap()));
+                    (n > 0).then_some(total)
+                })
+                .collect();
+            assert_eq!(summed, expected, "nullable: {nullable}");
+        }
     }
 
     #[test]
