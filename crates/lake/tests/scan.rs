@@ -599,6 +599,14 @@ async fn aggregates_by_an_integer_column_answer_as_the_hash_aggregate_does() {
         if let Some(handed_over) = handed_over {
             // A filter below is applied inside the exec.
             assert!(!plan.contains("FilterExec"), "{query}: {plan}");
+            let dense = plan[plan.find("DenseGroupsExec").unwrap()..].lines().next();
+            let dense = dense.unwrap_or_default();
+            let empty = query.contains("= 3 ");
+            assert_eq!(
+                dense.contains("output_batches=0"),
+                empty,
+                "{query}: the exec counts the batches it emits: {plan}"
+            );
             assert_eq!(
                 !plan.contains("handed_over_rows=0,") && !plan.contains("handed_over_rows=0]"),
                 handed_over,

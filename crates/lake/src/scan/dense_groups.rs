@@ -402,6 +402,8 @@ impl ExecutionPlan for DenseGroupsExec {
             constants: Constants::default(),
         };
         let metrics = BaselineMetrics::new(&self.metrics, partition);
+        // Rows and batches out, the handed-over aggregate's included.
+        let output = metrics.clone();
         let handed_over = MetricBuilder::new(&self.metrics).counter("handed_over_rows", partition);
         let this = Self::new(
             self.input.clone(),
@@ -411,7 +413,7 @@ impl ExecutionPlan for DenseGroupsExec {
             self.filters.clone(),
             self.schema.clone(),
         );
-        let output = futures::stream::once(async move {
+        let stream = futures::stream::once(async move {
             let mut input = input;
             let mut rest = None;
             while let Some(batch) = input.next().await {
@@ -428,7 +430,6 @@ impl ExecutionPlan for DenseGroupsExec {
             let timer = metrics.elapsed_compute().timer();
             let states = fold.finish()?;
             timer.done();
-            metrics.record_output(states.num_rows());
             metrics.done();
             let folded = futures::stream::iter([Ok(states)]);
             let Some((batch, input)) = rest else {
@@ -442,10 +443,14 @@ impl ExecutionPlan for DenseGroupsExec {
             Ok(folded.chain(this.hand_over(rest, context)?).boxed())
         })
         .try_flatten()
-        .try_filter(|batch| futures::future::ready(batch.num_rows() > 0));
+        .try_filter(|batch| futures::future::ready(batch.num_rows() > 0))
+        .inspect_ok(move |batch| {
+            output.record_output(batch.num_rows());
+            output.output_batches().add(1);
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(
             self.schema.clone(),
-            output,
+            stream,
         )))
     }
 
