@@ -39,6 +39,7 @@ use object_store::ObjectMeta;
 
 mod by_partition;
 mod dense_groups;
+mod partial;
 mod tail;
 
 pub use by_partition::{ByPartition, ByPartitionExec};

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use arrow::array::{
-    Date32Array, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
+    ArrayRef, Date32Array, Decimal128Array, Int32Array, Int64Array, RecordBatch, StringArray,
 };
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::pretty::pretty_format_batches;
@@ -387,18 +387,8 @@ async fn aggregates_by_partition_columns_answer_as_the_hash_aggregate_does() {
             vec![
                 Arc::new(Int64Array::from(ids.clone())),
                 Arc::new(Date32Array::from_iter(ids.iter().map(|&id| day(id)))),
-                Arc::new(
-                    Decimal128Array::from_iter(
-                        ids.iter()
-                            .map(|&id| (id % 7 != 0).then_some(i128::from(id % 1000) * 13)),
-                    )
-                    .with_precision_and_scale(10, 2)
-                    .unwrap(),
-                ),
-                Arc::new(StringArray::from_iter(
-                    ids.iter()
-                        .map(|&id| (id % 11 != 0).then(|| format!("n{}", id % 97))),
-                )),
+                fares(&ids),
+                notes(&ids),
             ],
         )
         .unwrap();
@@ -485,18 +475,8 @@ async fn aggregates_by_an_integer_column_answer_as_the_hash_aggregate_does() {
             vec![
                 Arc::new(Int64Array::from(ids.to_vec())),
                 Arc::new(Int32Array::from_iter(ids.iter().map(|&id| code(id)))),
-                Arc::new(
-                    Decimal128Array::from_iter(
-                        ids.iter()
-                            .map(|&id| (id % 7 != 0).then_some(i128::from(id % 1000) * 13)),
-                    )
-                    .with_precision_and_scale(10, 2)
-                    .unwrap(),
-                ),
-                Arc::new(StringArray::from_iter(
-                    ids.iter()
-                        .map(|&id| (id % 11 != 0).then(|| format!("n{}", id % 97))),
-                )),
+                fares(ids),
+                notes(ids),
             ],
         )
         .unwrap()
@@ -614,6 +594,26 @@ async fn aggregates_by_an_integer_column_answer_as_the_hash_aggregate_does() {
             );
         }
     }
+}
+
+/// A decimal(10,2) fare per id, null for every seventh.
+fn fares(ids: &[i64]) -> ArrayRef {
+    let fares = ids
+        .iter()
+        .map(|&id| (id % 7 != 0).then_some(i128::from(id % 1000) * 13));
+    Arc::new(
+        Decimal128Array::from_iter(fares)
+            .with_precision_and_scale(10, 2)
+            .unwrap(),
+    )
+}
+
+/// One of 97 notes per id, null for every eleventh.
+fn notes(ids: &[i64]) -> ArrayRef {
+    let notes = ids
+        .iter()
+        .map(|&id| (id % 11 != 0).then(|| format!("n{}", id % 97)));
+    Arc::new(StringArray::from_iter(notes))
 }
 
 /// `sql`'s answer in `session`, as a text table.

@@ -22,28 +22,26 @@ use std::sync::Arc;
 
 use arrow::array::{ArrayRef, RecordBatch};
 use arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
-use datafusion::common::{DataFusionError, ScalarValue};
 use datafusion::datasource::physical_plan::ParquetSource;
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{Accumulator, ColumnarValue};
+use datafusion::logical_expr::Accumulator;
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
 use datafusion::physical_expr::expressions::Column;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{BaselineMetrics, ExecutionPlanMetricsSet, MetricsSet};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
-use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, Partitioning,
-    PlanProperties,
-};
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, PlanProperties};
 use futures::StreamExt;
+
+use super::partial::{self, Constants};
 
 /// Aggregate functions whose state is a few values, whatever the rows: folding them per
 /// run costs no more memory than DataFusion's own partial aggregate.
@@ -133,19 +131,12 @@ impl ByPartitionExec {
         aggregates: Vec<Arc<AggregateFunctionExpr>>,
         schema: SchemaRef,
     ) -> Self {
-        let partitions = input.output_partitioning().partition_count();
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
         Self {
+            properties: partial::properties(&input, &schema),
             input,
             group_by,
             aggregates,
             schema,
-            properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -200,26 +191,15 @@ impl ExecutionPlan for ByPartitionExec {
         f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
         let arguments = self.aggregates.iter().flat_map(|a| a.expressions());
-        for expr in self.group_by.iter().cloned().chain(arguments) {
-            if f(&expr)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        partial::visit(self.group_by.iter().cloned().chain(arguments), f)
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(format!(
-                "ByPartitionExec takes one input, got {}",
-                children.len()
-            )));
-        }
         Ok(Arc::new(Self::new(
-            children.swap_remove(0),
+            partial::only_child(self.name(), children)?,
             self.group_by.clone(),
             self.aggregates.clone(),
             self.schema.clone(),
@@ -287,29 +267,6 @@ struct Fold {
     constants: Constants,
 }
 
-/// Arrays of a constant argument (`count(*)` counts a literal 1), made once and sliced
-/// for each batch rather than filled anew per batch.
-#[derive(Default)]
-pub(super) struct Constants(Vec<(ScalarValue, ArrayRef)>);
-
-impl Constants {
-    /// `rows` copies of `value`.
-    pub(super) fn array(&mut self, value: ScalarValue, rows: usize) -> Result<ArrayRef> {
-        let made = self.0.iter().position(|(v, _)| *v == value);
-        if let Some(i) = made
-            && self.0[i].1.len() >= rows
-        {
-            return Ok(self.0[i].1.slice(0, rows));
-        }
-        let array = value.to_array_of_size(rows)?;
-        match made {
-            Some(i) => self.0[i].1 = array.clone(),
-            None => self.0.push((value, array.clone())),
-        }
-        Ok(array)
-    }
-}
-
 impl Fold {
     /// Folds `batch`: each run of rows with equal keys goes to its group's accumulators
     /// as one slice.
@@ -323,17 +280,11 @@ impl Fold {
             .iter()
             .map(|e| e.evaluate(batch)?.into_array(rows))
             .collect::<Result<Vec<ArrayRef>>>()?;
-        let mut arguments = Vec::with_capacity(self.arguments.len());
-        for exprs in &self.arguments {
-            let mut args = Vec::with_capacity(exprs.len());
-            for expr in exprs {
-                args.push(match expr.evaluate(batch)? {
-                    ColumnarValue::Array(array) => array,
-                    ColumnarValue::Scalar(value) => self.constants.array(value, rows)?,
-                });
-            }
-            arguments.push(args);
-        }
+        let arguments = self
+            .arguments
+            .iter()
+            .map(|exprs| self.constants.arguments(exprs, batch))
+            .collect::<Result<Vec<_>>>()?;
         let runs = arrow::compute::partition(&keys)?;
         for run in runs.ranges() {
             let key = keys

@@ -29,12 +29,11 @@ use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::error::Result;
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
-use datafusion::logical_expr::{ColumnarValue, EmitTo, GroupsAccumulator};
+use datafusion::logical_expr::{EmitTo, GroupsAccumulator};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::aggregate::AggregateFunctionExpr;
-use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::aggregates::{AggregateExec, AggregateMode, PhysicalGroupBy};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::filter::FilterExec;
 use datafusion::physical_plan::metrics::{
     BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet,
@@ -42,13 +41,12 @@ use datafusion::physical_plan::metrics::{
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::streaming::{PartitionStream, StreamingTableExec};
 use datafusion::physical_plan::{
-    DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, InputOrderMode,
-    Partitioning, PlanProperties,
+    DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, PlanProperties,
 };
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 
-use super::by_partition::Constants;
+use super::partial::{self, Constants};
 
 /// The key values one partition groups through its array: 256 KiB of group numbers.
 pub const DENSE_RANGE: i64 = 1 << 16;
@@ -157,21 +155,14 @@ impl DenseGroupsExec {
         filters: Vec<Option<Arc<dyn PhysicalExpr>>>,
         schema: SchemaRef,
     ) -> Self {
-        let partitions = input.output_partitioning().partition_count();
-        let properties = PlanProperties::new(
-            EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(partitions),
-            EmissionType::Final,
-            Boundedness::Bounded,
-        );
         Self {
+            properties: partial::properties(&input, &schema),
             input,
             predicate,
             group_by,
             aggregates,
             filters,
             schema,
-            properties: Arc::new(properties),
             metrics: ExecutionPlanMetricsSet::new(),
         }
     }
@@ -334,30 +325,16 @@ impl ExecutionPlan for DenseGroupsExec {
         let arguments = self.aggregates.iter().flat_map(|a| a.expressions());
         let filters = self.filters.iter().flatten().cloned();
         let predicate = self.predicate.iter().map(|p| p.expr.clone());
-        for expr in std::iter::once(self.key().clone())
-            .chain(arguments)
-            .chain(filters)
-            .chain(predicate)
-        {
-            if f(&expr)? == TreeNodeRecursion::Stop {
-                return Ok(TreeNodeRecursion::Stop);
-            }
-        }
-        Ok(TreeNodeRecursion::Continue)
+        let key = std::iter::once(self.key().clone());
+        partial::visit(key.chain(arguments).chain(filters).chain(predicate), f)
     }
 
     fn with_new_children(
         self: Arc<Self>,
-        mut children: Vec<Arc<dyn ExecutionPlan>>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        if children.len() != 1 {
-            return Err(DataFusionError::Internal(format!(
-                "DenseGroupsExec takes one input, got {}",
-                children.len()
-            )));
-        }
         Ok(Arc::new(Self::new(
-            children.swap_remove(0),
+            partial::only_child(self.name(), children)?,
             self.predicate.clone(),
             self.group_by.clone(),
             self.aggregates.clone(),
@@ -780,13 +757,7 @@ impl Fold {
             .zip(&self.filters)
             .zip(&self.shortcuts)
         {
-            let mut args = Vec::with_capacity(exprs.len());
-            for expr in exprs {
-                args.push(match expr.evaluate(batch)? {
-                    ColumnarValue::Array(array) => array,
-                    ColumnarValue::Scalar(value) => self.constants.array(value, rows)?,
-                });
-            }
+            let args = self.constants.arguments(exprs, batch)?;
             let filter = match filter {
                 Some(filter) => Some(filter.evaluate(batch)?.into_array(rows)?),
                 None => None,
