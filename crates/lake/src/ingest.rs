@@ -17,9 +17,10 @@ use std::sync::Arc;
 
 use arrow::array::{
     Array as _, ArrayRef, AsArray as _, Int64Array, RecordBatch, StringArray,
-    TimestampMicrosecondArray,
+    TimestampMicrosecondArray, UInt32Array,
 };
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::row::{RowConverter, SortField};
 use chrono::Utc;
 use deltalake::kernel::{Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
@@ -866,6 +867,8 @@ pub(crate) async fn write_quarantined(
 }
 
 /// `year=2024/month=1/...` of every row of a batch, as [`delta::partition_key`] spells them.
+/// Each distinct key is found in the columns' row encoding and spelt once (spelling every
+/// row's was 2.8% of the server's CPU under the 8-writer freshness load).
 fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<BTreeSet<String>, Error> {
     if partition_by.is_empty() || batch.num_rows() == 0 {
         return Ok(BTreeSet::new());
@@ -875,29 +878,44 @@ fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<BTreeS
         let column = batch
             .column_by_name(name)
             .ok_or_else(|| Error::Internal(format!("partition column {name} is missing")))?;
-        let text = arrow::compute::cast(column, &DataType::Utf8)
-            .map_err(|e| Error::Internal(format!("partition column {name}: {e}")))?;
-        columns.push(text);
+        columns.push(column.clone());
     }
-    let mut keys = BTreeSet::new();
-    for row in 0..batch.num_rows() {
-        let key = partition_by
-            .iter()
-            .zip(&columns)
-            .map(|(name, column)| {
-                let column = column.as_string::<i32>();
-                let value = if column.is_null(row) {
-                    "__HIVE_DEFAULT_PARTITION__"
-                } else {
-                    column.value(row)
-                };
-                format!("{name}={value}")
-            })
-            .collect::<Vec<_>>()
-            .join("/");
-        keys.insert(key);
+    let arrow_error = |e: arrow::error::ArrowError| Error::Internal(format!("partition keys: {e}"));
+    let fields = columns
+        .iter()
+        .map(|c| SortField::new(c.data_type().clone()))
+        .collect();
+    let rows = RowConverter::new(fields)
+        .and_then(|converter| converter.convert_columns(&columns))
+        .map_err(arrow_error)?;
+    let mut seen = std::collections::HashSet::new();
+    let firsts: UInt32Array = (0..rows.num_rows())
+        .filter(|&i| seen.insert(rows.row(i)))
+        .map(|i| i as u32)
+        .collect();
+    let mut texts = Vec::with_capacity(columns.len());
+    for column in &columns {
+        let taken = arrow::compute::take(column, &firsts, None).map_err(arrow_error)?;
+        texts.push(arrow::compute::cast(&taken, &DataType::Utf8).map_err(arrow_error)?);
     }
-    Ok(keys)
+    let texts: Vec<&StringArray> = texts.iter().map(|t| t.as_string::<i32>()).collect();
+    Ok((0..firsts.len())
+        .map(|row| {
+            partition_by
+                .iter()
+                .zip(&texts)
+                .map(|(name, column)| {
+                    let value = if column.is_null(row) {
+                        "__HIVE_DEFAULT_PARTITION__"
+                    } else {
+                        column.value(row)
+                    };
+                    format!("{name}={value}")
+                })
+                .collect::<Vec<_>>()
+                .join("/")
+        })
+        .collect())
 }
 
 /// Opens the object and starts the thread that parses and validates it. None when the
@@ -1171,4 +1189,55 @@ pub async fn remove(
         tables.keep(&url, &delta_table);
     }
     Ok(removed_files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_keys_spell_each_distinct_key_once_as_the_log_does() {
+        let batch = RecordBatch::try_from_iter([
+            (
+                "year",
+                Arc::new(arrow::array::Int32Array::from(vec![
+                    Some(2024),
+                    Some(2024),
+                    None,
+                    Some(2023),
+                    Some(2024),
+                ])) as ArrayRef,
+            ),
+            (
+                "zone",
+                Arc::new(StringArray::from(vec![
+                    Some("a"),
+                    Some("b"),
+                    Some("a"),
+                    None,
+                    Some("a"),
+                ])) as ArrayRef,
+            ),
+            (
+                "fare",
+                Arc::new(Int64Array::from(vec![1, 2, 3, 4, 5])) as ArrayRef,
+            ),
+        ])
+        .unwrap();
+        let by = ["year".to_string(), "zone".to_string()];
+        let keys: Vec<String> = partition_keys(&batch, &by).unwrap().into_iter().collect();
+        assert_eq!(
+            keys,
+            [
+                "year=2023/zone=__HIVE_DEFAULT_PARTITION__",
+                "year=2024/zone=a",
+                "year=2024/zone=b",
+                "year=__HIVE_DEFAULT_PARTITION__/zone=a",
+            ]
+        );
+        assert!(partition_keys(&batch, &[]).unwrap().is_empty());
+        assert!(partition_keys(&batch.slice(0, 0), &by).unwrap().is_empty());
+        let missing = partition_keys(&batch, &["month".to_string()]).unwrap_err();
+        assert!(missing.to_string().contains("month"), "{missing}");
+    }
 }
