@@ -78,15 +78,24 @@ pub fn content_version(sha256: &str) -> i64 {
 
 /// `year=2024/month=1/date=2024-01-05`: where an added file sits, in partition order.
 pub fn partition_key(add: &Add, partition_by: &[String]) -> String {
+    spell_partition_key(
+        partition_by,
+        partition_by
+            .iter()
+            .map(|p| add.partition_values.get(p).and_then(|v| v.as_deref())),
+    )
+}
+
+/// `year=2024/month=1/...`: one partition's values (in `partition_by`'s order) as the
+/// table's keys are spelt, a null as Hive's default partition.
+pub fn spell_partition_key<'a>(
+    partition_by: &[String],
+    values: impl IntoIterator<Item = Option<&'a str>>,
+) -> String {
     partition_by
         .iter()
-        .map(|p| {
-            let v = add.partition_values.get(p).cloned().flatten();
-            format!(
-                "{p}={}",
-                v.unwrap_or_else(|| "__HIVE_DEFAULT_PARTITION__".into())
-            )
-        })
+        .zip(values)
+        .map(|(name, value)| format!("{name}={}", value.unwrap_or("__HIVE_DEFAULT_PARTITION__")))
         .collect::<Vec<_>>()
         .join("/")
 }

@@ -901,19 +901,8 @@ fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<BTreeS
     let texts: Vec<&StringArray> = texts.iter().map(|t| t.as_string::<i32>()).collect();
     Ok((0..firsts.len())
         .map(|row| {
-            partition_by
-                .iter()
-                .zip(&texts)
-                .map(|(name, column)| {
-                    let value = if column.is_null(row) {
-                        "__HIVE_DEFAULT_PARTITION__"
-                    } else {
-                        column.value(row)
-                    };
-                    format!("{name}={value}")
-                })
-                .collect::<Vec<_>>()
-                .join("/")
+            let values = texts.iter().map(|t| t.is_valid(row).then(|| t.value(row)));
+            delta::spell_partition_key(partition_by, values)
         })
         .collect())
 }
