@@ -24,6 +24,7 @@ use arrow::row::{RowConverter, SortField};
 use chrono::Utc;
 use deltalake::kernel::{Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
+use futures::StreamExt;
 use sha2::{Digest, Sha256};
 use sluice_model::event::ObjectRef;
 use sluice_model::key::{BucketName, ObjectKey};
@@ -355,6 +356,25 @@ enum SilverRows {
 /// partition, files that compaction merges into zstd ones.
 pub const SMALL_OBJECT_BYTES: u64 = 4 << 20;
 
+/// An object a batch reads: where it stands in each table before.
+struct Planned<'s> {
+    index: usize,
+    src: &'s Source<'s>,
+    source_object: String,
+    quarantine_app: String,
+    /// Its quarantined rows of this event are already published.
+    quarantine_done: bool,
+    state: delta::SourceState,
+    q_state: delta::SourceState,
+}
+
+/// How many of a batch's objects are read at once: each parses and checks on a blocking
+/// thread of its own, so a burst of small objects uses every core. A batch's objects are
+/// small (the worker's limits bound its memory), so this bounds threads, not bytes.
+fn concurrent_reads() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
 /// An object accepted into the batch's commit.
 struct Accepted {
     index: usize,
@@ -447,6 +467,9 @@ impl Batch<'_> {
         let (mut q_adds, mut q_removes, mut q_txns) = (Vec::new(), Vec::new(), Vec::new());
         let mut q_rows: Vec<RecordBatch> = Vec::new();
 
+        // First what each object needs, then their reads side by side (a burst of small
+        // objects is parsed and checked on every core), then each outcome in order.
+        let mut planned: Vec<Planned> = Vec::new();
         for ((index, src), source_object) in sources.iter().enumerate().zip(source_objects) {
             let object = src.object;
             let state = delta::source_state_in(&silver_index, &silver_txns, &source_object);
@@ -472,17 +495,60 @@ impl Batch<'_> {
             if state.applied_seq.is_some() || !q_state.removes.is_empty() {
                 self.tails.use_tail = false;
             }
-            let read = match self
-                .read_object(
-                    objects,
-                    src,
-                    &source_object,
-                    &quarantine_app,
-                    quarantine_done,
-                    !shared && !self.tails.use_tail,
-                )
+            planned.push(Planned {
+                index,
+                src,
+                source_object,
+                quarantine_app,
+                quarantine_done,
+                state,
+                q_state,
+            });
+        }
+        let stream = !shared && !self.tails.use_tail;
+        let reads: Vec<Result<Option<ReadObject>, Error>> = {
+            let this = &*self;
+            // Collected first: a stream over a mapping closure is not `Send` for every
+            // lifetime, which the worker's spawned task needs.
+            let reading: Vec<_> = planned
+                .iter()
+                .map(|p| {
+                    this.read_object(
+                        objects,
+                        p.src,
+                        &p.source_object,
+                        &p.quarantine_app,
+                        p.quarantine_done,
+                        stream,
+                    )
+                })
+                .collect();
+            futures::stream::iter(reading)
+                .buffered(concurrent_reads())
+                .collect()
                 .await
-            {
+        };
+        // Every file read, so a failing batch deletes it.
+        for read in reads.iter().flatten().flatten() {
+            if let SilverRows::Files(adds) = &read.silver {
+                self.written_silver.extend(adds.iter().cloned());
+            }
+            self.written_quarantine
+                .extend(read.quarantine_adds.iter().cloned());
+        }
+
+        for (plan, read) in planned.into_iter().zip(reads) {
+            let Planned {
+                index,
+                src,
+                source_object,
+                quarantine_app,
+                quarantine_done,
+                state,
+                q_state,
+            } = plan;
+            let object = src.object;
+            let read = match read {
                 Ok(Some(read)) => read,
                 Ok(None) => {
                     results[index] = Some(Ok(IngestReport::empty(Outcome::Superseded)));
@@ -699,9 +765,10 @@ impl Batch<'_> {
 
     /// Reads and validates one object: its quarantined rows into files of its own, its
     /// valid rows into files of its own (`stream`) or into memory. None when the object
-    /// is gone since its event. On error, nothing it wrote is left behind.
+    /// is gone since its event. On error, nothing it wrote is left behind; on success the
+    /// caller records the files it wrote.
     async fn read_object(
-        &mut self,
+        &self,
         objects: &Objects,
         src: &Source<'_>,
         source_object: &str,
@@ -776,37 +843,45 @@ impl Batch<'_> {
         reader_thread
             .await
             .map_err(|e| Error::Internal(format!("the reader thread died: {e}")))?;
+        let silver_tags = [
+            (TAG_SOURCE, source_object),
+            (TAG_SHA256, object.sha256.as_str()),
+        ];
         let silver = match silver_writer {
-            Some(w) => {
-                let tags = [
-                    (TAG_SOURCE, source_object),
-                    (TAG_SHA256, object.sha256.as_str()),
-                ];
-                let adds = w.finish(&tags).await?;
-                self.written_silver.extend(adds.iter().cloned());
-                SilverRows::Files(adds)
-            }
-            None => SilverRows::Buffered(buffered),
+            Some(w) => w.finish(&silver_tags).await.map(SilverRows::Files),
+            None => Ok(SilverRows::Buffered(buffered)),
         };
         let quarantine_tags = [
             (TAG_SOURCE, quarantine_app),
             (TAG_SHA256, object.sha256.as_str()),
         ];
         let quarantine_adds = match quarantine_writer {
-            Some(w) => w.finish(&quarantine_tags).await?,
-            None => Vec::new(),
+            Some(w) => w.finish(&quarantine_tags).await,
+            None => Ok(Vec::new()),
         };
-        self.written_quarantine
-            .extend(quarantine_adds.iter().cloned());
         let failure = failure.or_else(|| {
             finished
                 .is_none()
                 .then(|| Error::Internal("the reader stopped without finishing".into()))
         });
-        if let Some(e) = failure {
-            self.drop_object(silver, quarantine_adds).await?;
-            return Err(e);
-        }
+        let (silver, quarantine_adds) = match (silver, quarantine_adds, failure) {
+            (Ok(silver), Ok(quarantine_adds), None) => (silver, quarantine_adds),
+            (silver, quarantine_adds, failure) => {
+                // Whatever was written goes (best effort: an uncommitted file is never
+                // visible); the first error says why.
+                if let Ok(SilverRows::Files(adds)) = &silver {
+                    let _ = delta::discard(target.table, &self.silver, adds).await;
+                }
+                if let Ok(adds) = &quarantine_adds {
+                    let _ = delta::discard("quarantine", &self.quarantine, adds).await;
+                }
+                let e = failure
+                    .or(silver.err())
+                    .or(quarantine_adds.err())
+                    .unwrap_or_else(|| Error::Internal("a read failed without a reason".into()));
+                return Err(e);
+            }
+        };
         let (sha256, bytes) = finished.unwrap_or_default();
         report.bytes_read = bytes;
         report.bytes_written = quarantine_adds.iter().map(|a| a.size.max(0) as u64).sum();
