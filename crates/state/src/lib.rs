@@ -169,6 +169,9 @@ pub trait StateStore: Send + Sync {
     /// Records a run (insert or update by id).
     fn save_run(&self, run: &Run) -> Result<()>;
     /// Records runs (insert or update by id), all in one transaction: a batch's starts.
+    /// A store may commit them without waiting for the disk (a power loss may forget a
+    /// start; the run's end is recorded durably by [`StateStore::end_jobs`]), as it may
+    /// a lease and its extension: a forgotten lease makes its job due again.
     fn save_runs(&self, runs: &[&Run]) -> Result<()>;
     /// Ends a batch's jobs in one transaction: each run is saved, then its job completed,
     /// retried or dead-lettered, as [`StateStore::complete_job`] and

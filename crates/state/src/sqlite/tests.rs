@@ -414,3 +414,54 @@ fn a_batch_ends_its_jobs_in_one_go_and_reports_the_leases_it_lost() {
     assert_eq!(saved.len(), 4);
     assert!(saved.iter().all(|r| r.finished_at.is_some()));
 }
+
+/// The commits of a lease, its companions' and a batch's starts do not wait for the disk;
+/// every other commit still does, and what they wrote is there after a reopen.
+#[test]
+fn relaxed_commits_leave_the_connection_synchronous_and_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let synchronous = |store: &SqliteStore| -> i64 {
+        store
+            .with(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
+            .unwrap()
+    };
+    let (lead, companion) = {
+        let store = SqliteStore::open(&path).unwrap();
+        const FULL: i64 = 2;
+        assert_eq!(synchronous(&store), FULL);
+        store.record_event(&event("a.csv"), &[job(3)]).unwrap();
+        store.record_event(&event("b.csv"), &[job(3)]).unwrap();
+        let now = Utc::now() + ChronoDuration::seconds(1);
+        let lead = store.lease_job("w", now, LEASE).unwrap().unwrap();
+        assert_eq!(synchronous(&store), FULL, "after a lease");
+        let limits = BatchLimits {
+            jobs: 8,
+            object_bytes: 1 << 20,
+            total_bytes: 1 << 20,
+        };
+        let companions = store
+            .lease_companions("w", now, LEASE, &lead, limits)
+            .unwrap();
+        assert_eq!(companions.len(), 1);
+        assert_eq!(synchronous(&store), FULL, "after leasing companions");
+        let run = a_run(lead.job.id, lead.event.id.0, "taxi", 1);
+        store.save_runs(&[&run]).unwrap();
+        assert_eq!(synchronous(&store), FULL, "after a batch's starts");
+        store
+            .extend_lease(lead.job.id, "w", now + ChronoDuration::seconds(60))
+            .unwrap();
+        assert_eq!(synchronous(&store), FULL, "after extending a lease");
+        (lead, companions.into_iter().next().unwrap())
+    };
+    // Reopened (a process that ended): the leases and the start are there.
+    let store = SqliteStore::open(&path).unwrap();
+    let counts = store.job_counts().unwrap();
+    assert_eq!((counts.pending, counts.running), (0, 2), "{counts:?}");
+    let later = Utc::now() + ChronoDuration::seconds(5);
+    assert!(store.lease_job("w2", later, LEASE).unwrap().is_none());
+    let runs = store.list_runs(10).unwrap();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].job_id, lead.job.id);
+    assert_ne!(companion.job.id, lead.job.id);
+}
