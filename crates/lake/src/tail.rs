@@ -7,7 +7,7 @@
 //! the idempotency keys (`txn`s) its commit would carry, as one file under
 //! `<table>/_sluice_tail/`; SQL sessions union the tail's rows with the table's
 //! snapshot; [`flush`] later writes every pending entry as one batch of files in one
-//! Delta commit carrying all their keys, then deletes the entries.
+//! Delta commit carrying all their keys, then recycles the entries' files.
 //!
 //! **Invariant:** every row is in exactly one of the query's two sources. A flush marks
 //! its entries before it commits and resolves the mark with the commit's version; a query
@@ -20,6 +20,15 @@
 //! directory fsync'd before the append returns, so an acknowledged ingest survives a
 //! crash. On start, the entries are read back; those whose `txn`s the Delta table already
 //! holds (a crash after a flush's commit, before its deletes) are deleted.
+//!
+//! **Recycled files:** a flushed entry's file is renamed to `<n>.spare` rather than
+//! deleted (up to [`MAX_SPARES`]), and the next append writes over a spare instead of
+//! creating a file. A steady stream of small objects then creates and deletes no inode
+//! per ingest: on ext4 without a journal each new inode is found by stepping over every
+//! inode deleted in the last minutes, which took 10% of the server's CPU in the freshness
+//! benchmark (docs/benchmarks.md, session 27). A process reading the tail beside the
+//! server (a CLI query) checks that each entry's file is still at its path once read:
+//! sequence numbers are never reused, so one written over meanwhile counts as flushed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -41,6 +50,12 @@ pub const DIR: &str = "_sluice_tail";
 
 /// Footer metadata key of an entry's `txn`s (a JSON list of `[app_id, version]`).
 const TXNS_KEY: &str = "sluice.txns";
+
+/// Flushed entries' files a tail keeps to write later entries over ([`Tail::prune`]).
+pub const MAX_SPARES: usize = 128;
+
+/// The suffix of a recycled entry file.
+const SPARE: &str = ".spare";
 
 /// The rows of one ingest, waiting in the tail.
 pub struct Entry {
@@ -140,6 +155,10 @@ pub struct Tail {
     appending: tokio::sync::Mutex<()>,
     /// Flushes one at a time.
     flushing: tokio::sync::Mutex<()>,
+    /// Recycled entry files, for appends to write over.
+    spares: Mutex<Vec<PathBuf>>,
+    /// The number the next recycled file is named by.
+    next_spare: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Tail {
@@ -177,6 +196,7 @@ impl Tail {
     pub fn open(dir: PathBuf, owner: bool) -> Result<Self, Error> {
         let mut entries = Vec::new();
         let mut next_seq = 0;
+        let (mut spares, mut next_spare) = (Vec::new(), 0);
         match std::fs::read_dir(&dir) {
             Ok(listing) => {
                 let mut files = Vec::new();
@@ -190,6 +210,13 @@ impl Tail {
                     if name.ends_with(".tmp") {
                         if owner {
                             let _ = std::fs::remove_file(&path);
+                        }
+                        continue;
+                    }
+                    if let Some(n) = name.strip_suffix(SPARE).and_then(|n| n.parse::<u64>().ok()) {
+                        next_spare = next_spare.max(n + 1);
+                        if owner {
+                            spares.push(path);
                         }
                         continue;
                     }
@@ -219,6 +246,8 @@ impl Tail {
             next_seq: Mutex::new(next_seq),
             appending: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
+            spares: Mutex::new(spares),
+            next_spare: Mutex::new(next_spare),
         })
     }
 
@@ -311,12 +340,15 @@ impl Tail {
         let rows = batches.iter().map(|b| b.num_rows()).sum();
         let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
         let (dir, file) = (self.dir.clone(), path.clone());
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let written = {
             let batches = batches.clone();
             let txns = txns.clone();
-            tokio::task::spawn_blocking(move || write_entry(&dir, &file, &schema, &batches, &txns))
-                .await
-                .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")))?
+            tokio::task::spawn_blocking(move || {
+                write_entry(&dir, &file, spare, &schema, &batches, &txns)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")))?
         };
         written?;
         self.entries().push(Arc::new(Entry {
@@ -354,13 +386,40 @@ impl Tail {
         Ok(gone.len())
     }
 
+    /// Forgets flushed entries: their files become spares for later appends (deleted
+    /// past [`MAX_SPARES`]).
     fn prune(&self, flushed: &[Arc<Entry>]) -> Result<(), Error> {
         let seqs: BTreeSet<u64> = flushed.iter().map(|e| e.seq).collect();
         self.entries().retain(|e| !seqs.contains(&e.seq));
         for entry in flushed {
-            remove_file(&entry.path)?;
+            self.recycle(&entry.path)?;
         }
         sync_dir(&self.dir)
+    }
+
+    /// Renames a flushed entry's file to a spare, or deletes it when the tail keeps
+    /// enough spares.
+    fn recycle(&self, path: &Path) -> Result<(), Error> {
+        if self.spares.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_SPARES {
+            return remove_file(path);
+        }
+        let n = {
+            let mut next = self.next_spare.lock().unwrap_or_else(|p| p.into_inner());
+            *next += 1;
+            *next - 1
+        };
+        let spare = self.dir.join(format!("{n:020}{SPARE}"));
+        match std::fs::rename(path, &spare) {
+            Ok(()) => {
+                self.spares
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(spare);
+                Ok(())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error(format!("recycling {}", path.display()))(e)),
+        }
     }
 }
 
@@ -378,9 +437,12 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io_error(format!("syncing {}", dir.display())))
 }
 
+/// Writes an entry to `path` by way of its `.tmp`: over `spare` (a recycled entry file,
+/// cut to the new entry's length) when there is one, else a new file.
 fn write_entry(
     dir: &Path,
     path: &Path,
+    spare: Option<PathBuf>,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     txns: &[(String, i64)],
@@ -388,7 +450,12 @@ fn write_entry(
     std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
     let tmp = path.with_extension("arrow.tmp");
     let what = || format!("writing {}", tmp.display());
-    let file = std::fs::File::create(&tmp).map_err(io_error(what()))?;
+    let file = match spare.map(|spare| std::fs::rename(spare, &tmp)) {
+        Some(Ok(())) => std::fs::OpenOptions::new().write(true).open(&tmp),
+        // No spare, or it is gone: a new file.
+        _ => std::fs::File::create(&tmp),
+    }
+    .map_err(io_error(what()))?;
     let schema = batches
         .first()
         .map(|b| b.schema())
@@ -403,19 +470,59 @@ fn write_entry(
         writer.write(batch).map_err(ipc)?;
     }
     writer.finish().map_err(ipc)?;
-    let file = writer
+    let mut file = writer
         .into_inner()
         .map_err(ipc)?
         .into_inner()
         .map_err(|e| io_error(what())(e.into_error()))?;
+    // A spare may be longer than the entry written over it.
+    let written = std::io::Seek::stream_position(&mut file).map_err(io_error(what()))?;
+    file.set_len(written).map_err(io_error(what()))?;
     file.sync_all().map_err(io_error(what()))?;
     std::fs::rename(&tmp, path).map_err(io_error(format!("renaming {}", tmp.display())))?;
     sync_dir(dir)
 }
 
+/// Reads the entry at `path`. Another process serving the tail may flush it meanwhile and
+/// write a later entry over its file ([`Tail::recycle`]): sequence numbers are never
+/// reused, so a file still at `path` once read was there, unchanged, all along; one that
+/// is not reads as not found (flushed since the listing), whatever was read.
 fn read_entry(path: &Path, seq: u64) -> Result<Entry, Error> {
     let what = || format!("reading the tail entry {}", path.display());
     let file = std::fs::File::open(path).map_err(io_error(what()))?;
+    let opened = file.metadata().map_err(io_error(what()))?;
+    let entry = parse_entry(path, file, seq);
+    if !still_at(path, &opened).map_err(io_error(what()))? {
+        return Err(io_error(what())(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "flushed and recycled while it was read",
+        )));
+    }
+    entry
+}
+
+/// Whether `path` still names the file whose metadata is `opened`.
+fn still_at(path: &Path, opened: &std::fs::Metadata) -> std::io::Result<bool> {
+    match std::fs::metadata(path) {
+        Ok(now) => Ok(same_file(&now, opened)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(unix)]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    a.dev() == b.dev() && a.ino() == b.ino()
+}
+
+#[cfg(not(unix))]
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.len() == b.len() && a.modified().ok() == b.modified().ok()
+}
+
+fn parse_entry(path: &Path, file: std::fs::File, seq: u64) -> Result<Entry, Error> {
+    let what = || format!("reading the tail entry {}", path.display());
     let bad = |e: arrow::error::ArrowError| Error::Internal(format!("{}: {e}", what()));
     let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)
         .map_err(bad)?;
@@ -647,3 +754,6 @@ pub fn stats(
 ) -> Result<Option<TailStats>, Error> {
     Ok(tables.tail(&paths.url(location)?).map(|t| t.stats()))
 }
+
+#[cfg(test)]
+mod tests;
