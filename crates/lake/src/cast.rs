@@ -6,7 +6,6 @@
 //! (not null, min/max, allowed values, pattern), a [`ColumnFailure`]. Bad
 //! values are data, never an `Err`.
 
-use std::cell::Cell;
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -18,6 +17,8 @@ use arrow::compute::kernels::cast::{CastOptions, cast_with_options};
 use arrow::datatypes::{DataType, TimeUnit};
 use chrono::{NaiveDate, NaiveDateTime, TimeZone};
 use sluice_model::contract::{Column, ColumnType};
+
+use crate::hour_slots::HourSlots;
 
 /// Why one value of one column was refused.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,21 +44,65 @@ pub fn arrow_type(ty: &ColumnType) -> DataType {
     }
 }
 
-/// A column prepared for casting: regexes compiled, time zone resolved.
-pub struct PreparedColumn<'a> {
-    column: &'a Column,
+/// A column's rules in the form casts use them: its pattern compiled, its allowed values
+/// hashed, its zone resolved, its decimal bounds scaled. Built once per compiled contract
+/// and shared by every object's [`PreparedColumn`] (compiling them per object was ~1% of
+/// the server's CPU under a stream of 1,000-row objects).
+pub struct ColumnRules {
     pattern: Option<regex::Regex>,
     allowed: HashSet<String>,
     tz: Option<chrono_tz::Tz>,
     /// Bytes of the longest `map` key.
     longest_map_key: usize,
-    /// The zone's offset for the local hours seen lately (see [`HourOffsets`]).
-    hours: HourOffsets,
-    null_values: &'a [String],
     /// A decimal column's `min` and `max` in units of its scale (`0.01` of a
     /// `decimal(10,2)` is 1), so a value is checked with two integer comparisons; a value
     /// outside them goes through [`PreparedColumn::check_range`] for its message.
     decimal_bounds: (i128, i128),
+    /// The zone's offset for the local hours seen lately (see [`HourOffsets`]); empty
+    /// for a column without a zone.
+    hours: HourOffsets,
+}
+
+impl ColumnRules {
+    /// Prepares a column's rules; the contract was validated, so regexes and zones parse.
+    pub fn new(column: &Column) -> Self {
+        let tz: Option<chrono_tz::Tz> = column.timezone.as_ref().and_then(|t| t.parse().ok());
+        Self {
+            hours: if tz.is_some() {
+                HourOffsets::new()
+            } else {
+                HourOffsets::none()
+            },
+            tz,
+            pattern: column
+                .pattern
+                .as_ref()
+                .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
+            allowed: column.allowed.iter().cloned().collect(),
+            longest_map_key: column.map.keys().map(String::len).max().unwrap_or(0),
+            decimal_bounds: match column.ty {
+                ColumnType::Decimal { scale, .. } => {
+                    let unit = 10f64.powi(i32::from(scale));
+                    (
+                        column
+                            .min
+                            .map_or(i128::MIN, |m| scaled_bound(m, unit, f64::ceil)),
+                        column
+                            .max
+                            .map_or(i128::MAX, |m| scaled_bound(m, unit, f64::floor)),
+                    )
+                }
+                _ => (i128::MIN, i128::MAX),
+            },
+        }
+    }
+}
+
+/// A column prepared for casting: its values' [`ColumnRules`], shared by every object.
+pub struct PreparedColumn<'a> {
+    column: &'a Column,
+    rules: Arc<ColumnRules>,
+    null_values: &'a [String],
 }
 
 /// `bound` (a contract's `min` or `max`) times `unit`, as a whole number of units: a
@@ -76,25 +121,33 @@ fn scaled_bound(bound: f64, unit: f64, round: fn(f64) -> f64) -> i128 {
     units as i128
 }
 
-/// A direct-mapped cache of a time zone's UTC offset per local hour, so a column of local
-/// times is converted with one subtraction per value instead of a search through the
-/// zone's transitions (chrono-tz's, about a tenth of a timestamp's cast).
-/// An hour is cached only when its first and last microsecond have one and the same
-/// offset (no transition inside it: a daylight-saving gap or overlap is resolved by the
-/// zone itself, value by value).
+/// A time zone's UTC offset per local hour ([`HourSlots`]), so a column of local times is
+/// converted with one subtraction per value instead of a search through the zone's
+/// transitions (chrono-tz's, about a tenth of a timestamp's cast). An hour is cached
+/// only when its first and last microsecond have one and the same offset (no transition
+/// inside it: a daylight-saving gap or overlap is resolved by the zone itself, value by
+/// value).
+///
+/// It belongs to the column's [`ColumnRules`], so every object cast with the contract
+/// shares it: a month of hours fits, where a cache per object missed on most values of
+/// a 1,000-row object (each row a new hour).
 struct HourOffsets {
-    /// (local hour since the epoch, offset in seconds or [`HourOffsets::MIXED`]).
-    slots: Vec<Cell<(i64, i32)>>,
+    slots: HourSlots,
 }
 
 impl HourOffsets {
-    const SLOTS: usize = 1024;
-    /// The hour holds a transition: ask the zone.
-    const MIXED: i32 = i32::MIN;
+    const MIXED: i32 = HourSlots::MIXED;
 
     fn new() -> Self {
         Self {
-            slots: vec![Cell::new((i64::MIN, Self::MIXED)); Self::SLOTS],
+            slots: HourSlots::new(),
+        }
+    }
+
+    /// No slots: for a column without a zone, which never asks.
+    fn none() -> Self {
+        Self {
+            slots: HourSlots::none(),
         }
     }
 
@@ -104,15 +157,9 @@ impl HourOffsets {
     fn to_utc_micros(&self, tz: chrono_tz::Tz, naive: &NaiveDateTime) -> Option<i64> {
         let local = naive.and_utc().timestamp_micros();
         let hour = local.div_euclid(3_600_000_000);
-        let slot = &self.slots[hour.rem_euclid(Self::SLOTS as i64) as usize];
-        let offset = match slot.get() {
-            (h, offset) if h == hour => offset,
-            _ => {
-                let offset = Self::uniform_offset(tz, hour);
-                slot.set((hour, offset));
-                offset
-            }
-        };
+        let offset = self
+            .slots
+            .offset(hour, |hour| Self::uniform_offset(tz, hour));
         if offset != Self::MIXED {
             return Some(local - i64::from(offset) * 1_000_000);
         }
@@ -141,33 +188,21 @@ impl HourOffsets {
 }
 
 impl<'a> PreparedColumn<'a> {
-    /// Prepares a column; the contract was validated, so regexes and zones parse.
+    /// Prepares a column, its rules included.
     pub fn new(column: &'a Column, null_values: &'a [String]) -> Self {
+        Self::with_rules(column, Arc::new(ColumnRules::new(column)), null_values)
+    }
+
+    /// Prepares a column whose rules were prepared before (`rules` must be `column`'s).
+    pub fn with_rules(
+        column: &'a Column,
+        rules: Arc<ColumnRules>,
+        null_values: &'a [String],
+    ) -> Self {
         Self {
             column,
-            pattern: column
-                .pattern
-                .as_ref()
-                .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
-            allowed: column.allowed.iter().cloned().collect(),
-            tz: column.timezone.as_ref().and_then(|t| t.parse().ok()),
-            longest_map_key: column.map.keys().map(String::len).max().unwrap_or(0),
-            hours: HourOffsets::new(),
+            rules,
             null_values,
-            decimal_bounds: match column.ty {
-                ColumnType::Decimal { scale, .. } => {
-                    let unit = 10f64.powi(i32::from(scale));
-                    (
-                        column
-                            .min
-                            .map_or(i128::MIN, |m| scaled_bound(m, unit, f64::ceil)),
-                        column
-                            .max
-                            .map_or(i128::MAX, |m| scaled_bound(m, unit, f64::floor)),
-                    )
-                }
-                _ => (i128::MIN, i128::MAX),
-            },
         }
     }
 
@@ -236,7 +271,7 @@ impl<'a> PreparedColumn<'a> {
         let mut buf = [0u8; 32];
         let found = if v.is_ascii() {
             // Lowering ASCII keeps its length: a longer value cannot be a key.
-            if v.len() > self.longest_map_key {
+            if v.len() > self.rules.longest_map_key {
                 return None;
             }
             if v.len() > buf.len() {
@@ -260,7 +295,7 @@ impl<'a> PreparedColumn<'a> {
     }
 
     fn check_text(&self, row: usize, v: &str) -> Option<ColumnFailure> {
-        if let Some(re) = &self.pattern
+        if let Some(re) = &self.rules.pattern
             && !re.is_match(v)
         {
             return Some(self.fail(
@@ -272,7 +307,7 @@ impl<'a> PreparedColumn<'a> {
                 ),
             ));
         }
-        if !self.allowed.is_empty() && !self.allowed.contains(v) {
+        if !self.rules.allowed.is_empty() && !self.rules.allowed.contains(v) {
             let mut allowed: Vec<&str> = self.column.allowed.iter().map(String::as_str).collect();
             allowed.truncate(10);
             return Some(self.fail(
@@ -367,7 +402,7 @@ impl<'a> PreparedColumn<'a> {
             }),
             ColumnType::Decimal { precision, scale } => {
                 let (p, s) = (*precision, *scale);
-                let (lo, hi) = self.decimal_bounds;
+                let (lo, hi) = self.rules.decimal_bounds;
                 let unit = 10f64.powi(s as i32);
                 let array = each_value!(Decimal128Builder::with_capacity(n), |row, v| {
                     parse_decimal(v, p, s)
@@ -475,9 +510,9 @@ impl<'a> PreparedColumn<'a> {
                 format!("{v:?} is not a timestamp{}", self.formats_hint()),
             ));
         };
-        match self.tz {
+        match self.rules.tz {
             None => Ok(naive.and_utc().timestamp_micros()),
-            Some(tz) => match self.hours.to_utc_micros(tz, &naive) {
+            Some(tz) => match self.rules.hours.to_utc_micros(tz, &naive) {
                 Some(t) => Ok(t),
                 None => Err(self.fail(
                     row,
@@ -491,8 +526,9 @@ impl<'a> PreparedColumn<'a> {
     /// Typed input (Parquet): cast with Arrow, then apply the same rules.
     fn cast_typed(&self, input: &ArrayRef, failures: &mut Vec<ColumnFailure>) -> ArrayRef {
         let target = arrow_type(&self.column.ty);
-        let needs_text_rules =
-            self.pattern.is_some() || !self.allowed.is_empty() || !self.column.map.is_empty();
+        let needs_text_rules = self.rules.pattern.is_some()
+            || !self.rules.allowed.is_empty()
+            || !self.column.map.is_empty();
         if needs_text_rules
             || matches!(
                 input.data_type(),
@@ -507,7 +543,7 @@ impl<'a> PreparedColumn<'a> {
                 return self.cast_text(text, failures);
             }
         }
-        let source = match (input.data_type(), &self.tz) {
+        let source = match (input.data_type(), &self.rules.tz) {
             // Naive timestamps are local time in the column's zone.
             (DataType::Timestamp(unit, None), Some(tz)) => cast_with_options(
                 input,

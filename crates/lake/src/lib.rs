@@ -20,6 +20,7 @@ pub mod cast;
 pub mod compact;
 pub mod delta;
 pub mod gold;
+mod hour_slots;
 pub mod ingest;
 pub mod objects;
 pub mod read;

@@ -24,7 +24,7 @@ use sluice_model::contract::{
     Contract, SOURCE_LINE_COLUMN, SOURCE_OBJECT_COLUMN, SOURCE_VERSION_COLUMN,
 };
 
-use crate::cast::{PreparedColumn, arrow_type};
+use crate::cast::{ColumnRules, PreparedColumn, arrow_type};
 use crate::read::SourceBatch;
 
 /// A row that did not enter the table, and why.
@@ -45,6 +45,8 @@ pub struct Rejection {
 /// A contract whose expressions are compiled against its own schema.
 pub struct CompiledContract {
     contract: Contract,
+    /// Each contract column's rules, prepared once for every object's casts.
+    rules: Vec<Arc<ColumnRules>>,
     format: Format,
     /// Schema seen by expressions: contract columns, lineage and `_key_*` columns, then derived columns.
     input_schema: SchemaRef,
@@ -80,6 +82,8 @@ impl CompiledContract {
     pub fn compile(contract: &Contract, format: &Format) -> Result<Self, Vec<ContractError>> {
         let ctx = SessionContext::new();
         ctx.register_udf(md5::udf());
+        ctx.register_udf(local_time::udf());
+        ctx.register_udf(to_char::udf());
         let mut errors = Vec::new();
         let mut fields: Vec<Field> = contract
             .columns
@@ -170,6 +174,11 @@ impl CompiledContract {
             return Err(errors);
         }
         Ok(Self {
+            rules: contract
+                .columns
+                .iter()
+                .map(|c| Arc::new(ColumnRules::new(c)))
+                .collect(),
             contract: contract.clone(),
             format: format.clone(),
             input_schema,
@@ -217,7 +226,10 @@ impl CompiledContract {
                 .contract
                 .columns
                 .iter()
-                .map(|c| PreparedColumn::new(c, &self.format.null_values))
+                .zip(&self.rules)
+                .map(|(c, rules)| {
+                    PreparedColumn::with_rules(c, rules.clone(), &self.format.null_values)
+                })
                 .collect(),
             source_object: source_object.to_string(),
             source_version: source_version.to_string(),
@@ -497,7 +509,9 @@ pub fn count_reasons(rejected: &[Rejection], into: &mut BTreeMap<String, u64>) {
     }
 }
 
+mod local_time;
 mod md5;
+mod to_char;
 
 #[cfg(test)]
 mod tests;

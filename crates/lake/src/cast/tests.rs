@@ -353,6 +353,8 @@ fn cached_hour_offsets_agree_with_the_zone_across_its_transitions() {
         // Transitions one minute past the hour (until 2011): a gap and an overlap that
         // start inside an hour whose first microsecond is unremarkable.
         ("America/St_Johns", ["2010-03-13", "2010-11-06"]),
+        // Before the epoch: negative hours.
+        ("America/Chicago", ["1965-04-24", "1965-10-30"]),
     ];
     for (zone, days) in cases {
         let tz: chrono_tz::Tz = zone.parse().unwrap();
@@ -380,6 +382,34 @@ fn cached_hour_offsets_agree_with_the_zone_across_its_transitions() {
             }
         }
     }
+}
+
+#[test]
+fn objects_cast_at_once_share_a_columns_hours_and_agree_with_the_zone() {
+    let tz: chrono_tz::Tz = "America/New_York".parse().unwrap();
+    let hours = HourOffsets::new();
+    std::thread::scope(|scope| {
+        for t in 0..4i64 {
+            let hours = &hours;
+            scope.spawn(move || {
+                let start = NaiveDate::from_ymd_opt(2024, 3, 1)
+                    .unwrap()
+                    .and_hms_opt(0, 0, 0)
+                    .unwrap();
+                // Each thread walks the same month in its own order, so the threads
+                // overwrite each other's slots (2,976 hours into 1,024 slots).
+                for step in 0..20_000i64 {
+                    let minutes = (step * 7_919 + t * 104_729) % (124 * 24 * 60);
+                    let naive = start + chrono::Duration::minutes(minutes);
+                    let want = tz
+                        .from_local_datetime(&naive)
+                        .earliest()
+                        .map(|v| v.timestamp_micros());
+                    assert_eq!(hours.to_utc_micros(tz, &naive), want, "{naive}");
+                }
+            });
+        }
+    });
 }
 
 #[test]
