@@ -1064,6 +1064,7 @@ async fn spawn_reader(
             parquet_file,
             compiled.contract(),
             compiled.format(),
+            Some(object_size),
         ) {
             Ok(s) => s,
             Err(e) => {

@@ -37,10 +37,15 @@ fn contract() -> Contract {
 type Rows = Vec<(u64, Vec<Option<String>>, Vec<String>)>;
 
 fn read_csv(text: &str, format: &Format) -> Result<Rows, ReadError> {
-    let mut source = CsvSource::new(
+    read_csv_sized(text, format, None)
+}
+
+fn read_csv_sized(text: &str, format: &Format, size: Option<u64>) -> Result<Rows, ReadError> {
+    let mut source = CsvSource::sized(
         Box::new(std::io::Cursor::new(text.as_bytes().to_vec())),
         &contract(),
         format,
+        size,
     )?;
     let mut rows = Vec::new();
     while let Some(batch) = source.next_batch(2)? {
@@ -262,4 +267,27 @@ fn raw_values_are_json_strings_exactly_as_serde_json_writes_them() {
             "{text:?}"
         );
     }
+}
+
+#[test]
+fn a_sized_reader_reads_the_same_rows_whatever_size_it_was_told() {
+    // ~40 KB: more than the smallest buffer (8 KiB), with quoted fields spanning lines
+    // and blank lines, so records cross the buffer's refills.
+    let mut text = String::from("VendorID,fare_amount,note\n");
+    for i in 0..1_500 {
+        if i % 97 == 0 {
+            text.push_str(&format!("{i},\"1.{i}\",\"two\nlines {i}\"\n\n"));
+        } else {
+            text.push_str(&format!("{i},{i}.50,note number {i}\n"));
+        }
+    }
+    let f = Format::default();
+    let whole = read_csv(&text, &f).unwrap();
+    assert_eq!(whole.len(), 1_500);
+    for size in [Some(text.len() as u64), Some(10), Some(0), Some(u64::MAX)] {
+        let sized = read_csv_sized(&text, &f, size).unwrap();
+        assert_eq!(sized, whole, "told {size:?} bytes");
+    }
+    // The last record's line: 1,500 records, 16 of them two lines and a blank after.
+    assert_eq!(whole.last().unwrap().0, 1 + 1_500 + 16 * 2);
 }
