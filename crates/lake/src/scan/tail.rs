@@ -19,6 +19,7 @@ use datafusion::error::Result;
 use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::{Accumulator, Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::union::UnionExec;
 
 /// Rows of a tail entry in a query's types, with each column's statistics.
@@ -160,6 +161,11 @@ impl TableProvider for WithTail {
             return Ok(committed);
         }
         let waiting = MemorySourceConfig::try_new_exec(&[rows], schema, projection.cloned())?;
+        // No committed file can match (a poll for rows still in the tail): the tail's
+        // batches alone, without a union for every optimizer rule to walk through.
+        if committed.downcast_ref::<EmptyExec>().is_some() {
+            return Ok(waiting);
+        }
         UnionExec::try_new(vec![committed, waiting])
     }
 }
