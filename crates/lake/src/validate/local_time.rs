@@ -97,13 +97,13 @@ fn offset_at(tz: &Tz, ts: i64) -> Option<i32> {
 /// The offset through the UTC hour `hour`, or [`HourSlots::MIXED`] when its first and
 /// last microsecond differ (a transition inside it) or are out of range.
 fn uniform_offset(tz: &Tz, hour: i64) -> i32 {
-    let Some(start) = hour.checked_mul(HOUR_MICROS) else {
+    let Some((start, end)) = hour
+        .checked_mul(HOUR_MICROS)
+        .and_then(|start| Some((start, start.checked_add(HOUR_MICROS - 1)?)))
+    else {
         return HourSlots::MIXED;
     };
-    match (
-        offset_at(tz, start),
-        offset_at(tz, start + (HOUR_MICROS - 1)),
-    ) {
+    match (offset_at(tz, start), offset_at(tz, end)) {
         (Some(a), Some(b)) if a == b => a,
         _ => HourSlots::MIXED,
     }
@@ -204,6 +204,40 @@ mod tests {
                     assert_eq!(got.data_type(), want.data_type(), "{zone} {day}");
                     assert_eq!(&got, &want, "{zone} {day} (pass {pass})");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn values_a_date_cannot_hold_are_left_to_datafusion() {
+        let ours = CachedLocalTime {
+            inner: ToLocalTimeFunc::new(),
+            zones: Mutex::default(),
+        };
+        let theirs = ToLocalTimeFunc::new();
+        for extreme in [i64::MAX, i64::MIN, i64::MAX - 1] {
+            let input: ArrayRef = Arc::new(
+                TimestampMicrosecondArray::from(vec![Some(0), Some(extreme)])
+                    .with_timezone("America/New_York"),
+            );
+            let args = || {
+                let return_type = theirs.return_type(&[input.data_type().clone()]).unwrap();
+                ScalarFunctionArgs {
+                    args: vec![ColumnarValue::Array(input.clone())],
+                    arg_fields: vec![Arc::new(Field::new("t", input.data_type().clone(), true))],
+                    number_rows: input.len(),
+                    return_field: Arc::new(Field::new("r", return_type, true)),
+                    config_options: Arc::new(ConfigOptions::default()),
+                }
+            };
+            let want = theirs.invoke_with_args(args()).map_err(|e| e.to_string());
+            let got = ours.invoke_with_args(args()).map_err(|e| e.to_string());
+            match (got, want) {
+                (Err(got), Err(want)) => assert_eq!(got, want, "{extreme}"),
+                (Ok(ColumnarValue::Array(got)), Ok(ColumnarValue::Array(want))) => {
+                    assert_eq!(&got, &want, "{extreme}")
+                }
+                (got, want) => panic!("{extreme}: {got:?} vs {want:?}"),
             }
         }
     }
