@@ -21,6 +21,10 @@ const FLUSH_ROWS: usize = 1 << 20;
 /// Arrow bytes that flush a tail before its interval.
 const FLUSH_BYTES: usize = 128 << 20;
 
+/// How much less CPU the flushes' threads get: a nice value 5 above the requests', a
+/// third of their share when both want the CPU.
+const FLUSH_NICENESS: i32 = 5;
+
 /// The first wait before a failed flush is tried again; it doubles up to [`MAX_RETRY`].
 const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(30);
@@ -168,7 +172,21 @@ async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layou
             return false;
         }
     };
-    match tail::flush(&platform.tables, name, &url, layout).await {
+    let flushed = {
+        let (owned, table, at) = (platform.clone(), name.to_string(), url.clone());
+        let flush = async move { tail::flush(&owned.tables, &table, &at, layout).await };
+        match background() {
+            Some(runtime) => match runtime.spawn(flush).await {
+                Ok(flushed) => flushed,
+                Err(e) => {
+                    warn!(table = name, error = %e, "the tail flush task died; retrying");
+                    return false;
+                }
+            },
+            None => flush.await,
+        }
+    };
+    match flushed {
         Ok(Some(flushed)) => {
             info!(
                 table = name,
@@ -187,6 +205,52 @@ async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layou
         Err(e) => {
             warn!(table = name, error = %e, "tail flush failed; retrying");
             false
+        }
+    }
+}
+
+/// The runtime tail flushes run on: one worker thread, and its blocking pool, at a lower
+/// CPU priority ([`FLUSH_NICENESS`]). A flush writes a second's small objects as Parquet
+/// (~100 ms of CPU under eight writers); on the request runtime's workers it held one of
+/// them from HTTP requests for that long, and the objects in flight meanwhile waited. Here
+/// it takes the CPU the requests leave. None (flushes run where they are asked) when the
+/// runtime cannot be built. Never dropped: a runtime must not be dropped inside another.
+fn background() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("sluice-flush")
+                .on_thread_start(lower_priority)
+                .enable_all()
+                .build()
+                .map_err(|e| warn!(error = %e, "no flush runtime; flushing beside requests"))
+                .ok()
+        })
+        .as_ref()
+        .map(|runtime| runtime.handle())
+}
+
+/// Lowers the calling thread's CPU priority by [`FLUSH_NICENESS`] (Linux: a nice value is
+/// per thread); a failure only logs.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid and setpriority take and return plain integers; the thread id
+        // is the caller's own.
+        #[allow(unsafe_code)]
+        let done = unsafe {
+            let tid = libc::gettid() as libc::id_t;
+            let now = libc::getpriority(libc::PRIO_PROCESS, tid);
+            libc::setpriority(libc::PRIO_PROCESS, tid, now + FLUSH_NICENESS)
+        };
+        if done != 0 {
+            warn!(
+                error = %std::io::Error::last_os_error(),
+                "cannot lower the flush thread's priority"
+            );
         }
     }
 }
