@@ -30,10 +30,7 @@ const HOUR_MICROS: i64 = 3_600_000_000;
 
 /// The `to_local_time` contract expressions call.
 pub(crate) fn udf() -> ScalarUDF {
-    ScalarUDF::new_from_impl(CachedLocalTime {
-        inner: ToLocalTimeFunc::new(),
-        zones: Mutex::default(),
-    })
+    ScalarUDF::new_from_impl(CachedLocalTime::new())
 }
 
 #[derive(Debug)]
@@ -59,6 +56,13 @@ impl Hash for CachedLocalTime {
 }
 
 impl CachedLocalTime {
+    fn new() -> Self {
+        Self {
+            inner: ToLocalTimeFunc::new(),
+            zones: Mutex::default(),
+        }
+    }
+
     fn hours(&self, zone: &str) -> Arc<HourSlots> {
         let mut zones = self.zones.lock().unwrap_or_else(|p| p.into_inner());
         zones
@@ -140,7 +144,8 @@ mod tests {
     use arrow::datatypes::Field;
     use datafusion::config::ConfigOptions;
 
-    fn invoke(f: &dyn ScalarUDFImpl, input: &ArrayRef) -> ArrayRef {
+    /// `f` over `input` as an array, or its error's text.
+    fn try_invoke(f: &dyn ScalarUDFImpl, input: &ArrayRef) -> Result<ArrayRef, String> {
         let return_type = f.return_type(&[input.data_type().clone()]).unwrap();
         let args = ScalarFunctionArgs {
             args: vec![ColumnarValue::Array(input.clone())],
@@ -149,18 +154,19 @@ mod tests {
             return_field: Arc::new(Field::new("r", return_type, true)),
             config_options: Arc::new(ConfigOptions::default()),
         };
-        match f.invoke_with_args(args).unwrap() {
-            ColumnarValue::Array(a) => a,
-            ColumnarValue::Scalar(s) => s.to_array().unwrap(),
+        match f.invoke_with_args(args).map_err(|e| e.to_string())? {
+            ColumnarValue::Array(a) => Ok(a),
+            ColumnarValue::Scalar(s) => s.to_array().map_err(|e| e.to_string()),
         }
+    }
+
+    fn invoke(f: &dyn ScalarUDFImpl, input: &ArrayRef) -> ArrayRef {
+        try_invoke(f, input).unwrap()
     }
 
     #[test]
     fn local_times_are_datafusions_across_transitions_and_before_the_epoch() {
-        let ours = CachedLocalTime {
-            inner: ToLocalTimeFunc::new(),
-            zones: Mutex::default(),
-        };
+        let ours = CachedLocalTime::new();
         let theirs = ToLocalTimeFunc::new();
         // Every 7 minutes and some seconds over days around transitions (whole-hour,
         // half-hour and one-minute-past-the-hour ones), with nulls; twice, the second
@@ -210,44 +216,25 @@ mod tests {
 
     #[test]
     fn values_a_date_cannot_hold_are_left_to_datafusion() {
-        let ours = CachedLocalTime {
-            inner: ToLocalTimeFunc::new(),
-            zones: Mutex::default(),
-        };
+        let ours = CachedLocalTime::new();
         let theirs = ToLocalTimeFunc::new();
         for extreme in [i64::MAX, i64::MIN, i64::MAX - 1] {
             let input: ArrayRef = Arc::new(
                 TimestampMicrosecondArray::from(vec![Some(0), Some(extreme)])
                     .with_timezone("America/New_York"),
             );
-            let args = || {
-                let return_type = theirs.return_type(&[input.data_type().clone()]).unwrap();
-                ScalarFunctionArgs {
-                    args: vec![ColumnarValue::Array(input.clone())],
-                    arg_fields: vec![Arc::new(Field::new("t", input.data_type().clone(), true))],
-                    number_rows: input.len(),
-                    return_field: Arc::new(Field::new("r", return_type, true)),
-                    config_options: Arc::new(ConfigOptions::default()),
-                }
-            };
-            let want = theirs.invoke_with_args(args()).map_err(|e| e.to_string());
-            let got = ours.invoke_with_args(args()).map_err(|e| e.to_string());
-            match (got, want) {
-                (Err(got), Err(want)) => assert_eq!(got, want, "{extreme}"),
-                (Ok(ColumnarValue::Array(got)), Ok(ColumnarValue::Array(want))) => {
-                    assert_eq!(&got, &want, "{extreme}")
-                }
-                (got, want) => panic!("{extreme}: {got:?} vs {want:?}"),
-            }
+            // The same answer, or the same error.
+            assert_eq!(
+                try_invoke(&ours, &input),
+                try_invoke(&theirs, &input),
+                "{extreme}"
+            );
         }
     }
 
     #[test]
     fn inputs_it_does_not_cover_are_answered_by_datafusion() {
-        let ours = CachedLocalTime {
-            inner: ToLocalTimeFunc::new(),
-            zones: Mutex::default(),
-        };
+        let ours = CachedLocalTime::new();
         let theirs = ToLocalTimeFunc::new();
         let seconds: ArrayRef = Arc::new(
             arrow::array::TimestampSecondArray::from(vec![Some(1_700_000_000), None])
