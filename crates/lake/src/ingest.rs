@@ -630,12 +630,49 @@ impl Batch<'_> {
             });
         }
 
-        if !q_txns.is_empty() && self.tails.use_tail {
-            let tail = self.tails.quarantine.as_ref().ok_or_else(|| {
-                Error::Internal("a batch appending to tails has no quarantine tail".into())
-            })?;
-            tail.append("quarantine", quarantine_schema(), q_rows, q_txns)
-                .await?;
+        // On the tails, the silver entry is written and fsync'd while the quarantined rows
+        // are appended, and published only once they are durable: a crash between the two
+        // leaves quarantined rows without their object's valid rows (a retry adds those),
+        // never the other way round (a retry would skip the applied object and its
+        // quarantined rows would be lost).
+        let mut silver_staged = None;
+        if self.tails.use_tail && (!q_txns.is_empty() || !accepted.is_empty()) {
+            let quarantine = async {
+                if q_txns.is_empty() {
+                    return Ok(());
+                }
+                let tail = self.tails.quarantine.as_ref().ok_or_else(|| {
+                    Error::Internal("a batch appending to tails has no quarantine tail".into())
+                })?;
+                tail.append(
+                    "quarantine",
+                    quarantine_schema(),
+                    std::mem::take(&mut q_rows),
+                    std::mem::take(&mut q_txns),
+                )
+                .await
+                .map(|_| ())
+            };
+            let silver = async {
+                if accepted.is_empty() {
+                    return Ok(None);
+                }
+                let txns = accepted.iter().flat_map(Accepted::txns).collect();
+                let tail = self.tails.silver.as_ref().ok_or_else(|| {
+                    Error::Internal("a batch appending to tails has no silver tail".into())
+                })?;
+                tail.stage(
+                    table,
+                    target.compiled.output_schema(),
+                    std::mem::take(&mut buffered),
+                    txns,
+                )
+                .await
+                .map(Some)
+            };
+            let (quarantined, staged) = tokio::join!(quarantine, silver);
+            quarantined?;
+            silver_staged = staged?;
         } else if !q_txns.is_empty() {
             if !q_rows.is_empty() {
                 let adds = write_quarantined(&self.quarantine, q_rows).await?;
@@ -660,14 +697,8 @@ impl Batch<'_> {
             self.written_quarantine.clear();
         }
 
-        if !accepted.is_empty() && self.tails.use_tail {
-            let txns = accepted.iter().flat_map(Accepted::txns).collect();
-            let tail = self.tails.silver.as_ref().ok_or_else(|| {
-                Error::Internal("a batch appending to tails has no silver tail".into())
-            })?;
-            let seq = tail
-                .append(table, target.compiled.output_schema(), buffered, txns)
-                .await?;
+        if let Some(staged) = silver_staged {
+            let seq = staged.publish().await?;
             for a in accepted {
                 let mut report = a.report;
                 report.outcome = Outcome::Logged { seq };

@@ -324,7 +324,27 @@ impl Tail {
         batches: Vec<RecordBatch>,
         txns: Vec<(String, i64)>,
     ) -> Result<u64, Error> {
-        let _one = self.appending.lock().await;
+        self.stage(table, schema, batches, txns)
+            .await?
+            .publish()
+            .await
+    }
+
+    /// The first half of [`Self::append`]: the entry written and fsync'd under a temporary
+    /// name, which a restart deletes. Nothing is in the tail until [`Staged::publish`];
+    /// appends to this tail wait meanwhile, and dropping the stage deletes its file. A
+    /// batch stages its silver rows while its quarantined rows are appended to the
+    /// quarantine's tail, so the silver entry's write and fsync overlap the quarantine's
+    /// and only its rename waits for the quarantine entry to be durable (a retry finds
+    /// the quarantined rows first, never the valid rows alone).
+    pub async fn stage(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        txns: Vec<(String, i64)>,
+    ) -> Result<Staged<'_>, Error> {
+        let one = self.appending.lock().await;
         let apps: Vec<String> = txns.iter().map(|(a, _)| a.clone()).collect();
         if self.holds_any(&apps) {
             return Err(Error::Busy(format!(
@@ -337,32 +357,39 @@ impl Tail {
             *next - 1
         };
         let path = self.dir.join(format!("{seq:020}.arrow"));
+        let tmp = path.with_extension("arrow.tmp");
         let rows = batches.iter().map(|b| b.num_rows()).sum();
         let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
-        let (dir, file) = (self.dir.clone(), path.clone());
         let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let staged = Staged {
+            tail: self,
+            _one: one,
+            entry: Some(Entry {
+                seq,
+                path,
+                batches,
+                txns,
+                rows,
+                bytes,
+                since: Instant::now(),
+                flush: Mutex::new(None),
+                query_form: Mutex::new(None),
+            }),
+            tmp,
+        };
         let written = {
-            let batches = batches.clone();
-            let txns = txns.clone();
+            let (dir, tmp) = (self.dir.clone(), staged.tmp.clone());
+            let entry = staged.entry.as_ref().expect("staged just now");
+            let (batches, txns) = (entry.batches.clone(), entry.txns.clone());
             tokio::task::spawn_blocking(move || {
-                write_entry(&dir, &file, spare, &schema, &batches, &txns)
+                write_entry(&dir, &tmp, spare, &schema, &batches, &txns)
             })
             .await
             .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")))?
         };
+        // A failed write's file is deleted when the stage drops.
         written?;
-        self.entries().push(Arc::new(Entry {
-            seq,
-            path,
-            batches,
-            txns,
-            rows,
-            bytes,
-            since: Instant::now(),
-            flush: Mutex::new(None),
-            query_form: Mutex::new(None),
-        }));
-        Ok(seq)
+        Ok(staged)
     }
 
     /// Forgets entries the table holds (a crash came between a flush's commit and its
@@ -437,23 +464,63 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io_error(format!("syncing {}", dir.display())))
 }
 
-/// Writes an entry to `path` by way of its `.tmp`: over `spare` (a recycled entry file,
-/// cut to the new entry's length) when there is one, else a new file.
+/// A tail entry written and fsync'd under its temporary name ([`Tail::stage`]); the
+/// tail's appends wait until it is published or dropped.
+pub struct Staged<'a> {
+    tail: &'a Tail,
+    _one: tokio::sync::MutexGuard<'a, ()>,
+    /// The entry to publish; None once published.
+    entry: Option<Entry>,
+    tmp: PathBuf,
+}
+
+impl Staged<'_> {
+    /// Renames the entry into place (durably: its directory is fsync'd) and adds it to
+    /// the tail, where queries see it; its sequence number.
+    pub async fn publish(mut self) -> Result<u64, Error> {
+        let Some(entry) = self.entry.take() else {
+            return Err(Error::Internal("a tail entry published twice".into()));
+        };
+        let (dir, tmp, path) = (self.tail.dir.clone(), self.tmp.clone(), entry.path.clone());
+        let published = tokio::task::spawn_blocking(move || publish_entry(&dir, &tmp, &path))
+            .await
+            .map_err(|e| Error::Internal(format!("publishing a tail entry: {e}")));
+        if let Err(e) = published.and_then(|done| done) {
+            // Not in the tail: the temporary file (if the rename did not happen) goes.
+            self.entry = Some(entry);
+            return Err(e);
+        }
+        let seq = entry.seq;
+        self.tail.entries().push(Arc::new(entry));
+        Ok(seq)
+    }
+}
+
+impl Drop for Staged<'_> {
+    fn drop(&mut self) {
+        // Never published: nothing acknowledged it, and a restart would delete it too.
+        if self.entry.is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+/// Writes an entry to its temporary name `tmp`, fsync'd: over `spare` (a recycled entry
+/// file, cut to the new entry's length) when there is one, else a new file.
 fn write_entry(
     dir: &Path,
-    path: &Path,
+    tmp: &Path,
     spare: Option<PathBuf>,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     txns: &[(String, i64)],
 ) -> Result<(), Error> {
     std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    let tmp = path.with_extension("arrow.tmp");
     let what = || format!("writing {}", tmp.display());
-    let file = match spare.map(|spare| std::fs::rename(spare, &tmp)) {
-        Some(Ok(())) => std::fs::OpenOptions::new().write(true).open(&tmp),
+    let file = match spare.map(|spare| std::fs::rename(spare, tmp)) {
+        Some(Ok(())) => std::fs::OpenOptions::new().write(true).open(tmp),
         // No spare, or it is gone: a new file.
-        _ => std::fs::File::create(&tmp),
+        _ => std::fs::File::create(tmp),
     }
     .map_err(io_error(what()))?;
     let schema = batches
@@ -478,9 +545,16 @@ fn write_entry(
     // A spare may be longer than the entry written over it.
     let written = std::io::Seek::stream_position(&mut file).map_err(io_error(what()))?;
     file.set_len(written).map_err(io_error(what()))?;
-    file.sync_all().map_err(io_error(what()))?;
-    std::fs::rename(&tmp, path).map_err(io_error(format!("renaming {}", tmp.display())))?;
-    sync_dir(dir)
+    file.sync_all().map_err(io_error(what()))
+}
+
+/// Moves a written entry from its temporary name into place, durably.
+fn publish_entry(dir: &Path, tmp: &Path, path: &Path) -> Result<(), Error> {
+    std::fs::rename(tmp, path).map_err(io_error(format!("renaming {}", tmp.display())))?;
+    sync_dir(dir).inspect_err(|_| {
+        // Not acknowledged, so not to be found by a restart beside the retry's entry.
+        let _ = std::fs::remove_file(path);
+    })
 }
 
 /// Reads the entry at `path`. Another process serving the tail may flush it meanwhile and

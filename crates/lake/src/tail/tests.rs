@@ -179,3 +179,55 @@ fn a_file_moved_away_while_read_is_not_still_at_its_path() {
         "another file in its place"
     );
 }
+
+/// A staged entry is durable on disk but not in the tail: queries do not see it until it
+/// is published, dropping it deletes its file and frees the tail for the next append, and
+/// a restart that finds one (a crash before its publish, never acknowledged) deletes it
+/// instead of reading its rows.
+#[tokio::test]
+async fn a_staged_entry_is_in_the_tail_only_once_published() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(DIR);
+    let tail = Tail::open(dir.clone(), true).unwrap();
+
+    let staged = tail
+        .stage("t", schema(), vec![rows(0, 3)], vec![("a".into(), 1)])
+        .await
+        .unwrap();
+    assert!(tail.capture().is_empty(), "not visible before its publish");
+    assert_eq!(files(&dir, ".tmp").len(), 1);
+    assert!(files(&dir, ".arrow").is_empty());
+    let seq = staged.publish().await.unwrap();
+    assert_eq!(ids(&tail.capture()), vec![0, 1, 2]);
+    assert_eq!(tail.capture()[0].seq, seq);
+    assert!(files(&dir, ".tmp").is_empty());
+
+    // Dropped: its file goes, and the next append is not held up by it.
+    let dropped = tail
+        .stage("t", schema(), vec![rows(10, 2)], vec![("b".into(), 1)])
+        .await
+        .unwrap();
+    drop(dropped);
+    assert!(
+        files(&dir, ".tmp").is_empty(),
+        "a dropped stage's file is deleted"
+    );
+    tail.append("t", schema(), vec![rows(20, 1)], vec![("b".into(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&tail.capture()), vec![0, 1, 2, 20]);
+
+    // A crash between the write and the publish leaves the staged file behind.
+    let crashed = tail
+        .stage("t", schema(), vec![rows(30, 4)], vec![("c".into(), 1)])
+        .await
+        .unwrap();
+    std::mem::forget(crashed);
+    assert_eq!(files(&dir, ".tmp").len(), 1);
+    let reopened = Tail::open(dir.clone(), true).unwrap();
+    assert_eq!(ids(&reopened.capture()), vec![0, 1, 2, 20]);
+    assert!(
+        files(&dir, ".tmp").is_empty(),
+        "the unpublished entry is deleted"
+    );
+}
