@@ -209,13 +209,13 @@ async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layou
     }
 }
 
-/// The runtime tail flushes run on: one worker thread, and its blocking pool, at a lower
-/// CPU priority ([`FLUSH_NICENESS`]). A flush writes a second's small objects as Parquet
+/// The runtime tail flushes (and automatic compactions, `worker::compact_later`) run on:
+/// one worker thread, and its blocking pool, at a lower CPU priority ([`FLUSH_NICENESS`]). A flush writes a second's small objects as Parquet
 /// (~100 ms of CPU under eight writers); on the request runtime's workers it held one of
 /// them from HTTP requests for that long, and the objects in flight meanwhile waited. Here
 /// it takes the CPU the requests leave. None (flushes run where they are asked) when the
 /// runtime cannot be built. Never dropped: a runtime must not be dropped inside another.
-fn background() -> Option<&'static tokio::runtime::Handle> {
+pub(crate) fn background() -> Option<&'static tokio::runtime::Handle> {
     static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
         std::sync::OnceLock::new();
     RUNTIME

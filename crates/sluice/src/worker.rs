@@ -375,7 +375,7 @@ pub(crate) fn compact_later(
         return;
     }
     let (platform, table) = (platform.clone(), table.to_string());
-    tokio::spawn(async move {
+    let compaction = async move {
         let scope = compact::Scope::WhenAnyOf(&partitions, compact::AUTO_COMPACT_FILES);
         match platform.compact(&table, scope).await {
             Ok(r) if r.files_removed > 0 => info!(
@@ -394,7 +394,14 @@ pub(crate) fn compact_later(
             Err(e) => warn!(table, error = %format!("{e:#}"), "automatic compaction failed"),
         }
         platform.end_compaction(&table);
-    });
+    };
+    // Beside the tails' flushes, at their lower priority: a compaction merges hundreds of
+    // files for seconds, and on the request runtime it held a worker from uploads and
+    // queries meanwhile (the small-files case's batches dropped ~25% while it ran).
+    match crate::tails::background() {
+        Some(runtime) => drop(runtime.spawn(compaction)),
+        None => drop(tokio::spawn(compaction)),
+    }
 }
 
 /// Runs every step of the members' pipeline; a member that fails drops out of the
