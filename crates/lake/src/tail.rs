@@ -746,7 +746,7 @@ pub async fn flush(
         .collect();
     let adds = match layout {
         Layout::Shared => {
-            let mut writer = FileWriter::small(name, &table)?;
+            let mut writer = FileWriter::staging(name, &table)?;
             let schema = writer.schema();
             for batch in rows {
                 writer
