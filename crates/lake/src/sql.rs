@@ -23,6 +23,9 @@ use futures::future::BoxFuture;
 
 use crate::{Error, LakePaths, delta, scan};
 
+mod scope;
+pub use scope::source_objects;
+
 /// The catalog name every table lives in.
 pub const CATALOG: &str = "lake";
 /// Schemas of the catalog.

@@ -174,9 +174,11 @@ async fn query(
     Json(req): Json<QueryRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     // Read after write: small objects acknowledged before this query are ingested first
-    // (within the bound), and the session below opens the tables after that.
+    // (within the bound), and the session below opens the tables after that. A query that
+    // can only see rows of named objects waits for those objects' writes alone.
     let bound = p.project.server.read_after_write;
-    if p.pending.wait_for_earlier(bound).await == crate::pending::Waited::TimedOut {
+    let scope = sluice_lake::sql::source_objects(&req.sql);
+    if p.pending.wait_for_earlier(bound, scope.as_ref()).await == crate::pending::Waited::TimedOut {
         tracing::debug!(
             waiting = p.pending.len(),
             ?bound,

@@ -459,7 +459,8 @@ impl Platform {
     /// its jobs are recorded: a worker may finish them before this returns.
     fn note_pending(&self, event: &Event, jobs: usize) {
         if event.object.size <= crate::worker::BATCH.object_bytes {
-            self.pending.begin(event.id.0, jobs);
+            let object = format!("{}/{}", event.object.bucket, event.object.key);
+            self.pending.begin(event.id.0, jobs, object);
         }
     }
 

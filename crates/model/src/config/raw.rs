@@ -60,7 +60,7 @@ pub struct RawServer {
     pub workers: Option<usize>,
     /// How long the rows of small objects may wait in a table's write-ahead tail (durable on disk, answered by SQL at once) before they are committed to the Delta table, which is when readers of the Delta files themselves (DuckDB, Spark) see them, e.g. `"500ms"`, `"5s"`. `"0s"` commits each ingest to Delta before it completes. Default `"1s"`.
     pub flush_interval: Option<String>,
-    /// How long `POST /v1/query` waits for the small objects (up to 4 MiB) acknowledged before it to be ingested, so that a client that uploads and then queries sees its rows without polling, e.g. `"100ms"`, `"2s"`. When it runs out, the query answers from what is there. Only objects written through this server count. `"0s"` answers at once. Default `"250ms"`.
+    /// How long `POST /v1/query` waits for the small objects (up to 4 MiB) acknowledged before it to be ingested, so that a client that uploads and then queries sees its rows without polling, e.g. `"100ms"`, `"2s"`. When it runs out, the query answers from what is there. Only objects written through this server count. A query that reads one silver table filtered to named objects (`WHERE _source_object = 'raw/a.csv'`) waits for those objects alone. `"0s"` answers at once. Default `"250ms"`.
     pub read_after_write: Option<String>,
 }
 

@@ -25,6 +25,13 @@ fn rows_of(server: &Server, object: &str) -> (i64, i64) {
     (as_i64(&row["v"]), as_i64(&row["q"]))
 }
 
+/// Valid rows of `object`, by a query that reads its rows alone (and so waits for its
+/// writes alone).
+fn valid_rows_of(server: &Server, object: &str) -> i64 {
+    let sql = format!("SELECT count(*) AS n FROM silver.trips WHERE _source_object = '{object}'");
+    as_i64(&server.query(&sql)[0]["n"])
+}
+
 #[test]
 fn the_first_query_after_an_upload_sees_every_row_of_it() {
     // The bound is far above any ingest here, so the answer cannot depend on timing.
@@ -46,20 +53,28 @@ fn the_first_query_after_an_upload_sees_every_row_of_it() {
     }
 
     // Three writers at once: their objects are ingested in shared batches, and each
-    // writer's first query still sees its own object whole.
+    // writer's first query still sees its own object whole, whether it asks about its
+    // object alone (waiting for that object's write alone) or about the whole lake.
     std::thread::scope(|s| {
         for (i, file) in files.iter().enumerate().skip(3) {
             let server = &server;
             s.spawn(move || {
                 let key = format!("landing/2024/01/many-{i}.csv");
                 server.put_file("raw", &key, file);
+                let alone = valid_rows_of(server, &format!("raw/{key}"));
                 let (valid, quarantined) = rows_of(server, &format!("raw/{key}"));
                 assert_eq!(valid + quarantined, 400, "{key}: {valid} + {quarantined}");
+                assert_eq!(
+                    alone, valid,
+                    "{key}: its own query saw {alone} of {valid} rows"
+                );
             });
         }
     });
 
     // A removal is a write too: the next query no longer sees the object's rows.
+    server.delete("raw", "landing/2024/01/one-1.csv");
+    assert_eq!(valid_rows_of(&server, "raw/landing/2024/01/one-1.csv"), 0);
     server.delete("raw", "landing/2024/01/one-0.csv");
     assert_eq!(
         rows_of(&server, "raw/landing/2024/01/one-0.csv"),
