@@ -325,17 +325,55 @@ fn typed_input_from_parquet_is_cast_without_text() {
 
 #[test]
 fn the_iso_fast_path_agrees_with_chrono() {
-    for s in [
-        "2019-06-01 00:55:13",
-        "2019-06-01T00:55:13.123",
-        "2019-02-29 00:00:00",
-        "2019-06-01 24:00:00",
-        "2019-6-1 00:00:00",
-    ] {
-        let fast = parse_iso_naive(s);
+    // Every spelling the fast path reads, and the ones it hands on, against chrono's
+    // parser: calendar edges (leap days by the 4/100/400 rules, month lengths, the
+    // first and last representable years, before the epoch), fractions of 1 to 9
+    // digits, and values that are not times.
+    let mut cases = vec![
+        "2019-06-01 00:55:13".to_string(),
+        "2019-06-01T00:55:13.123".into(),
+        "2019-02-29 00:00:00".into(),
+        "2024-02-29 23:59:59".into(),
+        "2000-02-29 12:00:00".into(),
+        "2100-02-29 12:00:00".into(),
+        "2019-06-01 24:00:00".into(),
+        "2019-06-01 23:60:00".into(),
+        "2019-06-01 23:59:60".into(),
+        "2019-13-01 00:00:00".into(),
+        "2019-00-10 00:00:00".into(),
+        "2019-04-31 00:00:00".into(),
+        "2019-04-00 00:00:00".into(),
+        "2019-6-1 00:00:00".into(),
+        "0000-01-01 00:00:00".into(),
+        "9999-12-31 23:59:59.999999".into(),
+        "1969-12-31 23:59:59.5".into(),
+        "1900-03-01 01:02:03".into(),
+        "2019-06-01 00:55:13,5".into(),
+        "2019-06-01 0a:55:13".into(),
+        "2019-06-01 00:55:13.12a".into(),
+    ];
+    for digits in 1..=9 {
+        cases.push(format!("2023-11-05 01:30:00.{}", &"987654321"[..digits]));
+    }
+    // Every day of four years, a leap year among them, at a time that moves.
+    let mut day = NaiveDate::from_ymd_opt(2023, 1, 1).unwrap();
+    for i in 0..4 * 366 {
+        cases.push(format!(
+            "{day} {:02}:{:02}:{:02}",
+            i % 24,
+            i % 60,
+            (i * 7) % 60
+        ));
+        day = day.succ_opt().unwrap();
+    }
+    for s in &cases {
+        let fast = parse_iso_micros(s);
         let slow = NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f")
             .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f"))
-            .ok();
+            .ok()
+            // chrono reads a 60th second as a leap second; a timestamp column does not.
+            .filter(|t| t.and_utc().timestamp_subsec_nanos() < 1_000_000_000)
+            .map(|t| t.and_utc().timestamp_micros());
         assert_eq!(fast, slow, "{s}");
     }
 }
@@ -374,7 +412,7 @@ fn cached_hour_offsets_agree_with_the_zone_across_its_transitions() {
                         .earliest()
                         .map(|t| t.timestamp_micros());
                     assert_eq!(
-                        hours.to_utc_micros(tz, &naive),
+                        hours.to_utc_micros(tz, naive.and_utc().timestamp_micros()),
                         want,
                         "{zone} {naive} (pass {pass})"
                     );
@@ -405,7 +443,8 @@ fn objects_cast_at_once_share_a_columns_hours_and_agree_with_the_zone() {
                         .from_local_datetime(&naive)
                         .earliest()
                         .map(|v| v.timestamp_micros());
-                    assert_eq!(hours.to_utc_micros(tz, &naive), want, "{naive}");
+                    let local = naive.and_utc().timestamp_micros();
+                    assert_eq!(hours.to_utc_micros(tz, local), want, "{naive}");
                 }
             });
         }
