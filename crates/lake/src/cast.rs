@@ -58,6 +58,10 @@ pub struct ColumnRules {
     /// `decimal(10,2)` is 1), so a value is checked with two integer comparisons; a value
     /// outside them goes through [`PreparedColumn::check_range`] for its message.
     decimal_bounds: (i128, i128),
+    /// An int or float column's `min` and `max` (infinite when absent), so a value in
+    /// range costs two comparisons inline; one outside goes through
+    /// [`PreparedColumn::check_range`] for its message.
+    bounds: (f64, f64),
     /// The zone's offset for the local hours seen lately (see [`HourOffsets`]); empty
     /// for a column without a zone.
     hours: HourOffsets,
@@ -94,6 +98,10 @@ impl ColumnRules {
                 }
                 _ => (i128::MIN, i128::MAX),
             },
+            bounds: (
+                column.min.unwrap_or(f64::NEG_INFINITY),
+                column.max.unwrap_or(f64::INFINITY),
+            ),
         }
     }
 }
@@ -106,6 +114,8 @@ pub struct PreparedColumn<'a> {
     /// Bit `n` (`n` < 63; 63 for longer) is set when a null spelling has `n` bytes: most
     /// values have a length no null spelling has, and are not compared with any.
     null_lengths: u64,
+    /// The column maps values (`map`): every value is looked up.
+    maps: bool,
 }
 
 /// Bit of a text length in [`PreparedColumn::null_lengths`].
@@ -210,6 +220,7 @@ impl<'a> PreparedColumn<'a> {
     ) -> Self {
         let null_lengths = null_values.iter().fold(0, |m, n| m | length_bit(n.len()));
         Self {
+            maps: !column.map.is_empty(),
             column,
             rules,
             null_values,
@@ -254,9 +265,25 @@ impl<'a> PreparedColumn<'a> {
         }
     }
 
-    /// Applies map, trimming and null spellings; None means null.
+    /// Applies map, trimming and null spellings; None means null. Inline for the usual
+    /// value (nothing to trim, no null spelling of its length, no map): a test of its two
+    /// ends and a bit; the rest in [`Self::normalize_other`].
+    #[inline]
     fn normalize<'v>(&'v self, raw: Option<&'v str>) -> Option<&'v str> {
         let v = raw?;
+        if let [first, .., last] = v.as_bytes()
+            && first.is_ascii_graphic()
+            && last.is_ascii_graphic()
+            && self.null_lengths & length_bit(v.len()) == 0
+            && !self.maps
+        {
+            return Some(v);
+        }
+        self.normalize_other(v)
+    }
+
+    #[inline(never)]
+    fn normalize_other<'v>(&'v self, v: &'v str) -> Option<&'v str> {
         // Most values start and end with a visible ASCII character: nothing to trim, and no
         // UTF-8 decoding at either end to find that out.
         let v = match v.as_bytes() {
@@ -279,7 +306,7 @@ impl<'a> PreparedColumn<'a> {
     /// The value `v` maps to (keys compare case-insensitively). Short ASCII values, the
     /// usual codes, are lowered on the stack: no allocation per value.
     fn mapped(&self, v: &str) -> Option<&str> {
-        if self.column.map.is_empty() {
+        if !self.maps {
             return None;
         }
         let mut buf = [0u8; 32];
@@ -336,6 +363,18 @@ impl<'a> PreparedColumn<'a> {
         None
     }
 
+    /// Whether `x` is within the column's `min` and `max`: two comparisons inline, the
+    /// failure's message only for a value outside.
+    #[inline]
+    fn in_range(&self, row: usize, x: f64, shown: &str) -> Result<(), ColumnFailure> {
+        let (lo, hi) = self.rules.bounds;
+        if lo <= x && x <= hi {
+            return Ok(());
+        }
+        self.check_range(row, x, shown).map_or(Ok(()), Err)
+    }
+
+    #[inline(never)]
     fn check_range(&self, row: usize, x: f64, shown: &str) -> Option<ColumnFailure> {
         if let Some(min) = self.column.min
             && x < min
@@ -401,20 +440,14 @@ impl<'a> PreparedColumn<'a> {
             ColumnType::Int => each_value!(Int64Builder::with_capacity(n), |row, v| {
                 parse_int(v)
                     .ok_or_else(|| self.fail(row, "bad_int", format!("{v:?} is not an integer")))
-                    .and_then(|x| match self.check_range(row, x as f64, v) {
-                        Some(f) => Err(f),
-                        None => Ok(x),
-                    })
+                    .and_then(|x| self.in_range(row, x as f64, v).map(|()| x))
             }),
             ColumnType::Float => each_value!(Float64Builder::with_capacity(n), |row, v| {
                 v.parse::<f64>()
                     .ok()
                     .filter(|x| x.is_finite())
                     .ok_or_else(|| self.fail(row, "bad_number", format!("{v:?} is not a number")))
-                    .and_then(|x| match self.check_range(row, x, v) {
-                        Some(f) => Err(f),
-                        None => Ok(x),
-                    })
+                    .and_then(|x| self.in_range(row, x, v).map(|()| x))
             }),
             ColumnType::Decimal { precision, scale } => {
                 let (p, s) = (*precision, *scale);

@@ -99,10 +99,15 @@ impl Entry {
         schema: &SchemaRef,
     ) -> Result<Arc<[TailBatch]>, arrow::error::ArrowError> {
         let mut form = self.query_form.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((kept, rows)) = form.as_ref()
-            && (Arc::ptr_eq(kept, schema) || kept == schema)
-        {
-            return Ok(rows.clone());
+        if let Some((kept, rows)) = form.as_mut() {
+            if Arc::ptr_eq(kept, schema) {
+                return Ok(rows.clone());
+            }
+            if kept == schema {
+                // Equal, another Arc: kept instead, so the next query's is found by pointer.
+                *kept = schema.clone();
+                return Ok(rows.clone());
+            }
         }
         let rows: Arc<[TailBatch]> = self
             .batches

@@ -510,3 +510,56 @@ proptest::proptest! {
         );
     }
 }
+
+#[test]
+fn bounds_are_inclusive_and_one_sided_bounds_leave_the_other_side_open() {
+    let mut int = column(ColumnType::Int);
+    int.min = Some(1.0);
+    int.max = Some(265.0);
+    let (a, f) = cast(
+        &int,
+        &[Some("1"), Some("265"), Some("0"), Some("266"), Some("2.0")],
+    );
+    let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!((a.value(0), a.value(1), a.value(4)), (1, 265, 2));
+    assert_eq!(codes(&f), vec![(2, "below_min"), (3, "above_max")]);
+    assert_eq!(f[1].message, "c: 266 is above the maximum 265");
+
+    let mut float = column(ColumnType::Float);
+    float.min = Some(-74.3);
+    let (a, f) = cast(
+        &float,
+        &[Some("-74.3"), Some("-74.30001"), Some("1e300"), Some("inf")],
+    );
+    let a = a.as_any().downcast_ref::<Float64Array>().unwrap();
+    assert_eq!((a.value(0), a.value(2)), (-74.3, 1e300));
+    assert_eq!(codes(&f), vec![(1, "below_min"), (3, "bad_number")]);
+}
+
+#[test]
+fn null_spellings_and_map_keys_of_a_values_length_are_still_recognized() {
+    // "NULL" has the length of "12.5" and of "CASH": each value of that length is compared.
+    let mut col = column(ColumnType::Int);
+    col.map = [
+        ("cash".to_string(), "2".to_string()),
+        ("none".to_string(), String::new()),
+    ]
+    .into_iter()
+    .collect();
+    let nulls = ["NULL".to_string(), "-".to_string()];
+    let input: ArrayRef = Arc::new(StringArray::from(vec![
+        Some("CASH"),
+        Some("NULL"),
+        Some("-"),
+        Some("None"),
+        Some("1234"),
+        Some(" 7 "),
+        Some("1"),
+    ]));
+    let (a, f) = PreparedColumn::new(&col, &nulls).cast(Some(&input), 7);
+    let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(a.value(0), 2);
+    assert!(a.is_null(1) && a.is_null(2) && a.is_null(3));
+    assert_eq!((a.value(4), a.value(5), a.value(6)), (1234, 7, 1));
+}
