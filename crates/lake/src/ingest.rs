@@ -994,7 +994,8 @@ fn partition_keys(batch: &RecordBatch, partition_by: &[String]) -> Result<BTreeS
     let rows = RowConverter::new(fields)
         .and_then(|converter| converter.convert_columns(&columns))
         .map_err(arrow_error)?;
-    let mut seen = std::collections::HashSet::new();
+    // foldhash (DataFusion's HashSet), not SipHash: one probe per row.
+    let mut seen = datafusion::common::HashSet::new();
     let firsts: UInt32Array = (0..rows.num_rows())
         .filter(|&i| seen.insert(rows.row(i)))
         .map(|i| i as u32)

@@ -7,7 +7,7 @@
 //! valid, typed, derived rows and a list of [`Rejection`]s, one per bad row,
 //! with the first reason that applies. `valid + rejected == input` always.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray};
@@ -234,7 +234,7 @@ impl CompiledContract {
             source_object: source_object.to_string(),
             source_version: source_version.to_string(),
             key_values,
-            seen: HashMap::new(),
+            seen: datafusion::common::HashMap::new(),
             row_converter: (!self.unique_idx.is_empty())
                 .then(|| {
                     RowConverter::new(
@@ -297,7 +297,8 @@ pub struct Validator<'a> {
     source_object: String,
     source_version: String,
     key_values: Vec<Option<String>>,
-    seen: HashMap<Vec<u8>, u64>,
+    /// Each unique key seen, with its line (foldhash: one probe per row).
+    seen: datafusion::common::HashMap<Vec<u8>, u64>,
     row_converter: Option<RowConverter>,
 }
 
