@@ -538,7 +538,7 @@ fn bounds_are_inclusive_and_one_sided_bounds_leave_the_other_side_open() {
 
 #[test]
 fn null_spellings_and_map_keys_of_a_values_length_are_still_recognized() {
-    // "NULL" has the length of "12.5" and of "CASH": each value of that length is compared.
+    // "NULL" has the length of "1234" and of "CASH": each value of that length is compared.
     let mut col = column(ColumnType::Int);
     col.map = [
         ("cash".to_string(), "2".to_string()),
