@@ -654,8 +654,9 @@ pub fn source_state_in(index: &FileIndex, txns: &TxnVersions, source_object: &st
     }
 }
 
-/// The compacted files holding rows of any of `sources`: each file's `_source_object`
-/// column is checked, row groups whose statistics exclude them all skipped.
+/// The compacted files holding rows of any of `sources` (named as the table's app ids
+/// are, [`source_values`]): each file's source column is checked, row groups whose
+/// statistics exclude them all skipped.
 pub async fn shared_files(
     name: &str,
     table: &DeltaTable,
@@ -668,7 +669,7 @@ pub async fn shared_files(
     tokio::task::spawn_blocking(move || {
         let mut out = Vec::new();
         for add in files {
-            if file_holds(&root, &add, &sources).map_err(|e| {
+            if file_holds(&root, &name, &add, &sources).map_err(|e| {
                 Error::Internal(format!("reading {name} data file {}: {e}", add.path))
             })? {
                 out.push(add);
@@ -692,21 +693,60 @@ fn file_path(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
     root.join(decoded.as_ref())
 }
 
+/// Where a shared file of table `name` names each row's source, and the values there
+/// that are among `sources` (the table's app ids without their prefix): a silver table's
+/// `_source_object` (`bucket/key`); the quarantine's `source_object`, for sources named
+/// `table:bucket/key` whose table is the file's `table_name` partition (the quarantine's
+/// app ids).
+fn source_values(
+    name: &str,
+    add: &Add,
+    sources: &BTreeSet<String>,
+) -> (&'static str, BTreeSet<String>) {
+    if name != QUARANTINE_NAME {
+        return (SOURCE_COLUMN, sources.clone());
+    }
+    let values = match add.partition_values.get(QUARANTINE_PARTITION) {
+        Some(Some(table)) => {
+            let prefix = format!("{table}:");
+            sources
+                .iter()
+                .filter_map(|s| s.strip_prefix(&prefix).map(String::from))
+                .collect()
+        }
+        _ => BTreeSet::new(),
+    };
+    (QUARANTINE_SOURCE_COLUMN, values)
+}
+
+/// The quarantine table's name in commits and errors (its app ids are `table:bucket/key`).
+const QUARANTINE_NAME: &str = "quarantine";
+/// The quarantine's partition column: the table a quarantined row was meant for.
+const QUARANTINE_PARTITION: &str = "table_name";
+/// The quarantine's column naming a row's source object.
+const QUARANTINE_SOURCE_COLUMN: &str = "source_object";
+
 fn file_holds(
     root: &std::path::Path,
+    name: &str,
     add: &Add,
     sources: &BTreeSet<String>,
 ) -> Result<bool, Box<dyn std::error::Error + Send + Sync>> {
     use parquet::arrow::ProjectionMask;
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::file::statistics::Statistics;
+    let (source_column, sources) = source_values(name, add, sources);
+    if sources.is_empty() {
+        return Ok(false);
+    }
+    let sources = &sources;
     let file = std::fs::File::open(file_path(root, add))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
     let parquet_schema = builder.parquet_schema();
     let Some(column) = parquet_schema
         .columns()
         .iter()
-        .position(|c| c.name() == SOURCE_COLUMN)
+        .position(|c| c.name() == source_column)
     else {
         return Ok(false);
     };
@@ -833,8 +873,9 @@ pub async fn read_file(
     Ok(out)
 }
 
-/// Rewrites files shared with other objects without the rows of `sources`: the files'
-/// removes and the rewritten files' adds, for the caller's commit.
+/// Rewrites files shared with other objects without the rows of `sources` (named as the
+/// table's app ids are, [`source_values`]): the files' removes and the rewritten files'
+/// adds, for the caller's commit.
 pub async fn rewrite_without(
     name: &str,
     table: &DeltaTable,
@@ -844,12 +885,13 @@ pub async fn rewrite_without(
     let mut adds = Vec::new();
     let mut removes = Vec::new();
     for file in shared {
+        let (source_column, sources) = source_values(name, file, sources);
         let mut writer = FileWriter::new(name, table)?;
         let schema = writer.schema();
         for batch in read_file(name, table, file, &schema).await? {
             let column = batch
-                .column_by_name(SOURCE_COLUMN)
-                .ok_or_else(|| Error::Internal(format!("{name} has no {SOURCE_COLUMN} column")))?;
+                .column_by_name(source_column)
+                .ok_or_else(|| Error::Internal(format!("{name} has no {source_column} column")))?;
             let column = arrow::compute::cast(column, &DataType::Utf8)
                 .map_err(|e| Error::Internal(format!("reading {}: {e}", file.path)))?;
             let keep: BooleanArray = column

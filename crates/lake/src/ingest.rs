@@ -465,6 +465,9 @@ impl Batch<'_> {
         let mut buffered: Vec<RecordBatch> = Vec::new();
         let mut own_files: Vec<Add> = Vec::new();
         let (mut q_adds, mut q_removes, mut q_txns) = (Vec::new(), Vec::new(), Vec::new());
+        // Quarantine app ids whose earlier rows are replaced: found in the quarantine's
+        // shared files (a tail flush's) and rewritten without them.
+        let mut q_replaced: BTreeSet<String> = BTreeSet::new();
         let mut q_rows: Vec<RecordBatch> = Vec::new();
 
         // First what each object needs, then their reads side by side (a burst of small
@@ -492,7 +495,11 @@ impl Batch<'_> {
                 ))));
                 continue;
             }
-            if state.applied_seq.is_some() || !q_state.removes.is_empty() {
+            // Replacing rows goes through a commit (a tail only appends).
+            if state.applied_seq.is_some()
+                || q_state.applied_seq.is_some()
+                || !q_state.removes.is_empty()
+            {
                 self.tails.use_tail = false;
             }
             planned.push(Planned {
@@ -576,11 +583,15 @@ impl Batch<'_> {
             if !quarantine_done
                 && (!quarantine_adds.is_empty()
                     || !quarantine_rows.is_empty()
-                    || !q_state.removes.is_empty())
+                    || !q_state.removes.is_empty()
+                    || q_state.applied_seq.is_some())
             {
                 q_adds.extend(quarantine_adds);
                 q_rows.extend(quarantine_rows);
                 q_removes.extend(q_state.removes);
+                if q_state.applied_seq.is_some() {
+                    q_replaced.insert(quarantine_app.clone());
+                }
                 q_txns.push((delta::app_id(&quarantine_app), src.event_seq));
             }
             let invalid_pct = if report.rows_in == 0 {
@@ -678,6 +689,21 @@ impl Batch<'_> {
                 let adds = write_quarantined(&self.quarantine, q_rows).await?;
                 self.written_quarantine.extend(adds.iter().cloned());
                 q_adds.extend(adds);
+            }
+            if !q_replaced.is_empty() && !quarantine_index.compacted.is_empty() {
+                let shared = delta::shared_files(
+                    "quarantine",
+                    &self.quarantine,
+                    &quarantine_index.compacted,
+                    &q_replaced,
+                )
+                .await?;
+                let (rewritten, retired) =
+                    delta::rewrite_without("quarantine", &self.quarantine, &shared, &q_replaced)
+                        .await?;
+                self.written_quarantine.extend(rewritten.iter().cloned());
+                q_adds.extend(rewritten);
+                q_removes.extend(retired);
             }
             target
                 .tables
@@ -1253,7 +1279,9 @@ pub async fn remove(
         if state.applied_seq.is_none_or(|s| s >= event_seq) {
             continue;
         }
-        let sources = BTreeSet::from([source_object.clone()]);
+        // Rows are found by the table's own name for their source: `bucket/key` in a
+        // silver table, `table:bucket/key` in the quarantine.
+        let sources = BTreeSet::from([app.clone()]);
         let shared = if state.compacted.is_empty() {
             Vec::new()
         } else {

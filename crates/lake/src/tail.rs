@@ -712,10 +712,13 @@ pub struct Flushed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
     /// One set of files for all entries, tagged as shared (a silver table: replacing an
-    /// object later rewrites them without its rows, like compaction's files).
+    /// object later rewrites them without its rows, like compaction's files), uncompressed
+    /// as compaction rewrites them.
     Shared,
-    /// Files of one quarantined object each, tagged with it (the quarantine table).
-    PerQuarantinedObject,
+    /// The same for the quarantine, Snappy-compressed (its raw text shrinks ~3x, and the
+    /// quarantine is not compacted). It wrote a file per quarantined object: one inode and
+    /// a Parquet footer per object, ~0.8 M instructions each (docs/benchmarks.md, session 33).
+    Quarantine,
 }
 
 /// Commits every entry of the table's tail not yet committed, as one set of files in one
@@ -749,21 +752,19 @@ pub async fn flush(
         .iter()
         .flat_map(|e| e.batches.iter().cloned())
         .collect();
-    let adds = match layout {
-        Layout::Shared => {
-            let mut writer = FileWriter::staging(name, &table)?;
-            let schema = writer.schema();
-            for batch in rows {
-                writer
-                    .write(conform(&batch, &schema).map_err(|e| {
-                        Error::Internal(format!("{name}: a tail entry does not fit the table: {e}"))
-                    })?)
-                    .await?;
-            }
-            writer.finish(&[(TAG_COMPACTED, "true")]).await?
-        }
-        Layout::PerQuarantinedObject => crate::ingest::write_quarantined(&table, rows).await?,
+    let mut writer = match layout {
+        Layout::Shared => FileWriter::staging(name, &table)?,
+        Layout::Quarantine => FileWriter::small(name, &table)?,
     };
+    let schema = writer.schema();
+    for batch in rows {
+        writer
+            .write(conform(&batch, &schema).map_err(|e| {
+                Error::Internal(format!("{name}: a tail entry does not fit the table: {e}"))
+            })?)
+            .await?;
+    }
+    let adds = writer.finish(&[(TAG_COMPACTED, "true")]).await?;
     let txns: Vec<(String, i64)> = {
         let mut latest: HashMap<String, i64> = HashMap::new();
         for (app, v) in pending.iter().flat_map(|e| e.txns.iter()) {

@@ -59,7 +59,7 @@ fn tables(platform: &Platform) -> Vec<(String, String, Layout)> {
     out.push((
         "quarantine".into(),
         LakePaths::QUARANTINE.into(),
-        Layout::PerQuarantinedObject,
+        Layout::Quarantine,
     ));
     out
 }
@@ -158,7 +158,7 @@ pub async fn flush_now(platform: &Arc<Platform>, table: &str) {
         platform,
         "quarantine",
         LakePaths::QUARANTINE,
-        Layout::PerQuarantinedObject,
+        Layout::Quarantine,
     )
     .await;
 }

@@ -42,6 +42,18 @@ fn optimize_commits(table_dir: &std::path::Path) -> usize {
         .count()
 }
 
+/// Quarantined rows of silver.trips per source object.
+fn quarantine_counts(server: &Server) -> BTreeMap<String, i64> {
+    server
+        .query(
+            "SELECT source_object AS o, count(*) AS n FROM sluice.quarantine \
+             WHERE table_name = 'trips' GROUP BY 1",
+        )
+        .iter()
+        .map(|r| (r["o"].as_str().unwrap().to_string(), as_i64(&r["n"])))
+        .collect()
+}
+
 fn no_duplicate_trips(server: &Server) {
     let dupes = server.query(
         "SELECT trip_id, count(*) AS n FROM silver.trips GROUP BY 1 HAVING count(*) > 1 LIMIT 3",
@@ -130,6 +142,22 @@ fn replace_remove_and_resend_touch_exactly_their_rows(
     }
     assert_eq!(oracle_counts(trips), after);
     no_duplicate_trips(server);
+    // Every row sent is once in silver or once in the quarantine, whatever files the
+    // quarantined rows share: the replaced object's earlier rows and the removed
+    // object's are gone from both.
+    let quarantined = quarantine_counts(server);
+    assert!(!quarantined.contains_key(&o(5)), "{quarantined:?}");
+    for i in (0..OBJECTS).filter(|&i| i != 5) {
+        let sent = if i == 3 { ROWS / 2 } else { ROWS };
+        let kept = after.get(&o(i)).copied().unwrap_or(0);
+        let held = quarantined.get(&o(i)).copied().unwrap_or(0);
+        assert_eq!(
+            kept + held,
+            sent as i64,
+            "{}: {kept} valid, {held} quarantined",
+            o(i)
+        );
+    }
 }
 
 #[test]
