@@ -952,9 +952,10 @@ impl Batch<'_> {
     }
 }
 
-/// Quarantined rows kept in memory (by a batch appending to the tails, or a tail's flush)
-/// as files of one object each, tagged with its quarantine app id like the files an
-/// ingest streams: replacing or removing the object finds them by their tag.
+/// Quarantined rows kept in memory (by a batch appending to the tails) as files of one
+/// object each, tagged with its quarantine app id like the files an ingest streams:
+/// replacing or removing the object finds them by their tag. (A tail's flush writes
+/// them into shared files instead, [`crate::tail::Layout::Quarantine`].)
 pub(crate) async fn write_quarantined(
     quarantine: &deltalake::DeltaTable,
     rows: Vec<RecordBatch>,
