@@ -715,9 +715,9 @@ pub enum Layout {
     /// object later rewrites them without its rows, like compaction's files), uncompressed
     /// as compaction rewrites them.
     Shared,
-    /// The same for the quarantine, Snappy-compressed (its raw text shrinks ~3x, and the
-    /// quarantine is not compacted). It wrote a file per quarantined object: one inode and
-    /// a Parquet footer per object, ~0.8 M instructions each (docs/benchmarks.md, session 33).
+    /// The same for the quarantine, Snappy-compressed (its raw text shrinks ~3x). It wrote
+    /// a file per quarantined object: one inode and a Parquet footer per object, ~0.8 M
+    /// instructions each (docs/benchmarks.md, session 33).
     Quarantine,
 }
 

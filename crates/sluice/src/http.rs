@@ -377,6 +377,7 @@ async fn compact(
     Path(table): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     match p.project.tables.get(&table) {
+        None if table == crate::platform::QUARANTINE => {}
         None => {
             return Err(ApiError(
                 StatusCode::NOT_FOUND,

@@ -24,6 +24,9 @@ use sluice_state::{ExecutionStore, NewJob, ObjectMeta, SqliteStore, StateStore, 
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+/// The quarantine's name where a table's is asked for (compaction, its commands).
+pub const QUARANTINE: &str = "quarantine";
+
 /// Everything a command needs, opened once.
 pub struct Platform {
     /// The validated project.
@@ -533,12 +536,16 @@ impl Platform {
             .remove(table);
     }
 
-    /// Compacts a silver table's small files (ingests of the table wait for its commit only).
+    /// Compacts a silver table's small files (ingests of the table wait for its commit only),
+    /// or the quarantine's ([`QUARANTINE`]).
     pub async fn compact(
         &self,
         table: &str,
         scope: sluice_lake::compact::Scope<'_>,
     ) -> Result<sluice_lake::compact::CompactReport> {
+        if table == QUARANTINE {
+            return self.compact_quarantine(scope).await;
+        }
         let t = self
             .project
             .tables
@@ -568,6 +575,41 @@ impl Platform {
             return Ok(Default::default());
         };
         let _alone = lock.write().await;
+        Ok(prepared.commit(&self.tables).await?)
+    }
+
+    /// Compacts the quarantine's small files: a tail's flush writes a few each time it
+    /// runs. Its rows are rewritten by the ingests of every silver table (replacing or
+    /// removing an object), each under its own table's lock, so the commit takes all of
+    /// them, in name order (no holder of one table's lock waits for another's).
+    async fn compact_quarantine(
+        &self,
+        scope: sluice_lake::compact::Scope<'_>,
+    ) -> Result<sluice_lake::compact::CompactReport> {
+        let prepared = sluice_lake::compact::prepare(
+            &self.paths,
+            QUARANTINE,
+            LakePaths::QUARANTINE,
+            scope,
+            &self.tables,
+        )
+        .await?;
+        let Some(prepared) = prepared else {
+            return Ok(Default::default());
+        };
+        let mut silver: Vec<&String> = self
+            .project
+            .tables
+            .iter()
+            .filter(|(_, t)| t.layer == Layer::Silver)
+            .map(|(name, _)| name)
+            .collect();
+        silver.sort();
+        let locks: Vec<_> = silver.into_iter().map(|t| self.table_lock(t)).collect();
+        let mut alone = Vec::with_capacity(locks.len());
+        for lock in &locks {
+            alone.push(lock.write().await);
+        }
         Ok(prepared.commit(&self.tables).await?)
     }
 

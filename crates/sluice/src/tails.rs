@@ -195,9 +195,8 @@ async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layou
                 rows = flushed.rows,
                 "tail flushed"
             );
-            if layout == Layout::Shared {
-                worker::compact_later(platform, name, flushed.partitions);
-            }
+            // The quarantine too: a flush writes a few files into it each time.
+            worker::compact_later(platform, name, flushed.partitions);
             true
         }
         Ok(None) => true,

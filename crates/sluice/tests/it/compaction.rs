@@ -204,6 +204,19 @@ fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactl
     assert_eq!(counts(&server), before);
     assert_eq!(oracle_counts(&trips), before);
 
+    // The quarantine's small files (a tail flush's each) merge the same way, rows unchanged.
+    let quarantine = project.path().join(".sluice/lake/sluice/quarantine");
+    let quarantined = quarantine_counts(&server);
+    let files_before = active_files(&quarantine);
+    let (status, report) = server.post("/v1/tables/quarantine/compact");
+    assert_eq!(status, 200, "{report}");
+    let files_after = active_files(&quarantine);
+    assert!(
+        files_after < files_before && files_after == 1,
+        "{files_before} -> {files_after} quarantine files: {report}"
+    );
+    assert_eq!(quarantine_counts(&server), quarantined);
+
     // Replacing an object whose rows now share files with others replaces exactly its rows.
     replace_remove_and_resend_touch_exactly_their_rows(&server, &month, &trips, &before);
 
