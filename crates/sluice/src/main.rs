@@ -163,13 +163,13 @@ enum Command {
         /// Table name.
         table: String,
     },
-    /// Merge a silver table's small files into large ones (sluice up also does this by itself
-    /// as partitions fill with small files). While `sluice up` serves the project, ask it
-    /// instead: curl -X POST http://127.0.0.1:8080/v1/tables/TABLE/compact
+    /// Merge a silver table's small files into large ones, or the quarantine's (sluice up
+    /// also does this by itself as partitions fill with small files). While `sluice up`
+    /// serves the project, ask it instead: curl -X POST http://127.0.0.1:8080/v1/tables/TABLE/compact
     ///
     /// Example: sluice compact trips
     Compact {
-        /// Silver table name.
+        /// Silver table name, or `quarantine`.
         table: String,
     },
     /// List recent runs: status, duration, rows in / valid / quarantined, bytes.
