@@ -703,7 +703,8 @@ fn source_values(
     add: &Add,
     sources: &BTreeSet<String>,
 ) -> (&'static str, BTreeSet<String>) {
-    if name != QUARANTINE_NAME {
+    use crate::ingest::{QUARANTINE_PARTITION, QUARANTINE_SOURCE_COLUMN, QUARANTINE_TABLE};
+    if name != QUARANTINE_TABLE {
         return (SOURCE_COLUMN, sources.clone());
     }
     let values = match add.partition_values.get(QUARANTINE_PARTITION) {
@@ -718,13 +719,6 @@ fn source_values(
     };
     (QUARANTINE_SOURCE_COLUMN, values)
 }
-
-/// The quarantine table's name in commits and errors (its app ids are `table:bucket/key`).
-const QUARANTINE_NAME: &str = "quarantine";
-/// The quarantine's partition column: the table a quarantined row was meant for.
-const QUARANTINE_PARTITION: &str = "table_name";
-/// The quarantine's column naming a row's source object.
-const QUARANTINE_SOURCE_COLUMN: &str = "source_object";
 
 fn file_holds(
     root: &std::path::Path,

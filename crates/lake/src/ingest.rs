@@ -127,8 +127,13 @@ impl IngestReport {
     }
 }
 
+/// The quarantine table's name in commits, errors and commands (its app ids are
+/// `table:bucket/key`).
+pub const QUARANTINE_TABLE: &str = "quarantine";
 /// The quarantine table's partition column.
 pub const QUARANTINE_PARTITION: &str = "table_name";
+/// The quarantine table's column naming a row's source object.
+pub const QUARANTINE_SOURCE_COLUMN: &str = "source_object";
 /// The quarantine table's description in its Delta metadata.
 pub const QUARANTINE_DESCRIPTION: &str =
     "rows rejected by a contract, with reason, source object and line";
@@ -140,7 +145,7 @@ pub fn quarantine_schema() -> SchemaRef {
         Field::new("reason_code", DataType::Utf8, false),
         Field::new("reason", DataType::Utf8, false),
         Field::new("column_name", DataType::Utf8, true),
-        Field::new("source_object", DataType::Utf8, false),
+        Field::new(QUARANTINE_SOURCE_COLUMN, DataType::Utf8, false),
         Field::new("source_version", DataType::Utf8, false),
         Field::new("line", DataType::Int64, false),
         Field::new("raw", DataType::Utf8, false),
@@ -692,15 +697,19 @@ impl Batch<'_> {
             }
             if !q_replaced.is_empty() && !quarantine_index.compacted.is_empty() {
                 let shared = delta::shared_files(
-                    "quarantine",
+                    QUARANTINE_TABLE,
                     &self.quarantine,
                     &quarantine_index.compacted,
                     &q_replaced,
                 )
                 .await?;
-                let (rewritten, retired) =
-                    delta::rewrite_without("quarantine", &self.quarantine, &shared, &q_replaced)
-                        .await?;
+                let (rewritten, retired) = delta::rewrite_without(
+                    QUARANTINE_TABLE,
+                    &self.quarantine,
+                    &shared,
+                    &q_replaced,
+                )
+                .await?;
                 self.written_quarantine.extend(rewritten.iter().cloned());
                 q_adds.extend(rewritten);
                 q_removes.extend(retired);

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 /// The quarantine's name where a table's is asked for (compaction, its commands).
-pub const QUARANTINE: &str = "quarantine";
+pub use sluice_lake::ingest::QUARANTINE_TABLE as QUARANTINE;
 
 /// Everything a command needs, opened once.
 pub struct Platform {
