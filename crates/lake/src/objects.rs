@@ -96,6 +96,23 @@ async fn large_chunks(
     }
 }
 
+/// fsyncs a file's data and the directory entry that names it.
+fn sync_file_and_dir(file: &std::path::Path) -> Result<(), Error> {
+    let io = |what: &str| {
+        let what = format!("{what} {}", file.display());
+        move |source| Error::Io { what, source }
+    };
+    std::fs::File::open(file)
+        .and_then(|f| f.sync_data())
+        .map_err(io("fsyncing"))?;
+    if let Some(dir) = file.parent() {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsyncing the directory of"))?;
+    }
+    Ok(())
+}
+
 /// Which digests a write computes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Hashes {
@@ -236,6 +253,7 @@ impl Objects {
             md5: true,
         };
         let written = self.write_stream(&path, body, hashes, checks).await?;
+        self.make_durable(&path).await?;
         let sha256 = checks.verified_sha256.clone().unwrap_or(written.sha256);
         Ok(Stored {
             object: object_ref(bucket, key, written.size, sha256, written.e_tag),
@@ -370,7 +388,11 @@ impl Objects {
         let sha256 = composite_sha256(&part_shas)?;
         let target = object_path(bucket, key);
         let (size, e_tag) = match &self.local {
-            Some(local) => assemble_local(local, upload_id, parts, &target).await?,
+            Some(local) => {
+                let assembled = assemble_local(local, upload_id, parts, &target).await?;
+                self.make_durable(&target).await?;
+                assembled
+            }
             None => {
                 let paths: Vec<Path> = parts
                     .iter()
@@ -447,8 +469,25 @@ impl Objects {
                 },
                 other => Error::store("copying the object", other),
             })?;
+            self.make_durable(&dst).await?;
         }
         self.version(to.0, to.1).await
+    }
+
+    /// Makes a stored object survive a power loss, before its write is acknowledged (on
+    /// local disk: its bytes and its directory entry fsync'd; object_store's local store
+    /// renames a written file into place without either). Other stores are durable when
+    /// they answer.
+    async fn make_durable(&self, path: &Path) -> Result<(), Error> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let file = local
+            .path_to_filesystem(path)
+            .map_err(|e| Error::store("locating the object", e))?;
+        tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
+            .await
+            .map_err(|e| Error::Internal(format!("the fsync task died: {e}")))?
     }
 
     /// The store's version (ETag) of an object as it is now.
