@@ -145,7 +145,12 @@ pub async fn open_or_create(
     if let Some(d) = description {
         create = create.with_comment(d);
     }
-    create.await.map_err(|e| Error::delta(name, e))
+    let table = create.await.map_err(|e| Error::delta(name, e))?;
+    if let (Ok(root), Some(version)) = (table.table_url().to_file_path(), table.version()) {
+        let log = root.join("_delta_log");
+        sync_durably(name, root, vec![log.join(format!("{version:020}.json"))]).await?;
+    }
+    Ok(table)
 }
 
 /// The columns whose statistics a table of landed rows keeps in its Delta log: the source
@@ -451,6 +456,18 @@ impl TableCache {
                 if let Err(e) = deltalake::checkpoints::create_checkpoint(&table, None).await {
                     tracing::warn!(table = %name, error = %e, "checkpoint failed");
                     return;
+                }
+                // `_last_checkpoint` names the checkpoint: both survive a power loss, or a
+                // reader could be sent to a checkpoint file that lost its bytes.
+                if let Ok(root) = table.table_url().to_file_path() {
+                    let log = root.join("_delta_log");
+                    let files = vec![
+                        log.join(format!("{version:020}.checkpoint.parquet")),
+                        log.join("_last_checkpoint"),
+                    ];
+                    if let Err(e) = sync_durably(&name, log, files).await {
+                        tracing::warn!(table = %name, error = %e, "checkpoint not fsync'd");
+                    }
                 }
                 if cleanup
                     && let Err(e) = deltalake::checkpoints::cleanup_metadata(&table, None).await
@@ -1762,6 +1779,17 @@ async fn commit_with(
         .map(Action::Remove)
         .chain(adds.into_iter().map(Action::Add))
         .collect();
+    let local = table.table_url().to_file_path().ok();
+    if let Some(root) = &local {
+        let files: Vec<std::path::PathBuf> = actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Add(add) => Some(stored_file(root, add)),
+                _ => None,
+            })
+            .collect();
+        sync_durably(name, root.clone(), files).await?;
+    }
     let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
     let finalized = CommitBuilder::from(properties)
         .with_actions(actions)
@@ -1772,7 +1800,69 @@ async fn commit_with(
     // The commit brought its snapshot up to the new version already; reading the log
     // again would repeat that work.
     table.state = Some(finalized.snapshot());
+    if let Some(root) = local {
+        let log = root.join("_delta_log");
+        let commit = log.join(format!("{version:020}.json"));
+        sync_durably(name, log, vec![commit]).await?;
+    }
     Ok(version as i64)
+}
+
+/// Where the local store keeps an added file: the log's path parsed as deltalake's writer
+/// parses it, each segment as object_store spells it on disk (a partition value's
+/// `%2F` stays `%2F`: decoded, `us%2Feast` would name a directory `us/east`).
+fn stored_file(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
+    let location = object_store::path::Path::parse(&add.path)
+        .unwrap_or_else(|_| object_store::path::Path::from(add.path.as_str()));
+    let mut file = root.to_path_buf();
+    for part in location.parts() {
+        file.push(part.as_ref());
+    }
+    file
+}
+
+/// Makes `files` under `root` survive a power loss: each file's bytes, then every
+/// directory from each file's up to `root` (new partition directories' entries too).
+/// object_store's local store, which deltalake writes through, renames files into place
+/// without an fsync, so before this a commit's files and its log entry could be lost to
+/// a power loss after the commit returned, and with them the rows of a tail it pruned.
+/// A commit's data files are made durable before its log entry is written, and the log
+/// entry before the commit returns.
+async fn sync_durably(
+    name: &str,
+    root: std::path::PathBuf,
+    files: Vec<std::path::PathBuf>,
+) -> Result<(), Error> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let synced = tokio::task::spawn_blocking(move || {
+        let mut dirs = BTreeSet::new();
+        for file in &files {
+            std::fs::File::open(file)
+                .and_then(|f| f.sync_data())
+                .map_err(|e| (file.clone(), e))?;
+            let mut dir = file.parent();
+            while let Some(d) = dir {
+                if !d.starts_with(&root) || !dirs.insert(d.to_path_buf()) {
+                    break;
+                }
+                dir = d.parent();
+            }
+        }
+        for dir in &dirs {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| (dir.clone(), e))?;
+        }
+        Ok::<_, (std::path::PathBuf, std::io::Error)>(())
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("{name}: the fsync task died: {e}")))?;
+    synced.map_err(|(path, source)| Error::Io {
+        what: format!("{name}: fsyncing {}", path.display()),
+        source,
+    })
 }
 
 /// Deletes files written but never committed (a failed threshold, say).
