@@ -705,11 +705,6 @@ fn table_dir(name: &str, table: &DeltaTable) -> Result<std::path::PathBuf, Error
         .map_err(|_| Error::Internal(format!("{name} is not on local disk")))
 }
 
-fn file_path(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
-    let decoded = percent_encoding::percent_decode_str(&add.path).decode_utf8_lossy();
-    root.join(decoded.as_ref())
-}
-
 /// Where a shared file of table `name` names each row's source, and the values there
 /// that are among `sources` (the table's app ids without their prefix): a silver table's
 /// `_source_object` (`bucket/key`); the quarantine's `source_object`, for sources named
@@ -1784,7 +1779,7 @@ async fn commit_with(
         let files: Vec<std::path::PathBuf> = actions
             .iter()
             .filter_map(|a| match a {
-                Action::Add(add) => Some(stored_file(root, add)),
+                Action::Add(add) => Some(file_path(root, add)),
                 _ => None,
             })
             .collect();
@@ -1808,10 +1803,11 @@ async fn commit_with(
     Ok(version as i64)
 }
 
-/// Where the local store keeps an added file: the log's path parsed as deltalake's writer
-/// parses it, each segment as object_store spells it on disk (a partition value's
-/// `%2F` stays `%2F`: decoded, `us%2Feast` would name a directory `us/east`).
-fn stored_file(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
+/// Where the local store keeps a data file: the log's path parsed as deltalake's writer
+/// parses it, each segment as object_store spells it on disk (a partition value's `%20`
+/// or `%2F` stays as it is: decoded, `eu%20west` would name `eu west`, a directory that
+/// does not exist, and compaction of a table partitioned by such text failed).
+fn file_path(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
     let location = object_store::path::Path::parse(&add.path)
         .unwrap_or_else(|_| object_store::path::Path::from(add.path.as_str()));
     let mut file = root.to_path_buf();

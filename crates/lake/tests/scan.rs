@@ -10,6 +10,7 @@ use arrow::array::{
 use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::pretty::pretty_format_batches;
 use deltalake::kernel::Add;
+use sluice_lake::compact::{self, Scope};
 use sluice_lake::sql::{Session, TableEntry};
 
 mod common;
@@ -174,6 +175,7 @@ async fn text_partition_values_filter_and_read_back() {
         ],
     )
     .unwrap();
+    let batch_again = batch.clone();
     lake.commit(batch, &[], &[]).await;
 
     let all = sql(&lake, "SELECT * FROM visits ORDER BY n").await;
@@ -226,6 +228,38 @@ async fn text_partition_values_filter_and_read_back() {
         2,
         "header and one row: {nulls}"
     );
+
+    // Compaction reads and rewrites those partitions' files where the writer put them
+    // (`us%2Feast%3D1` on disk, not a directory `us/east=1`).
+    lake.commit(batch_again, &[], &[]).await;
+    let report = compact::prepare(
+        &lake.paths,
+        "visits",
+        "silver/visits",
+        Scope::All,
+        &lake.tables,
+    )
+    .await
+    .unwrap()
+    .expect("each partition holds two small files")
+    .commit(&lake.tables)
+    .await
+    .unwrap();
+    assert_eq!(report.files_removed, 6);
+    let merged = sql(
+        &lake,
+        "SELECT region, sum(n) AS total FROM visits GROUP BY region ORDER BY region",
+    )
+    .await;
+    let expected = "\
++-----------+-------+
+| region    | total |
++-----------+-------+
+| eu west   | 8     |
+| us/east=1 | 4     |
+|           | 8     |
++-----------+-------+";
+    assert_eq!(merged, expected);
 }
 
 /// Rows waiting in the table's tail (acknowledged, not yet committed) answer with the
