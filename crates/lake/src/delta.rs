@@ -1808,13 +1808,17 @@ async fn commit_with(
 /// or `%2F` stays as it is: decoded, `eu%20west` would name `eu west`, a directory that
 /// does not exist, and compaction of a table partitioned by such text failed).
 fn file_path(root: &std::path::Path, add: &Add) -> std::path::PathBuf {
-    let location = object_store::path::Path::parse(&add.path)
-        .unwrap_or_else(|_| object_store::path::Path::from(add.path.as_str()));
     let mut file = root.to_path_buf();
-    for part in location.parts() {
+    for part in store_path(add).parts() {
         file.push(part.as_ref());
     }
     file
+}
+
+/// A data file's location in the table's store, as deltalake's writer made it.
+fn store_path(add: &Add) -> object_store::path::Path {
+    object_store::path::Path::parse(&add.path)
+        .unwrap_or_else(|_| object_store::path::Path::from(add.path.as_str()))
 }
 
 /// Makes `files` under `root` survive a power loss: each file's bytes, then every
@@ -1873,7 +1877,8 @@ async fn delete_files(
     adds: &[Add],
 ) -> Result<(), Error> {
     for add in adds {
-        let path = deltalake::Path::from(add.path.as_str());
+        // Path::from would escape a partition value's `%` again and miss the file.
+        let path = store_path(add);
         match store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => {

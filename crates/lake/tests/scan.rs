@@ -176,6 +176,7 @@ async fn text_partition_values_filter_and_read_back() {
     )
     .unwrap();
     let batch_again = batch.clone();
+    let batch_again_2 = batch.clone();
     lake.commit(batch, &[], &[]).await;
 
     let all = sql(&lake, "SELECT * FROM visits ORDER BY n").await;
@@ -260,6 +261,33 @@ async fn text_partition_values_filter_and_read_back() {
 |           | 8     |
 +-----------+-------+";
     assert_eq!(merged, expected);
+
+    // Files written and then discarded (a failed ingest's) are deleted from those
+    // partitions too, not left behind unreferenced.
+    let table = lake.table().await;
+    let on_disk = |root: &std::path::Path| parquet_count(root);
+    let root = table.table_url().to_file_path().unwrap();
+    let before = on_disk(&root);
+    let mut writer = sluice_lake::delta::FileWriter::new("visits", &table).unwrap();
+    writer.write(batch_again_2).await.unwrap();
+    let adds = writer.finish(&[]).await.unwrap();
+    assert_eq!(on_disk(&root), before + 3);
+    sluice_lake::delta::discard("visits", &table, &adds)
+        .await
+        .unwrap();
+    assert_eq!(on_disk(&root), before, "every discarded file is gone");
+}
+
+/// Parquet files under `dir`, at any depth.
+fn parquet_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .map(|p| match p.is_dir() {
+            true => parquet_count(&p),
+            false => usize::from(p.extension().is_some_and(|x| x == "parquet")),
+        })
+        .sum()
 }
 
 /// Rows waiting in the table's tail (acknowledged, not yet committed) answer with the
