@@ -39,6 +39,9 @@ pub struct Objects {
     /// [`slots`]) and completion moves or concatenates files in the kernel.
     local: Option<Arc<LocalFileSystem>>,
     slots: slots::Slots,
+    /// Directories under `objects/` whose own entry in their parent is known to be
+    /// durable: a new directory is fsync'd into its parent once, not on every write.
+    durable_dirs: Arc<std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>>,
 }
 
 /// An object listed in a bucket.
@@ -96,19 +99,38 @@ async fn large_chunks(
     }
 }
 
-/// fsyncs a file's data and the directory entry that names it.
-fn sync_file_and_dir(file: &std::path::Path) -> Result<(), Error> {
-    let io = |what: &str| {
-        let what = format!("{what} {}", file.display());
+/// fsyncs a file's data and the directory entry that names it, then, up to `root`, the
+/// entries of the directories above it not yet `known` to be durable (the write may have
+/// created them; each is fsync'd into its parent once).
+fn sync_file_and_dirs(
+    file: &std::path::Path,
+    root: &std::path::Path,
+    known: &std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
+) -> Result<(), Error> {
+    let io = |what: &str, path: &std::path::Path| {
+        let what = format!("{what} {}", path.display());
         move |source| Error::Io { what, source }
     };
     std::fs::File::open(file)
         .and_then(|f| f.sync_data())
-        .map_err(io("fsyncing"))?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io("fsyncing the directory of"))?;
+        .map_err(io("fsyncing", file))?;
+    let is_known =
+        |d: &std::path::Path| known.lock().unwrap_or_else(|p| p.into_inner()).contains(d);
+    let (mut child, mut dir) = (None::<&std::path::Path>, file.parent());
+    while let Some(d) = dir {
+        std::fs::File::open(d)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsyncing the directory", d))?;
+        if let Some(c) = child {
+            known
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(c.to_path_buf());
+        }
+        if d == root || !d.starts_with(root) || is_known(d) {
+            break;
+        }
+        (child, dir) = (Some(d), d.parent());
     }
     Ok(())
 }
@@ -227,6 +249,7 @@ impl Objects {
             store: store.clone(),
             local: Some(store),
             slots: slots::Slots::default(),
+            durable_dirs: Arc::default(),
         })
     }
 
@@ -482,10 +505,14 @@ impl Objects {
         let Some(local) = &self.local else {
             return Ok(());
         };
-        let file = local
-            .path_to_filesystem(path)
-            .map_err(|e| Error::store("locating the object", e))?;
-        tokio::task::spawn_blocking(move || sync_file_and_dir(&file))
+        let locate = |p: &Path| {
+            local
+                .path_to_filesystem(p)
+                .map_err(|e| Error::store("locating the object", e))
+        };
+        let (file, root) = (locate(path)?, locate(&Path::from(OBJECTS))?);
+        let known = self.durable_dirs.clone();
+        tokio::task::spawn_blocking(move || sync_file_and_dirs(&file, &root, &known))
             .await
             .map_err(|e| Error::Internal(format!("the fsync task died: {e}")))?
     }

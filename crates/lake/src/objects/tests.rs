@@ -175,6 +175,59 @@ async fn a_single_write_records_the_bytes_sha256_and_the_stores_version() {
     assert_eq!(read_all(&objects, &to_bucket, &to_key).await, b"a,b\n1,2\n");
 }
 
+/// A write into directories it creates fsyncs each new directory into its parent, up to
+/// `objects/`, once: the next write into the same directory walks no further than it.
+#[tokio::test]
+async fn a_write_makes_the_directories_it_created_durable_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::open_local(dir.path()).unwrap();
+    let known = || {
+        let root = dir.path().join("objects");
+        let mut dirs: Vec<String> = objects
+            .durable_dirs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.strip_prefix(&root).unwrap().display().to_string())
+            .collect();
+        dirs.sort();
+        dirs
+    };
+    let put = |key: &'static str| {
+        let objects = objects.clone();
+        async move {
+            let (bucket, key) = names("raw", key);
+            let body = body(vec![b"a\n".to_vec()]);
+            objects
+                .put_stream(&bucket, &key, body, &BodyChecks::default())
+                .await
+                .unwrap();
+        }
+    };
+    put("landing/2024/01/a.csv").await;
+    assert_eq!(
+        known(),
+        [
+            "raw",
+            "raw/landing",
+            "raw/landing/2024",
+            "raw/landing/2024/01"
+        ]
+    );
+    put("landing/2024/01/b.csv").await;
+    put("landing/2024/02/c.csv").await;
+    assert_eq!(
+        known(),
+        [
+            "raw",
+            "raw/landing",
+            "raw/landing/2024",
+            "raw/landing/2024/01",
+            "raw/landing/2024/02"
+        ]
+    );
+}
+
 #[test]
 fn a_composite_hash_refuses_what_is_not_a_sha256() {
     assert!(composite_sha256(&["abc".into()]).is_err());
