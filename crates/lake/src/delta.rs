@@ -1798,7 +1798,12 @@ async fn commit_with(
     if let Some(root) = local {
         let log = root.join("_delta_log");
         let commit = log.join(format!("{version:020}.json"));
-        sync_durably(name, log, vec![commit]).await?;
+        // The commit is visible already: an error here would make callers discard files
+        // it names (a failed flush deletes its files), so a failed fsync is reported, not
+        // raised; the disk that failed it is the operator's to look at.
+        if let Err(e) = sync_durably(name, log, vec![commit]).await {
+            tracing::error!(table = %name, version, error = %e, "commit not fsync'd");
+        }
     }
     Ok(version as i64)
 }
