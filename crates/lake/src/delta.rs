@@ -1826,13 +1826,10 @@ fn store_path(add: &Add) -> object_store::path::Path {
         .unwrap_or_else(|_| object_store::path::Path::from(add.path.as_str()))
 }
 
-/// Makes `files` under `root` survive a power loss: each file's bytes, then every
-/// directory from each file's up to `root` (new partition directories' entries too).
-/// object_store's local store, which deltalake writes through, renames files into place
-/// without an fsync, so before this a commit's files and its log entry could be lost to
-/// a power loss after the commit returned, and with them the rows of a tail it pruned.
-/// A commit's data files are made durable before its log entry is written, and the log
-/// entry before the commit returns.
+/// Makes `files` under `root` survive a power loss before a commit goes on
+/// ([`crate::durable`]): a commit's data files before its log entry is written, the log
+/// entry before the commit returns, so neither can be lost with the rows of a tail the
+/// commit let go.
 async fn sync_durably(
     name: &str,
     root: std::path::PathBuf,
@@ -1842,25 +1839,7 @@ async fn sync_durably(
         return Ok(());
     }
     let synced = tokio::task::spawn_blocking(move || {
-        let mut dirs = BTreeSet::new();
-        for file in &files {
-            std::fs::File::open(file)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| (file.clone(), e))?;
-            let mut dir = file.parent();
-            while let Some(d) = dir {
-                if !d.starts_with(&root) || !dirs.insert(d.to_path_buf()) {
-                    break;
-                }
-                dir = d.parent();
-            }
-        }
-        for dir in &dirs {
-            std::fs::File::open(dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|e| (dir.clone(), e))?;
-        }
-        Ok::<_, (std::path::PathBuf, std::io::Error)>(())
+        crate::durable::sync_files(&root, &files, &crate::durable::KnownDirs::default())
     })
     .await
     .map_err(|e| Error::Internal(format!("{name}: the fsync task died: {e}")))?;

@@ -19,6 +19,7 @@
 pub mod cast;
 pub mod compact;
 pub mod delta;
+mod durable;
 pub mod gold;
 mod hour_slots;
 pub mod ingest;

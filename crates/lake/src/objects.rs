@@ -39,9 +39,8 @@ pub struct Objects {
     /// [`slots`]) and completion moves or concatenates files in the kernel.
     local: Option<Arc<LocalFileSystem>>,
     slots: slots::Slots,
-    /// Directories under `objects/` whose own entry in their parent is known to be
-    /// durable: a new directory is fsync'd into its parent once, not on every write.
-    durable_dirs: Arc<std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>>,
+    /// Directories under `objects/` known to be durable in their parents.
+    durable_dirs: Arc<crate::durable::KnownDirs>,
 }
 
 /// An object listed in a bucket.
@@ -97,42 +96,6 @@ async fn large_chunks(
             Ok(stream.map_err(std::io::Error::other).boxed())
         }
     }
-}
-
-/// fsyncs a file's data and the directory entry that names it, then, up to `root`, the
-/// entries of the directories above it not yet `known` to be durable (the write may have
-/// created them; each is fsync'd into its parent once).
-fn sync_file_and_dirs(
-    file: &std::path::Path,
-    root: &std::path::Path,
-    known: &std::sync::Mutex<std::collections::HashSet<std::path::PathBuf>>,
-) -> Result<(), Error> {
-    let io = |what: &str, path: &std::path::Path| {
-        let what = format!("{what} {}", path.display());
-        move |source| Error::Io { what, source }
-    };
-    std::fs::File::open(file)
-        .and_then(|f| f.sync_data())
-        .map_err(io("fsyncing", file))?;
-    let is_known =
-        |d: &std::path::Path| known.lock().unwrap_or_else(|p| p.into_inner()).contains(d);
-    let (mut child, mut dir) = (None::<&std::path::Path>, file.parent());
-    while let Some(d) = dir {
-        std::fs::File::open(d)
-            .and_then(|f| f.sync_all())
-            .map_err(io("fsyncing the directory", d))?;
-        if let Some(c) = child {
-            known
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(c.to_path_buf());
-        }
-        if d == root || !d.starts_with(root) || is_known(d) {
-            break;
-        }
-        (child, dir) = (Some(d), d.parent());
-    }
-    Ok(())
 }
 
 /// Which digests a write computes.
@@ -498,9 +461,8 @@ impl Objects {
     }
 
     /// Makes a stored object survive a power loss, before its write is acknowledged (on
-    /// local disk: its bytes and its directory entry fsync'd; object_store's local store
-    /// renames a written file into place without either). Other stores are durable when
-    /// they answer.
+    /// local disk: [`crate::durable::sync_files`]). Other stores are durable when they
+    /// answer.
     async fn make_durable(&self, path: &Path) -> Result<(), Error> {
         let Some(local) = &self.local else {
             return Ok(());
@@ -512,9 +474,14 @@ impl Objects {
         };
         let (file, root) = (locate(path)?, locate(&Path::from(OBJECTS))?);
         let known = self.durable_dirs.clone();
-        tokio::task::spawn_blocking(move || sync_file_and_dirs(&file, &root, &known))
-            .await
-            .map_err(|e| Error::Internal(format!("the fsync task died: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            crate::durable::sync_files(&root, &[file], &known).map_err(|(path, source)| Error::Io {
+                what: format!("fsyncing {}", path.display()),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the fsync task died: {e}")))?
     }
 
     /// The store's version (ETag) of an object as it is now.

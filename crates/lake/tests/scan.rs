@@ -265,17 +265,16 @@ async fn text_partition_values_filter_and_read_back() {
     // Files written and then discarded (a failed ingest's) are deleted from those
     // partitions too, not left behind unreferenced.
     let table = lake.table().await;
-    let on_disk = |root: &std::path::Path| parquet_count(root);
     let root = table.table_url().to_file_path().unwrap();
-    let before = on_disk(&root);
+    let before = parquet_count(&root);
     let mut writer = sluice_lake::delta::FileWriter::new("visits", &table).unwrap();
     writer.write(batch_again_2).await.unwrap();
     let adds = writer.finish(&[]).await.unwrap();
-    assert_eq!(on_disk(&root), before + 3);
+    assert_eq!(parquet_count(&root), before + 3);
     sluice_lake::delta::discard("visits", &table, &adds)
         .await
         .unwrap();
-    assert_eq!(on_disk(&root), before, "every discarded file is gone");
+    assert_eq!(parquet_count(&root), before, "every discarded file is gone");
 }
 
 /// Parquet files under `dir`, at any depth.

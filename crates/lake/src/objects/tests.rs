@@ -181,18 +181,7 @@ async fn a_single_write_records_the_bytes_sha256_and_the_stores_version() {
 async fn a_write_makes_the_directories_it_created_durable_once() {
     let dir = tempfile::tempdir().unwrap();
     let objects = Objects::open_local(dir.path()).unwrap();
-    let known = || {
-        let root = dir.path().join("objects");
-        let mut dirs: Vec<String> = objects
-            .durable_dirs
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|d| d.strip_prefix(&root).unwrap().display().to_string())
-            .collect();
-        dirs.sort();
-        dirs
-    };
+    let known = || objects.durable_dirs.under(&dir.path().join("objects"));
     let put = |key: &'static str| {
         let objects = objects.clone();
         async move {
