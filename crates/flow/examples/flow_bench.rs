@@ -1,6 +1,6 @@
 //! Workflow benchmark (issue 5): milliseconds per step of a 40-step sequential
 //! workflow, in memory and durable (every history event committed to SQLite,
-//! WAL + synchronous=FULL, before the state it announces proceeds), and items
+//! WAL, fsync'd, before the state it announces proceeds), and items
 //! per second of a Map over 10,000 items.
 //!
 //! cargo run --release -p sluice-flow --example flow_bench [-- RUNS]
@@ -28,7 +28,7 @@ impl Resources for Echo {
 }
 
 /// The product's own durable store (sluice-state on SQLite, WAL,
-/// synchronous=FULL) through its group-committing writer, as `sluice` uses it:
+/// each commit fsync'd) through its group-committing writer, as `sluice` uses it:
 /// one transaction per state transition, and one before each task call.
 struct Durable(ExecutionWriter);
 
@@ -186,7 +186,7 @@ async fn main() {
     println!("40-step sequential workflow (20 Pass + 20 Task), median of {runs} runs:");
     println!("  in memory: {:.3} ms per step", median(memory));
     println!(
-        "  durable ({events} events and 60 step results, committed to SQLite (synchronous=FULL) at each of the 40 transitions and before each of the 20 task calls): {:.3} ms per step",
+        "  durable ({events} events and 60 step results, committed to SQLite and fsync'd at each of the 40 transitions and before each of the 20 task calls): {:.3} ms per step",
         median(durable)
     );
     for (c, d, r) in map_rates {

@@ -220,8 +220,9 @@ pub async fn execute(platform: &Arc<Platform>, worker: &str, jobs: Vec<LeasedJob
         })
         .collect();
     // One state-store transaction for the batch's starts and one for its ends, not one
-    // per object: each is a commit under the store's one lock (the ends' a synchronous
-    // one, an fsync; the starts' need not wait for the disk).
+    // per object: each is a commit under the store's one lock. Neither waits for the
+    // disk: a power loss that forgets them runs the jobs again, and their steps are
+    // idempotent (an object already applied is skipped).
     let starts: Vec<&Run> = members.iter().map(|m| &m.run).collect();
     if let Err(e) = platform.state.save_runs(&starts) {
         error!(error = %e, runs = size, "cannot record the runs");

@@ -20,7 +20,7 @@ mod sqlite;
 mod types;
 
 pub use executions::*;
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteStore, SyncStats};
 pub use types::*;
 
 use chrono::{DateTime, Utc};
@@ -33,6 +33,10 @@ pub enum Error {
     /// The database could not be opened or answered with an error.
     #[error("state store: {0}")]
     Db(#[from] rusqlite::Error),
+    /// Commits could not be made durable (an fsync of the WAL failed); every later
+    /// commit fails too until sluice restarts and recovers what the disk holds.
+    #[error("state store: {0}; restart sluice")]
+    Durability(String),
     /// A row that should exist does not.
     #[error("{what} {id} not found")]
     NotFound {
@@ -61,7 +65,7 @@ impl Error {
     /// The edge error code.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Db(_) => ErrorCode::Unavailable,
+            Error::Db(_) | Error::Durability(_) => ErrorCode::Unavailable,
             Error::NotFound { .. } => ErrorCode::NotFound,
             Error::LeaseLost(_) | Error::BucketNotEmpty(_) => ErrorCode::Conflict,
             Error::Corrupt { .. } => ErrorCode::Internal,

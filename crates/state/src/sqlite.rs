@@ -2,12 +2,13 @@
 //!
 //! One connection behind a mutex: SQLite serializes writers anyway, and
 //! every method is a short transaction, so callers on async threads hold it
-//! for microseconds. `synchronous=FULL` makes each commit durable before the
-//! caller acknowledges anything (an event before its write is acknowledged).
+//! for microseconds. Each commit that changed rows is durable before its method
+//! returns (an event before its write is acknowledged), by a WAL fsync after the
+//! lock is released that the commits made meanwhile share ([`wal_sync`]).
 //! Bookkeeping the queue can do without after a power loss (a lease, its
-//! extension, a run's start) commits without waiting for the disk
+//! extension, a run's start and end) does not wait for the disk
 //! ([`SqliteStore::relaxed`]): it survives a crash of the process, and the next
-//! synchronous commit makes it durable too.
+//! durable commit makes it durable too.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -18,7 +19,11 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use uuid::Uuid;
 
+mod checkpoint;
 mod executions;
+mod wal_sync;
+
+pub use wal_sync::SyncStats;
 
 use crate::{
     BatchLimits, Error, Job, JobCounts, JobEnd, JobId, JobOutcome, JobStatus, LeasedJob, NewJob,
@@ -176,6 +181,11 @@ CREATE TABLE IF NOT EXISTS execution_steps (
 /// The SQLite state store.
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Makes commits durable after the lock is released (none in memory).
+    wal: Option<wal_sync::WalSync>,
+    /// Checkpoints the WAL beside the writer (none in memory, or if its thread could not
+    /// start: SQLite then checkpoints in the writer, as it does by default).
+    checkpointer: Option<checkpoint::Checkpointer>,
 }
 
 fn micros(t: DateTime<Utc>) -> i64 {
@@ -228,49 +238,102 @@ impl CachedSql for Connection {
 impl SqliteStore {
     /// Opens (creating if needed) the store at `path`.
     pub fn open(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)?;
-        Self::init(conn)
+        Self::open_with(path, checkpoint::Thresholds::DEFAULT)
+    }
+
+    fn open_with(path: &Path, thresholds: checkpoint::Thresholds) -> Result<Self> {
+        let mut conn = Connection::open(path)?;
+        let checkpointer = match checkpoint::Checkpointer::start(path, thresholds) {
+            Ok(checkpointer) => {
+                conn.wal_hook(Some(checkpointer.hook()))?;
+                Some(checkpointer)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot start the state store's checkpoint thread; the writer checkpoints");
+                None
+            }
+        };
+        Self::init(
+            conn,
+            Some(wal_sync::WalSync::new(path.to_path_buf())),
+            checkpointer,
+        )
     }
 
     /// An in-memory store, for tests and local workflow runs.
     pub fn open_in_memory() -> Result<Self> {
-        Self::init(Connection::open_in_memory()?)
+        Self::init(Connection::open_in_memory()?, None, None)
     }
 
-    fn init(conn: Connection) -> Result<Self> {
+    fn init(
+        conn: Connection,
+        wal: Option<wal_sync::WalSync>,
+        checkpointer: Option<checkpoint::Checkpointer>,
+    ) -> Result<Self> {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
+        // Commits write the WAL without flushing it; `with` flushes it after the lock.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.pragma_update(None, "foreign_keys", "ON")?;
         conn.execute_batch(SCHEMA)?;
         migrate(&conn)?;
-        Ok(Self {
+        let store = Self {
             conn: Mutex::new(conn),
-        })
+            wal,
+            checkpointer,
+        };
+        // The schema and migrations are durable before the store is used.
+        store.sync(store.wal.as_ref().map(|wal| wal.ticket()))?;
+        Ok(store)
     }
 
+    /// Runs `f` under the connection's lock; if it changed rows, returns once they are
+    /// durable (`synchronous=FULL`'s guarantee, its fsync shared with the commits made
+    /// meanwhile and waited for without the lock).
     fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        let (result, ticket) = self.locked(f);
+        self.sync(ticket)?;
+        result
+    }
+
+    /// Like [`Self::with`], but does not wait for the disk: the commit survives the
+    /// process crashing, not the machine losing power, until the next durable commit. For
+    /// what a power loss may forget because the queue recovers it: a lease (its job is due
+    /// again when the lease would have expired), a lease's extension, a run's start and its
+    /// end (the job runs again; ingest and refresh steps are idempotent, the first finding
+    /// its object already applied). Each is an fsync off the path from an upload to its
+    /// rows: 4 ms apiece on a disk that takes that long.
+    fn relaxed<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
+        self.locked(f).0
+    }
+
+    /// `f` under the lock, with a ticket for its commit if it changed rows.
+    fn locked<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> (Result<T>, Option<u64>) {
         // A poisoned lock means a panic mid-transaction; SQLite rolled it back, so the connection is still sound.
         let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut conn)
+        let before = conn.total_changes();
+        let result = f(&mut conn);
+        let ticket = match &self.wal {
+            Some(wal) if conn.total_changes() != before => Some(wal.ticket()),
+            _ => None,
+        };
+        (result, ticket)
     }
 
-    /// Like [`Self::with`], but its commits do not wait for the disk (`synchronous=NORMAL`:
-    /// in WAL mode a commit then survives the process crashing, not the machine losing
-    /// power). For what a power loss may forget because the queue recovers it: a lease
-    /// (its job is due again when the lease would have expired), a lease's extension, a
-    /// run's start (its end is recorded synchronously). Each is an fsync off the path
-    /// from an upload to its rows: 4 ms apiece on a disk that takes that long.
-    fn relaxed<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T>) -> Result<T> {
-        self.with(|conn| {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
-            let result = f(conn);
-            let restored = conn.pragma_update(None, "synchronous", "FULL");
-            let value = result?;
-            restored?;
-            Ok(value)
-        })
+    fn sync(&self, ticket: Option<u64>) -> Result<()> {
+        match (&self.wal, ticket) {
+            (Some(wal), Some(ticket)) => wal.wait(ticket).map_err(Error::Durability),
+            _ => Ok(()),
+        }
+    }
+
+    /// Commits made, fsyncs run to make them durable and checkpoints run beside the
+    /// writer (`None` in memory).
+    pub fn sync_stats(&self) -> Option<SyncStats> {
+        let mut stats = self.wal.as_ref()?.stats();
+        stats.checkpoints = self.checkpointer.as_ref().map_or(0, |c| c.runs());
+        Some(stats)
     }
 }
 
@@ -1110,7 +1173,7 @@ impl StateStore for SqliteStore {
         ends: &[JobEnd<'_>],
         now: DateTime<Utc>,
     ) -> Result<Vec<JobId>> {
-        self.with(|conn| {
+        self.relaxed(|conn| {
             let tx = conn.transaction()?;
             let mut lost = Vec::new();
             for end in ends {

@@ -415,26 +415,22 @@ fn a_batch_ends_its_jobs_in_one_go_and_reports_the_leases_it_lost() {
     assert!(saved.iter().all(|r| r.finished_at.is_some()));
 }
 
-/// The commits of a lease, its companions' and a batch's starts do not wait for the disk;
-/// every other commit still does, and what they wrote is there after a reopen.
+/// The commits of a lease, its companions', a batch's starts and ends do not wait for the
+/// disk; every other commit does (and makes them durable too), reads never do, and what
+/// they all wrote is there after a reopen.
 #[test]
-fn relaxed_commits_leave_the_connection_synchronous_and_persist() {
+fn relaxed_commits_skip_the_fsync_the_next_durable_commit_makes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
-    let synchronous = |store: &SqliteStore| -> i64 {
-        store
-            .with(|c| Ok(c.pragma_query_value(None, "synchronous", |r| r.get(0))?))
-            .unwrap()
-    };
     let (lead, companion) = {
         let store = SqliteStore::open(&path).unwrap();
-        const FULL: i64 = 2;
-        assert_eq!(synchronous(&store), FULL);
+        let stats = |store: &SqliteStore| store.sync_stats().unwrap();
         store.record_event(&event("a.csv"), &[job(3)]).unwrap();
         store.record_event(&event("b.csv"), &[job(3)]).unwrap();
+        let durable = stats(&store);
+        assert_eq!(durable.synced, durable.commits, "{durable:?}");
         let now = Utc::now() + ChronoDuration::seconds(1);
         let lead = store.lease_job("w", now, LEASE).unwrap().unwrap();
-        assert_eq!(synchronous(&store), FULL, "after a lease");
         let limits = BatchLimits {
             jobs: 8,
             object_bytes: 1 << 20,
@@ -444,24 +440,146 @@ fn relaxed_commits_leave_the_connection_synchronous_and_persist() {
             .lease_companions("w", now, LEASE, &lead, limits)
             .unwrap();
         assert_eq!(companions.len(), 1);
-        assert_eq!(synchronous(&store), FULL, "after leasing companions");
         let run = a_run(lead.job.id, lead.event.id.0, "taxi", 1);
         store.save_runs(&[&run]).unwrap();
-        assert_eq!(synchronous(&store), FULL, "after a batch's starts");
         store
             .extend_lease(lead.job.id, "w", now + ChronoDuration::seconds(60))
             .unwrap();
-        assert_eq!(synchronous(&store), FULL, "after extending a lease");
+        let mut ended = a_run(companions[0].job.id, companions[0].event.id.0, "taxi", 1);
+        ended.status = RunStatus::Succeeded;
+        ended.finished_at = Some(now);
+        let lost = store
+            .end_jobs(
+                "w",
+                &[JobEnd {
+                    run: &ended,
+                    outcome: JobOutcome::Done,
+                }],
+                now,
+            )
+            .unwrap();
+        assert!(lost.is_empty());
+        let relaxed = stats(&store);
+        assert_eq!(
+            relaxed.fsyncs, durable.fsyncs,
+            "relaxed commits fsync'd: {relaxed:?}"
+        );
+        assert_eq!(relaxed.commits, durable.commits + 5, "{relaxed:?}");
+        assert_eq!(relaxed.synced, durable.synced, "{relaxed:?}");
+        // Reads neither take a ticket nor fsync.
+        store.job_counts().unwrap();
+        store.list_runs(10).unwrap();
+        assert_eq!(stats(&store), relaxed);
+        // The next durable commit makes the relaxed ones durable with it.
+        store.record_event(&event("c.csv"), &[job(3)]).unwrap();
+        let after = stats(&store);
+        assert_eq!(after.synced, after.commits, "{after:?}");
+        assert_eq!(after.fsyncs, relaxed.fsyncs + 1, "{after:?}");
         (lead, companions.into_iter().next().unwrap())
     };
-    // Reopened (a process that ended): the leases and the start are there.
+    // Reopened (a process that ended): the leases, the start and the end are there.
     let store = SqliteStore::open(&path).unwrap();
     let counts = store.job_counts().unwrap();
-    assert_eq!((counts.pending, counts.running), (0, 2), "{counts:?}");
-    let later = Utc::now() + ChronoDuration::seconds(5);
-    assert!(store.lease_job("w2", later, LEASE).unwrap().is_none());
+    assert_eq!(
+        (counts.pending, counts.running, counts.done),
+        (1, 1, 1),
+        "{counts:?}"
+    );
     let runs = store.list_runs(10).unwrap();
-    assert_eq!(runs.len(), 1);
-    assert_eq!(runs[0].job_id, lead.job.id);
-    assert_ne!(companion.job.id, lead.job.id);
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .any(|r| r.job_id == lead.job.id && r.finished_at.is_none())
+    );
+    assert!(
+        runs.iter()
+            .any(|r| r.job_id == companion.job.id && r.status == RunStatus::Succeeded)
+    );
+}
+
+/// Writers committing at once are all acknowledged durable, sharing fsyncs: every commit
+/// is covered by an fsync that began after it, and all of them are there after a reopen.
+#[test]
+fn concurrent_durable_commits_share_fsyncs_and_all_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    const WRITERS: usize = 8;
+    const EACH: usize = 25;
+    {
+        let store = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        let before = store.sync_stats().unwrap();
+        let writers: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        store
+                            .record_event(&event(&format!("w{w}/{i}.csv")), &[job(3)])
+                            .unwrap();
+                        // Each writer's own commit is durable once it returns.
+                        let stats = store.sync_stats().unwrap();
+                        assert!(stats.synced >= 1, "{stats:?}");
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let after = store.sync_stats().unwrap();
+        let commits = after.commits - before.commits;
+        let fsyncs = after.fsyncs - before.fsyncs;
+        assert_eq!(commits, (WRITERS * EACH) as u64, "{after:?}");
+        assert_eq!(after.synced, after.commits, "{after:?}");
+        assert!(fsyncs <= commits, "{fsyncs} fsyncs for {commits} commits");
+        eprintln!("{commits} concurrent commits made durable by {fsyncs} fsyncs");
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.job_counts().unwrap().pending, (WRITERS * EACH) as u64);
+}
+
+/// The WAL is checkpointed beside the writer once it holds enough pages, and a writer that
+/// never pauses checkpoints what is left itself at the backstop and starts the WAL over:
+/// 300 commits of 4 pages leave a WAL below the backstop, and every row is there after a
+/// reopen.
+#[test]
+fn the_wal_is_checkpointed_beside_the_writer_and_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    const COMMITS: usize = 300;
+    let thresholds = checkpoint::Thresholds {
+        request: 64,
+        backstop: 256,
+    };
+    {
+        let store = SqliteStore::open_with(&path, thresholds).unwrap();
+        store
+            .with(|c| Ok(c.execute_batch("CREATE TABLE filler (b BLOB NOT NULL)")?))
+            .unwrap();
+        for _ in 0..COMMITS {
+            // 16 KiB: 4 pages a commit.
+            store
+                .with(|c| Ok(c.execute("INSERT INTO filler VALUES (zeroblob(16384))", [])?))
+                .unwrap();
+        }
+        let stats = store.sync_stats().unwrap();
+        assert!(stats.checkpoints >= 1, "{stats:?}");
+        assert_eq!(stats.synced, stats.commits, "{stats:?}");
+        let wal = std::fs::metadata(dir.path().join("state.db-wal"))
+            .unwrap()
+            .len();
+        // A page is 4 KiB and a frame 24 bytes more: the backstop, and the commits made
+        // while the thread's checkpoint kept the writer's own busy. Without checkpoints
+        // the WAL would hold all 1,200 pages.
+        let bound = (thresholds.backstop as u64 + 64) * (4096 + 24);
+        assert!(
+            wal <= bound,
+            "WAL of {wal} bytes (bound {bound}) after {COMMITS} commits of 4 pages: {stats:?}"
+        );
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    let rows: i64 = store
+        .with(|c| Ok(c.query_row("SELECT count(*) FROM filler", [], |r| r.get(0))?))
+        .unwrap();
+    assert_eq!(rows, COMMITS as i64);
 }
