@@ -646,8 +646,8 @@ impl Batch<'_> {
             });
         }
 
-        // On the tails, the silver entry is written and fsync'd while the quarantined rows
-        // are appended, and published only once they are durable: a crash between the two
+        // On the tails, the silver entry is encoded while the quarantined rows are
+        // appended, and written only once they are durable: a crash between the two
         // leaves quarantined rows without their object's valid rows (a retry adds those),
         // never the other way round (a retry would skip the applied object and its
         // quarantined rows would be lost).

@@ -16,19 +16,25 @@
 //! in flight, only when its version could). Entries are dropped from memory only after
 //! their commit is visible to every later read of the table.
 //!
-//! **Durability:** an entry is written to `<seq>.arrow.tmp`, fsync'd, renamed and the
-//! directory fsync'd before the append returns, so an acknowledged ingest survives a
-//! crash. On start, the entries are read back; those whose `txn`s the Delta table already
-//! holds (a crash after a flush's commit, before its deletes) are deleted.
+//! **Durability:** an entry is written into a slot file (`<n>.slot`) with a header that
+//! names its sequence number, its length and a CRC-32 of it all, and fdatasync'd before
+//! the append returns, so an acknowledged ingest survives a crash: one flush of the disk
+//! per append, no rename and no directory fsync (a new slot's directory entry is fsync'd
+//! once, when the slot is made). A crash in the middle of a write leaves a slot whose
+//! checksum fails: never acknowledged, it reads as free. On start, the entries are read
+//! back in sequence order; those whose `txn`s the Delta table already holds (a flushed
+//! entry's slot keeps its rows until written over) are dropped.
 //!
-//! **Recycled files:** a flushed entry's file is renamed to `<n>.spare` rather than
-//! deleted (up to [`MAX_SPARES`]), and the next append writes over a spare instead of
-//! creating a file. A steady stream of small objects then creates and deletes no inode
-//! per ingest: on ext4 without a journal each new inode is found by stepping over every
-//! inode deleted in the last minutes, which took 10% of the server's CPU in the freshness
-//! benchmark (docs/benchmarks.md, session 27). A process reading the tail beside the
-//! server (a CLI query) checks that each entry's file is still at its path once read:
-//! sequence numbers are never reused, so one written over meanwhile counts as flushed.
+//! **Recycled slots:** a flushed entry's slot is kept as a spare (up to [`MAX_SPARES`])
+//! and the next append writes over it in place instead of creating a file. A steady
+//! stream of small objects then creates and deletes no inode per ingest: on ext4 without a
+//! journal each new inode is found by stepping over every inode deleted in the last
+//! minutes, which took 10% of the server's CPU in the freshness benchmark
+//! (docs/benchmarks.md, session 27). A process reading the tail beside the server (a CLI
+//! query) reads each slot whole: one written over meanwhile fails its checksum (an entry
+//! not yet acknowledged when the listing was taken) or holds an entry the table's version,
+//! read after, already holds. Entries of sluice before slots (`<seq>.arrow`) are read
+//! back, and deleted once flushed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -51,11 +57,22 @@ pub const DIR: &str = "_sluice_tail";
 /// Footer metadata key of an entry's `txn`s (a JSON list of `[app_id, version]`).
 const TXNS_KEY: &str = "sluice.txns";
 
-/// Flushed entries' files a tail keeps to write later entries over ([`Tail::prune`]).
+/// Flushed entries' slots a tail keeps to write later entries over ([`Tail::prune`]).
 pub const MAX_SPARES: usize = 128;
 
-/// The suffix of a recycled entry file.
-const SPARE: &str = ".spare";
+/// The suffix of a slot file.
+const SLOT: &str = ".slot";
+
+/// The suffix of an entry file of sluice before slots: read back, deleted once flushed.
+const LEGACY_ENTRY: &str = ".arrow";
+
+/// A slot's header: [`MAGIC`], the entry's sequence number, the length of the Arrow IPC
+/// file after the header (both little-endian u64) and the CRC-32 of the header's first 24
+/// bytes and the IPC file (little-endian u32), then 4 bytes of zeros.
+const HEADER: usize = 32;
+
+/// The first bytes of a slot holding an entry.
+const MAGIC: &[u8; 8] = b"SLTAIL01";
 
 /// The rows of one ingest, waiting in the tail.
 pub struct Entry {
@@ -160,10 +177,10 @@ pub struct Tail {
     appending: tokio::sync::Mutex<()>,
     /// Flushes one at a time.
     flushing: tokio::sync::Mutex<()>,
-    /// Recycled entry files, for appends to write over.
+    /// Slots free to write over: flushed entries' and those a crash left half-written.
     spares: Mutex<Vec<PathBuf>>,
-    /// The number the next recycled file is named by.
-    next_spare: Mutex<u64>,
+    /// The number the next new slot is named by.
+    next_slot: Mutex<u64>,
 }
 
 impl std::fmt::Debug for Tail {
@@ -195,13 +212,15 @@ impl Tail {
         url.to_file_path().ok().map(|p| p.join(DIR))
     }
 
-    /// Reads the tail back from `dir` (empty when there is none). Half-written entries
-    /// (`.tmp`, never acknowledged) are skipped, and deleted when `owner` (the process
-    /// serving the data directory; a CLI query beside it only reads).
+    /// Reads the tail back from `dir` (empty when there is none), its entries in sequence
+    /// order. Slots that hold no entry (half-written by a crash, never acknowledged) are
+    /// free for appends; files of sluice before slots that held none (`.tmp`, `.spare`)
+    /// are deleted. Only when `owner` (the process serving the data directory): a CLI
+    /// query beside it only reads.
     pub fn open(dir: PathBuf, owner: bool) -> Result<Self, Error> {
         let mut entries = Vec::new();
         let mut next_seq = 0;
-        let (mut spares, mut next_spare) = (Vec::new(), 0);
+        let (mut spares, mut next_slot) = (Vec::new(), 0);
         match std::fs::read_dir(&dir) {
             Ok(listing) => {
                 let mut files = Vec::new();
@@ -212,39 +231,47 @@ impl Tail {
                 files.sort();
                 for path in files {
                     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-                    if name.ends_with(".tmp") {
+                    if name.ends_with(".tmp") || name.ends_with(".spare") {
                         if owner {
                             let _ = std::fs::remove_file(&path);
                         }
                         continue;
                     }
-                    if let Some(n) = name.strip_suffix(SPARE).and_then(|n| n.parse::<u64>().ok()) {
-                        next_spare = next_spare.max(n + 1);
-                        if owner {
-                            spares.push(path);
+                    let entry = if let Some(n) = slot_number(name) {
+                        next_slot = next_slot.max(n + 1);
+                        match read_slot(&path)? {
+                            Some(entry) => entry,
+                            None => {
+                                if owner {
+                                    spares.push(path);
+                                }
+                                continue;
+                            }
                         }
-                        continue;
-                    }
-                    let Some(seq) = name.strip_suffix(".arrow").and_then(|s| s.parse().ok()) else {
+                    } else if let Some(seq) =
+                        name.strip_suffix(LEGACY_ENTRY).and_then(|s| s.parse().ok())
+                    {
+                        match read_entry(&path, seq) {
+                            Ok(entry) => entry,
+                            // Flushed and deleted by the serving process since the listing.
+                            Err(Error::Io { source, .. })
+                                if !owner && source.kind() == std::io::ErrorKind::NotFound =>
+                            {
+                                continue;
+                            }
+                            Err(e) => return Err(e),
+                        }
+                    } else {
                         continue;
                     };
-                    let entry = match read_entry(&path, seq) {
-                        Ok(entry) => entry,
-                        // Flushed and deleted by the serving process since the listing.
-                        Err(Error::Io { source, .. })
-                            if !owner && source.kind() == std::io::ErrorKind::NotFound =>
-                        {
-                            continue;
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    next_seq = next_seq.max(seq + 1);
+                    next_seq = next_seq.max(entry.seq + 1);
                     entries.push(Arc::new(entry));
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(format!("reading {}", dir.display()))(e)),
         }
+        entries.sort_by_key(|e| e.seq);
         Ok(Self {
             dir,
             entries: Mutex::new(entries),
@@ -252,7 +279,7 @@ impl Tail {
             appending: tokio::sync::Mutex::new(()),
             flushing: tokio::sync::Mutex::new(()),
             spares: Mutex::new(spares),
-            next_spare: Mutex::new(next_spare),
+            next_slot: Mutex::new(next_slot),
         })
     }
 
@@ -335,13 +362,13 @@ impl Tail {
             .await
     }
 
-    /// The first half of [`Self::append`]: the entry written and fsync'd under a temporary
-    /// name, which a restart deletes. Nothing is in the tail until [`Staged::publish`];
-    /// appends to this tail wait meanwhile, and dropping the stage deletes its file. A
-    /// batch stages its silver rows while its quarantined rows are appended to the
-    /// quarantine's tail, so the silver entry's write and fsync overlap the quarantine's
-    /// and only its rename waits for the quarantine entry to be durable (a retry finds
-    /// the quarantined rows first, never the valid rows alone).
+    /// The first half of [`Self::append`]: the entry encoded, with the slot it will be
+    /// written into. Nothing is on disk or in the tail until [`Staged::publish`]; appends
+    /// to this tail wait meanwhile, and dropping the stage frees its slot. A batch stages
+    /// its silver rows while its quarantined rows are appended to the quarantine's tail,
+    /// so the silver entry's encoding overlaps the quarantine's write, and its write waits
+    /// for the quarantine entry to be durable (a retry finds the quarantined rows first,
+    /// never the valid rows alone).
     pub async fn stage(
         &self,
         table: &str,
@@ -361,12 +388,32 @@ impl Tail {
             *next += 1;
             *next - 1
         };
-        let path = self.dir.join(format!("{seq:020}.arrow"));
-        let tmp = path.with_extension("arrow.tmp");
+        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let (path, new) = match spare {
+            Some(path) => (path, false),
+            None => {
+                let mut next = self.next_slot.lock().unwrap_or_else(|p| p.into_inner());
+                *next += 1;
+                (self.dir.join(format!("{:020}{SLOT}", *next - 1)), true)
+            }
+        };
+        let encoded = match encode_entry(seq, &schema, &batches, &txns) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                if !new {
+                    self.spares
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push(path);
+                }
+                return Err(Error::Internal(format!(
+                    "{table}: encoding tail entry {seq}: {e}"
+                )));
+            }
+        };
         let rows = batches.iter().map(|b| b.num_rows()).sum();
         let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
-        let spare = self.spares.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let staged = Staged {
+        Ok(Staged {
             tail: self,
             _one: one,
             entry: Some(Entry {
@@ -380,21 +427,9 @@ impl Tail {
                 flush: Mutex::new(None),
                 query_form: Mutex::new(None),
             }),
-            tmp,
-        };
-        let written = {
-            let (dir, tmp) = (self.dir.clone(), staged.tmp.clone());
-            let entry = staged.entry.as_ref().expect("staged just now");
-            let (batches, txns) = (entry.batches.clone(), entry.txns.clone());
-            tokio::task::spawn_blocking(move || {
-                write_entry(&dir, &tmp, spare, &schema, &batches, &txns)
-            })
-            .await
-            .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")))?
-        };
-        // A failed write's file is deleted when the stage drops.
-        written?;
-        Ok(staged)
+            new,
+            encoded,
+        })
     }
 
     /// Forgets entries the table holds (a crash came between a flush's commit and its
@@ -412,47 +447,52 @@ impl Tail {
         };
         if owner {
             for entry in &gone {
-                remove_file(&entry.path)?;
+                self.recycle(&entry.path)?;
             }
         }
         Ok(gone.len())
     }
 
-    /// Forgets flushed entries: their files become spares for later appends (deleted
-    /// past [`MAX_SPARES`]).
+    /// Forgets flushed entries: their slots become spares for later appends (deleted
+    /// past [`MAX_SPARES`]), their headers cleared so a restart does not read their rows
+    /// again. Nothing is fsync'd: a slot whose clearing a crash undoes, or a file it
+    /// brings back, holds a flushed entry, which a restart drops as the table holds its
+    /// keys.
     fn prune(&self, flushed: &[Arc<Entry>]) -> Result<(), Error> {
         let seqs: BTreeSet<u64> = flushed.iter().map(|e| e.seq).collect();
         self.entries().retain(|e| !seqs.contains(&e.seq));
         for entry in flushed {
             self.recycle(&entry.path)?;
         }
-        sync_dir(&self.dir)
+        Ok(())
     }
 
-    /// Renames a flushed entry's file to a spare, or deletes it when the tail keeps
-    /// enough spares.
+    /// Keeps a flushed entry's slot as a spare, or deletes it when the tail keeps enough
+    /// spares (an entry file of sluice before slots always).
     fn recycle(&self, path: &Path) -> Result<(), Error> {
-        if self.spares.lock().unwrap_or_else(|p| p.into_inner()).len() >= MAX_SPARES {
+        let mut spares = self.spares.lock().unwrap_or_else(|p| p.into_inner());
+        let is_slot = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(slot_number)
+            .is_some();
+        if !is_slot || spares.len() >= MAX_SPARES {
+            drop(spares);
             return remove_file(path);
         }
-        let n = {
-            let mut next = self.next_spare.lock().unwrap_or_else(|p| p.into_inner());
-            *next += 1;
-            *next - 1
-        };
-        let spare = self.dir.join(format!("{n:020}{SPARE}"));
-        match std::fs::rename(path, &spare) {
-            Ok(()) => {
-                self.spares
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(spare);
-                Ok(())
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_error(format!("recycling {}", path.display()))(e)),
+        match clear_slot(path, false) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_error(format!("clearing {}", path.display()))(e)),
         }
+        spares.push(path.to_path_buf());
+        Ok(())
     }
+}
+
+/// The number of a slot file named `<n>.slot`.
+fn slot_number(name: &str) -> Option<u64> {
+    name.strip_suffix(SLOT).and_then(|n| n.parse().ok())
 }
 
 fn remove_file(path: &Path) -> Result<(), Error> {
@@ -469,32 +509,33 @@ fn sync_dir(dir: &Path) -> Result<(), Error> {
         .map_err(io_error(format!("syncing {}", dir.display())))
 }
 
-/// A tail entry written and fsync'd under its temporary name ([`Tail::stage`]); the
-/// tail's appends wait until it is published or dropped.
+/// A tail entry encoded, with its slot ([`Tail::stage`]); the tail's appends wait until
+/// it is published or dropped.
 pub struct Staged<'a> {
     tail: &'a Tail,
     _one: tokio::sync::MutexGuard<'a, ()>,
-    /// The entry to publish; None once published.
+    /// The entry to publish; None once published or lost to a failed write.
     entry: Option<Entry>,
-    tmp: PathBuf,
+    /// Its slot is a file yet to be made.
+    new: bool,
+    /// The slot's bytes: header and Arrow IPC file.
+    encoded: Vec<u8>,
 }
 
 impl Staged<'_> {
-    /// Renames the entry into place (durably: its directory is fsync'd) and adds it to
-    /// the tail, where queries see it; its sequence number.
+    /// Writes the entry into its slot, durably, and adds it to the tail, where queries see
+    /// it; its sequence number.
     pub async fn publish(mut self) -> Result<u64, Error> {
         let Some(entry) = self.entry.take() else {
             return Err(Error::Internal("a tail entry published twice".into()));
         };
-        let (dir, tmp, path) = (self.tail.dir.clone(), self.tmp.clone(), entry.path.clone());
-        let published = tokio::task::spawn_blocking(move || publish_entry(&dir, &tmp, &path))
+        let (dir, path, new) = (self.tail.dir.clone(), entry.path.clone(), self.new);
+        let encoded = std::mem::take(&mut self.encoded);
+        let written = tokio::task::spawn_blocking(move || write_slot(&dir, &path, new, &encoded))
             .await
-            .map_err(|e| Error::Internal(format!("publishing a tail entry: {e}")));
-        if let Err(e) = published.and_then(|done| done) {
-            // Not in the tail: the temporary file (if the rename did not happen) goes.
-            self.entry = Some(entry);
-            return Err(e);
-        }
+            .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")));
+        // A failed write's slot leaves the spares (cleared by `write_slot`).
+        written.and_then(|done| done)?;
         let seq = entry.seq;
         self.tail.entries().push(Arc::new(entry));
         Ok(seq)
@@ -503,74 +544,162 @@ impl Staged<'_> {
 
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
-        // Never published: nothing acknowledged it, and a restart would delete it too.
-        if self.entry.is_some() {
-            let _ = std::fs::remove_file(&self.tmp);
+        // Never written: its slot is free again (a new one was never made).
+        if let Some(entry) = self.entry.take()
+            && !self.new
+        {
+            self.tail
+                .spares
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.path);
         }
     }
 }
 
-/// Writes an entry to its temporary name `tmp`, fsync'd: over `spare` (a recycled entry
-/// file, cut to the new entry's length) when there is one, else a new file.
-fn write_entry(
-    dir: &Path,
-    tmp: &Path,
-    spare: Option<PathBuf>,
+/// A slot's bytes for an entry: the header, then the Arrow IPC file of `batches` with the
+/// `txns` in its footer.
+fn encode_entry(
+    seq: u64,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     txns: &[(String, i64)],
-) -> Result<(), Error> {
-    std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
-    let what = || format!("writing {}", tmp.display());
-    let file = match spare.map(|spare| std::fs::rename(spare, tmp)) {
-        Some(Ok(())) => std::fs::OpenOptions::new().write(true).open(tmp),
-        // No spare, or it is gone: a new file.
-        _ => std::fs::File::create(tmp),
-    }
-    .map_err(io_error(what()))?;
+) -> Result<Vec<u8>, String> {
     let schema = batches
         .first()
         .map(|b| b.schema())
         .unwrap_or(schema.clone());
-    let ipc = |e: arrow::error::ArrowError| Error::Internal(format!("{}: {e}", what()));
-    let mut writer =
-        arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), &schema)
-            .map_err(ipc)?;
-    let txns = serde_json::to_string(txns).map_err(|e| Error::Internal(e.to_string()))?;
+    let ipc = |e: arrow::error::ArrowError| e.to_string();
+    let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let mut buffer = Vec::with_capacity(HEADER + size + 4096);
+    buffer.resize(HEADER, 0);
+    let mut writer = arrow::ipc::writer::FileWriter::try_new(buffer, &schema).map_err(ipc)?;
+    let txns = serde_json::to_string(txns).map_err(|e| e.to_string())?;
     writer.write_metadata(TXNS_KEY, txns);
     for batch in batches {
         writer.write(batch).map_err(ipc)?;
     }
     writer.finish().map_err(ipc)?;
-    let mut file = writer
-        .into_inner()
-        .map_err(ipc)?
-        .into_inner()
-        .map_err(|e| io_error(what())(e.into_error()))?;
-    // A spare may be longer than the entry written over it.
-    let written = std::io::Seek::stream_position(&mut file).map_err(io_error(what()))?;
-    file.set_len(written).map_err(io_error(what()))?;
-    file.sync_all().map_err(io_error(what()))
+    let mut buffer = writer.into_inner().map_err(ipc)?;
+    let len = (buffer.len() - HEADER) as u64;
+    buffer[..8].copy_from_slice(MAGIC);
+    buffer[8..16].copy_from_slice(&seq.to_le_bytes());
+    buffer[16..24].copy_from_slice(&len.to_le_bytes());
+    let crc = checksum(&buffer[..24], &buffer[HEADER..]);
+    buffer[24..28].copy_from_slice(&crc.to_le_bytes());
+    Ok(buffer)
 }
 
-/// Moves a written entry from its temporary name into place, durably.
-fn publish_entry(dir: &Path, tmp: &Path, path: &Path) -> Result<(), Error> {
-    std::fs::rename(tmp, path).map_err(io_error(format!("renaming {}", tmp.display())))?;
-    sync_dir(dir).inspect_err(|_| {
-        // Not acknowledged, so not to be found by a restart beside the retry's entry.
-        let _ = std::fs::remove_file(path);
-    })
+/// The CRC-32 of a header's first 24 bytes and the IPC file after it.
+fn checksum(head: &[u8], body: &[u8]) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(head);
+    crc.update(body);
+    crc.finalize()
 }
 
-/// Reads the entry at `path`. Another process serving the tail may flush it meanwhile and
-/// write a later entry over its file ([`Tail::recycle`]): sequence numbers are never
-/// reused, so a file still at `path` once read was there, unchanged, all along; one that
-/// is not reads as not found (flushed since the listing), whatever was read.
+/// The sequence number and IPC file of a slot's bytes; None when they hold no whole entry
+/// (a new slot a crash left empty, a write a crash cut short, a cleared slot).
+fn slot_entry(bytes: &[u8]) -> Option<(u64, &[u8])> {
+    if bytes.len() < HEADER || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let (seq, len) = (word(8), word(16));
+    let end = usize::try_from(len).ok()?.checked_add(HEADER)?;
+    let body = bytes.get(HEADER..end)?;
+    let crc = u32::from_le_bytes(bytes[24..28].try_into().unwrap_or([0; 4]));
+    (checksum(&bytes[..24], body) == crc).then_some((seq, body))
+}
+
+/// Writes a slot's bytes over it from the start, cut to their length, and fdatasyncs it;
+/// a new slot (and a new tail directory) has its directory entry fsync'd too. A write
+/// that fails is not acknowledged, so its slot must not read back as an entry beside the
+/// retry's: it is cleared, as far as the disk lets it.
+fn write_slot(dir: &Path, path: &Path, new: bool, bytes: &[u8]) -> Result<(), Error> {
+    use std::io::Write as _;
+    let what = || format!("writing {}", path.display());
+    if new && !dir.exists() {
+        std::fs::create_dir_all(dir).map_err(io_error(format!("creating {}", dir.display())))?;
+        if let Some(table) = dir.parent() {
+            sync_dir(table)?;
+        }
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(new)
+        .open(path)
+        .map_err(io_error(what()))?;
+    let written = file
+        .write_all(bytes)
+        // A spare may be longer than the entry written over it.
+        .and_then(|()| file.set_len(bytes.len() as u64))
+        .and_then(|()| file.sync_data())
+        .and_then(|()| match new {
+            true => std::fs::File::open(dir).and_then(|d| d.sync_all()),
+            false => Ok(()),
+        });
+    if let Err(e) = written {
+        if let Err(cleared) = clear_slot(path, true) {
+            tracing::error!(
+                slot = %path.display(),
+                error = %cleared,
+                "a tail entry whose write failed could not be cleared; a restart may read it back"
+            );
+        }
+        return Err(io_error(what())(e));
+    }
+    Ok(())
+}
+
+/// Clears a slot's header, so it reads as free (`durable`: fdatasync'd).
+fn clear_slot(path: &Path, durable: bool) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::OpenOptions::new().write(true).open(path)?;
+    file.write_all(&[0; HEADER])?;
+    if durable {
+        file.sync_data()?;
+    }
+    Ok(())
+}
+
+/// Reads the slot at `path`: its entry, or None when it holds none (a free slot's header
+/// alone is read) or is gone (another process serving the tail deleted it since the
+/// listing).
+fn read_slot(path: &Path) -> Result<Option<Entry>, Error> {
+    use std::io::Read as _;
+    let what = || format!("reading the tail entry {}", path.display());
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_error(what())(e)),
+    };
+    let mut bytes = vec![0; HEADER];
+    match file.read_exact(&mut bytes) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(io_error(what())(e)),
+    }
+    if &bytes[..8] != MAGIC {
+        return Ok(None);
+    }
+    file.read_to_end(&mut bytes).map_err(io_error(what()))?;
+    let Some((seq, body)) = slot_entry(&bytes) else {
+        return Ok(None);
+    };
+    parse_entry(path, std::io::Cursor::new(body), seq).map(Some)
+}
+
+/// Reads the entry file of sluice before slots at `path`. Another process serving the tail
+/// of sluice before slots may flush it meanwhile and write a later entry over its file:
+/// sequence numbers are never reused, so a file still at `path` once read was there,
+/// unchanged, all along; one that is not reads as not found (flushed since the listing),
+/// whatever was read.
 fn read_entry(path: &Path, seq: u64) -> Result<Entry, Error> {
     let what = || format!("reading the tail entry {}", path.display());
     let file = std::fs::File::open(path).map_err(io_error(what()))?;
     let opened = file.metadata().map_err(io_error(what()))?;
-    let entry = parse_entry(path, file, seq);
+    let entry = parse_entry(path, std::io::BufReader::new(file), seq);
     if !still_at(path, &opened).map_err(io_error(what()))? {
         return Err(io_error(what())(std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -600,11 +729,14 @@ fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
     a.len() == b.len() && a.modified().ok() == b.modified().ok()
 }
 
-fn parse_entry(path: &Path, file: std::fs::File, seq: u64) -> Result<Entry, Error> {
+fn parse_entry(
+    path: &Path,
+    ipc: impl std::io::Read + std::io::Seek,
+    seq: u64,
+) -> Result<Entry, Error> {
     let what = || format!("reading the tail entry {}", path.display());
     let bad = |e: arrow::error::ArrowError| Error::Internal(format!("{}: {e}", what()));
-    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None)
-        .map_err(bad)?;
+    let reader = arrow::ipc::reader::FileReader::try_new(ipc, None).map_err(bad)?;
     let txns: Vec<(String, i64)> = reader
         .custom_metadata()
         .get(TXNS_KEY)

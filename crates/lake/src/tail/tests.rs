@@ -55,24 +55,26 @@ fn ids(entries: &[Arc<Entry>]) -> Vec<i64> {
         .collect()
 }
 
-/// A flushed entry's file is kept as a spare and the next entry is written over it, cut
-/// to its own length: read back after a restart, the tail holds exactly the new entry's
-/// rows and keys, and the spare files left on disk are taken up again, not read as rows.
+/// A flushed entry's slot is kept as a spare and the next entry is written over it in
+/// place, cut to its own length: read back after a restart, the tail holds exactly the
+/// new entry's rows and keys, and no file was made for it.
 #[tokio::test]
-async fn flushed_entry_files_are_written_over_and_read_back_as_the_new_entry() {
+async fn flushed_slots_are_written_over_and_read_back_as_the_new_entry() {
     let root = tempfile::tempdir().unwrap();
     let dir = root.path().join(DIR);
     let tail = Tail::open(dir.clone(), true).unwrap();
     tail.append("t", schema(), vec![rows(0, 2000)], vec![("big".into(), 1)])
         .await
         .unwrap();
-    let big = std::fs::metadata(&files(&dir, ".arrow")[0]).unwrap().len();
+    let slot = files(&dir, SLOT);
+    assert_eq!(slot.len(), 1);
+    let big = std::fs::metadata(&slot[0]).unwrap().len();
     tail.prune(&tail.capture()).unwrap();
-    assert!(files(&dir, ".arrow").is_empty());
-    assert_eq!(
-        files(&dir, SPARE).len(),
-        1,
-        "the flushed file is kept as a spare"
+    assert!(tail.capture().is_empty());
+    assert_eq!(files(&dir, SLOT), slot, "the flushed slot is kept");
+    assert!(
+        Tail::open(dir.clone(), false).unwrap().capture().is_empty(),
+        "a flushed entry's slot reads as free"
     );
 
     tail.append(
@@ -83,61 +85,150 @@ async fn flushed_entry_files_are_written_over_and_read_back_as_the_new_entry() {
     )
     .await
     .unwrap();
-    assert!(files(&dir, SPARE).is_empty(), "the spare was written over");
-    let entry = &files(&dir, ".arrow")[0];
-    let small = std::fs::metadata(entry).unwrap().len();
+    assert_eq!(files(&dir, SLOT), slot, "the spare was written over");
+    let small = std::fs::metadata(&slot[0]).unwrap().len();
     assert!(
         small < big / 10,
         "cut to the new entry: {small} of {big} bytes"
     );
-    // Byte for byte what a new file holds.
-    let fresh_dir = root.path().join("fresh");
-    write_entry(
-        &fresh_dir,
-        &fresh_dir.join("x.arrow"),
-        None,
-        &schema(),
-        &[rows(5000, 3)],
-        &[("small".into(), 2)],
-    )
-    .unwrap();
+    // Byte for byte what the entry encodes to.
+    let entry = tail.capture()[0].clone();
     assert_eq!(
-        std::fs::read(entry).unwrap(),
-        std::fs::read(fresh_dir.join("x.arrow")).unwrap()
+        std::fs::read(&slot[0]).unwrap(),
+        encode_entry(
+            entry.seq,
+            &schema(),
+            &[rows(5000, 3)],
+            &[("small".into(), 2)]
+        )
+        .unwrap()
     );
-
-    // One more flushed entry and a spare half-taken by a crash (renamed to `.tmp`).
-    tail.append(
-        "t",
-        schema(),
-        vec![rows(7000, 5)],
-        vec![("other".into(), 3)],
-    )
-    .await
-    .unwrap();
-    let flushed: Vec<Arc<Entry>> = tail.capture().into_iter().skip(1).collect();
-    tail.prune(&flushed).unwrap();
-    std::fs::write(dir.join("00000000000000000099.arrow.tmp"), b"half").unwrap();
     drop(tail);
 
     let reopened = Tail::open(dir.clone(), true).unwrap();
     let entries = reopened.capture();
     assert_eq!(ids(&entries), vec![5000, 5001, 5002]);
     assert_eq!(entries[0].txns, vec![("small".to_string(), 2)]);
-    assert!(
-        files(&dir, ".tmp").is_empty(),
-        "the half-written file is deleted"
-    );
-    // The spare is taken up again: the next append leaves none on disk.
-    reopened
-        .append("t", schema(), vec![rows(9000, 1)], vec![("next".into(), 4)])
-        .await
-        .unwrap();
-    assert!(files(&dir, SPARE).is_empty());
-    assert_eq!(ids(&reopened.capture()), vec![5000, 5001, 5002, 9000]);
+    assert_eq!(entries[0].seq, entry.seq);
 }
 
-/// Past [`MAX_SPARES`] a flushed entry's file is deleted: a burst does not leave its
+/// Slots are written over in whatever order they were freed, so a restart reads the
+/// entries back in their sequence order, not their files'. A flushed entry's slot is
+/// cleared without an fsync: one a crash left whole reads back, until the table's keys
+/// drop it ([`recover`]) and its slot is free.
+#[tokio::test]
+async fn entries_read_back_in_sequence_order_whatever_their_slots() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(DIR);
+    let tail = Tail::open(dir.clone(), true).unwrap();
+    for (first, key) in [(0, "a"), (10, "b")] {
+        tail.append("t", schema(), vec![rows(first, 1)], vec![(key.into(), 1)])
+            .await
+            .unwrap();
+    }
+    let first: Vec<Arc<Entry>> = tail.capture().into_iter().take(1).collect();
+    tail.prune(&first).unwrap();
+    // Into the first slot, after the second slot's entry.
+    tail.append("t", schema(), vec![rows(20, 1)], vec![("c".into(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(files(&dir, SLOT).len(), 2);
+    // b is flushed, and a crash undoes its slot's clearing (never fsync'd).
+    let second: Vec<Arc<Entry>> = tail.capture().into_iter().take(1).collect();
+    let b_slot = std::fs::read(&second[0].path).unwrap();
+    tail.prune(&second).unwrap();
+    assert_ne!(std::fs::read(&second[0].path).unwrap(), b_slot, "cleared");
+    std::fs::write(&second[0].path, &b_slot).unwrap();
+    drop(tail);
+
+    let reopened = Tail::open(dir.clone(), true).unwrap();
+    // b is read back, before c.
+    assert_eq!(ids(&reopened.capture()), vec![10, 20]);
+    let dropped = reopened
+        .drop_committed(true, |e| e.txns == vec![("b".to_string(), 1)])
+        .unwrap();
+    assert_eq!(dropped, 1);
+    assert_eq!(ids(&reopened.capture()), vec![20]);
+    reopened
+        .append("t", schema(), vec![rows(30, 1)], vec![("d".into(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(
+        files(&dir, SLOT).len(),
+        2,
+        "the dropped entry's slot is reused"
+    );
+    assert_eq!(ids(&reopened.capture()), vec![20, 30]);
+    drop(reopened);
+    assert_eq!(
+        ids(&Tail::open(dir, false).unwrap().capture()),
+        vec![20, 30]
+    );
+}
+
+/// A slot a crash left half-written (its checksum fails), empty or cleared holds no entry:
+/// it reads as free and the next append writes over it. Files of sluice before slots are
+/// taken care of: entries (`<seq>.arrow`) read back and deleted once flushed, `.tmp` and
+/// `.spare` files deleted.
+#[tokio::test]
+async fn torn_slots_read_as_free_and_entries_of_before_slots_read_back() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(DIR);
+    let tail = Tail::open(dir.clone(), true).unwrap();
+    for (first, key) in [(0, "a"), (10, "b"), (20, "c")] {
+        tail.append("t", schema(), vec![rows(first, 50)], vec![(key.into(), 1)])
+            .await
+            .unwrap();
+    }
+    drop(tail);
+    let slots = files(&dir, SLOT);
+    assert_eq!(slots.len(), 3);
+    // One byte of a's rows flipped, b cut short, c's header cleared.
+    let mut torn = std::fs::read(&slots[0]).unwrap();
+    let middle = torn.len() / 2;
+    torn[middle] ^= 0x01;
+    std::fs::write(&slots[0], &torn).unwrap();
+    let cut = std::fs::read(&slots[1]).unwrap();
+    std::fs::write(&slots[1], &cut[..cut.len() - 100]).unwrap();
+    clear_slot(&slots[2], true).unwrap();
+    // An entry of sluice before slots, and its leftovers.
+    let legacy = dir.join("00000000000000000007.arrow");
+    {
+        let file = std::fs::File::create(&legacy).unwrap();
+        let mut writer = arrow::ipc::writer::FileWriter::try_new(file, &schema()).unwrap();
+        writer.write_metadata(TXNS_KEY, r#"[["old",3]]"#.to_string());
+        writer.write(&rows(70, 2)).unwrap();
+        writer.finish().unwrap();
+    }
+    std::fs::write(dir.join("00000000000000000008.arrow.tmp"), b"half").unwrap();
+    std::fs::write(dir.join("00000000000000000000.spare"), b"spare").unwrap();
+
+    let reopened = Tail::open(dir.clone(), true).unwrap();
+    let entries = reopened.capture();
+    assert_eq!(ids(&entries), vec![70, 71]);
+    assert_eq!(entries[0].txns, vec![("old".to_string(), 3)]);
+    assert!(files(&dir, ".tmp").is_empty() && files(&dir, ".spare").is_empty());
+    // The three torn slots are written over before any file is made.
+    for (i, key) in ["d", "e", "f"].into_iter().enumerate() {
+        reopened
+            .append(
+                "t",
+                schema(),
+                vec![rows(100 + i as i64, 1)],
+                vec![(key.into(), 1)],
+            )
+            .await
+            .unwrap();
+    }
+    assert_eq!(files(&dir, SLOT), slots);
+    // Flushed, the old entry's file goes; the sequence went on after it.
+    assert!(entries[0].seq < reopened.capture()[1].seq);
+    reopened.prune(&entries).unwrap();
+    assert!(!legacy.exists());
+    assert_eq!(ids(&reopened.capture()), vec![100, 101, 102]);
+}
+
+/// Past [`MAX_SPARES`] a flushed entry's slot is deleted: a burst does not leave its
 /// size on disk for good.
 #[tokio::test]
 async fn spares_are_bounded() {
@@ -155,15 +246,55 @@ async fn spares_are_bounded() {
         .await
         .unwrap();
     }
-    assert_eq!(files(&dir, ".arrow").len(), burst);
+    assert_eq!(files(&dir, SLOT).len(), burst);
     tail.prune(&tail.capture()).unwrap();
-    assert!(files(&dir, ".arrow").is_empty());
-    assert_eq!(files(&dir, SPARE).len(), MAX_SPARES);
+    assert_eq!(files(&dir, SLOT).len(), MAX_SPARES);
+    assert_eq!(tail.spares.lock().unwrap().len(), MAX_SPARES);
 }
 
-/// A reader beside the serving process checks, after reading an entry, that its file is
-/// still the one at the entry's path: a file flushed and written over meanwhile (renamed
-/// away, another in its place or none) is not taken for the entry.
+/// A staged entry is encoded, not written: queries do not see it and its slot holds
+/// nothing until it is published; dropping it frees its slot and the tail for the next
+/// append.
+#[tokio::test]
+async fn a_staged_entry_is_in_the_tail_only_once_published() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(DIR);
+    let tail = Tail::open(dir.clone(), true).unwrap();
+
+    let staged = tail
+        .stage("t", schema(), vec![rows(0, 3)], vec![("a".into(), 1)])
+        .await
+        .unwrap();
+    assert!(tail.capture().is_empty(), "not visible before its publish");
+    assert!(!dir.exists(), "nothing written before its publish");
+    let seq = staged.publish().await.unwrap();
+    assert_eq!(ids(&tail.capture()), vec![0, 1, 2]);
+    assert_eq!(tail.capture()[0].seq, seq);
+    assert_eq!(files(&dir, SLOT).len(), 1);
+    tail.prune(&tail.capture()).unwrap();
+
+    // Dropped: the spare it took is free again, and the next append is not held up.
+    let dropped = tail
+        .stage("t", schema(), vec![rows(10, 2)], vec![("b".into(), 1)])
+        .await
+        .unwrap();
+    drop(dropped);
+    tail.append("t", schema(), vec![rows(20, 1)], vec![("b".into(), 1)])
+        .await
+        .unwrap();
+    assert_eq!(ids(&tail.capture()), vec![20]);
+    assert_eq!(
+        files(&dir, SLOT).len(),
+        1,
+        "the dropped stage's spare was reused"
+    );
+    drop(tail);
+    assert_eq!(ids(&Tail::open(dir, true).unwrap().capture()), vec![20]);
+}
+
+/// A reader beside a serving process of sluice before slots checks, after reading an
+/// entry file, that it is still the one at the entry's path: a file flushed and written
+/// over meanwhile (renamed away, another in its place or none) is not taken for the entry.
 #[test]
 fn a_file_moved_away_while_read_is_not_still_at_its_path() {
     let root = tempfile::tempdir().unwrap();
@@ -177,57 +308,5 @@ fn a_file_moved_away_while_read_is_not_still_at_its_path() {
     assert!(
         !still_at(&path, &opened).unwrap(),
         "another file in its place"
-    );
-}
-
-/// A staged entry is durable on disk but not in the tail: queries do not see it until it
-/// is published, dropping it deletes its file and frees the tail for the next append, and
-/// a restart that finds one (a crash before its publish, never acknowledged) deletes it
-/// instead of reading its rows.
-#[tokio::test]
-async fn a_staged_entry_is_in_the_tail_only_once_published() {
-    let root = tempfile::tempdir().unwrap();
-    let dir = root.path().join(DIR);
-    let tail = Tail::open(dir.clone(), true).unwrap();
-
-    let staged = tail
-        .stage("t", schema(), vec![rows(0, 3)], vec![("a".into(), 1)])
-        .await
-        .unwrap();
-    assert!(tail.capture().is_empty(), "not visible before its publish");
-    assert_eq!(files(&dir, ".tmp").len(), 1);
-    assert!(files(&dir, ".arrow").is_empty());
-    let seq = staged.publish().await.unwrap();
-    assert_eq!(ids(&tail.capture()), vec![0, 1, 2]);
-    assert_eq!(tail.capture()[0].seq, seq);
-    assert!(files(&dir, ".tmp").is_empty());
-
-    // Dropped: its file goes, and the next append is not held up by it.
-    let dropped = tail
-        .stage("t", schema(), vec![rows(10, 2)], vec![("b".into(), 1)])
-        .await
-        .unwrap();
-    drop(dropped);
-    assert!(
-        files(&dir, ".tmp").is_empty(),
-        "a dropped stage's file is deleted"
-    );
-    tail.append("t", schema(), vec![rows(20, 1)], vec![("b".into(), 1)])
-        .await
-        .unwrap();
-    assert_eq!(ids(&tail.capture()), vec![0, 1, 2, 20]);
-
-    // A crash between the write and the publish leaves the staged file behind.
-    let crashed = tail
-        .stage("t", schema(), vec![rows(30, 4)], vec![("c".into(), 1)])
-        .await
-        .unwrap();
-    std::mem::forget(crashed);
-    assert_eq!(files(&dir, ".tmp").len(), 1);
-    let reopened = Tail::open(dir.clone(), true).unwrap();
-    assert_eq!(ids(&reopened.capture()), vec![0, 1, 2, 20]);
-    assert!(
-        files(&dir, ".tmp").is_empty(),
-        "the unpublished entry is deleted"
     );
 }

@@ -93,16 +93,12 @@ fn rows_answer_sql_from_the_tail_survive_kill_minus_nine_and_reach_delta_once() 
         .unwrap();
     assert!(stopped.success());
     assert!(server.child.wait().unwrap().success());
+    let left = sluice_lake::tail::Tail::open(trips_dir(project.path()).join("_sluice_tail"), false)
+        .unwrap()
+        .capture();
     assert!(
-        !std::fs::read_dir(trips_dir(project.path()).join("_sluice_tail"))
-            .map(|mut d| d.any(|e| {
-                e.unwrap()
-                    .file_name()
-                    .to_string_lossy()
-                    .ends_with(".arrow")
-            }))
-            .unwrap_or(false),
-        "the tail was not emptied on the way out"
+        left.is_empty(),
+        "the tail was not emptied on the way out: {left:?}"
     );
     let oracle = duckdb_oracle(
         &trips_dir(project.path()),
