@@ -504,9 +504,11 @@ fn remove_file(path: &Path) -> Result<(), Error> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_error(format!("syncing {}", dir.display())))
+    fsync_dir(dir).map_err(io_error(format!("syncing {}", dir.display())))
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 /// A tail entry encoded, with its slot ([`Tail::stage`]); the tail's appends wait until
@@ -635,10 +637,7 @@ fn write_slot(dir: &Path, path: &Path, new: bool, bytes: &[u8]) -> Result<(), Er
         // A spare may be longer than the entry written over it.
         .and_then(|()| file.set_len(bytes.len() as u64))
         .and_then(|()| file.sync_data())
-        .and_then(|()| match new {
-            true => std::fs::File::open(dir).and_then(|d| d.sync_all()),
-            false => Ok(()),
-        });
+        .and_then(|()| if new { fsync_dir(dir) } else { Ok(()) });
     if let Err(e) = written {
         if let Err(cleared) = clear_slot(path, true) {
             tracing::error!(
