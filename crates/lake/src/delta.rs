@@ -212,6 +212,8 @@ pub struct TableCache {
     owns_tails: std::sync::atomic::AtomicBool,
     /// Each table version's active files as queries plan them ([`crate::scan::FileLists`]).
     file_lists: Arc<crate::scan::FileLists>,
+    /// The SQL sessions' state as built once ([`TableCache::session_state`]).
+    session: std::sync::OnceLock<datafusion::execution::SessionState>,
 }
 
 /// What the cache knows of a table's transactions.
@@ -490,6 +492,15 @@ impl TableCache {
     /// The active-file lists SQL sessions plan their scans from ([`crate::scan::FileLists`]).
     pub fn file_lists(&self) -> &Arc<crate::scan::FileLists> {
         &self.file_lists
+    }
+
+    /// A copy of the session state `build` makes, built on first use only: building one
+    /// registers every function and rule anew, a copy clones their maps.
+    pub(crate) fn session_state(
+        &self,
+        build: impl FnOnce() -> datafusion::execution::SessionState,
+    ) -> datafusion::execution::SessionState {
+        self.session.get_or_init(build).clone()
     }
 
     /// The DataFusion runtime the SQL sessions over these tables share: its object stores

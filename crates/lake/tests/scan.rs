@@ -430,6 +430,43 @@ async fn a_statement_reads_only_the_tables_it_names() {
     );
 }
 
+/// Sessions opened from one cache start from one state built once, each with tables of
+/// its own: a session opened later, with other tables, changes nothing in an earlier one.
+#[tokio::test]
+async fn sessions_from_one_cache_keep_their_own_tables() {
+    let lake = lake_with_rows().await;
+    let entries = [TableEntry {
+        schema: "silver".into(),
+        name: NAME.into(),
+        location: LOCATION.into(),
+    }];
+    let first = "SELECT count(*) AS n FROM trips";
+    let one = Session::open_for(&lake.paths, &entries, &lake.tables, first)
+        .await
+        .unwrap();
+    let two = Session::open_for(&lake.paths, &[], &lake.tables, "SELECT 1")
+        .await
+        .unwrap();
+    let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+    let extra = RecordBatch::try_new(
+        schema.clone(),
+        vec![Arc::new(Int64Array::from(vec![7, 8, 9])) as ArrayRef],
+    )
+    .unwrap();
+    two.register_batches("silver", "extra", schema, vec![extra])
+        .unwrap();
+    assert!(answer(&one, first).await.contains("| 4 |"));
+    assert!(
+        answer(&two, "SELECT count(*) AS n FROM extra")
+            .await
+            .contains("| 3 |")
+    );
+    let err = one.query("SELECT * FROM extra").await.unwrap_err();
+    assert!(err.to_string().contains("extra"), "{err}");
+    let err = two.query(first).await.unwrap_err();
+    assert!(err.to_string().contains("trips"), "{err}");
+}
+
 /// Aggregates grouped by partition columns are folded a batch at a time
 /// (`scan::ByPartitionExec`) and answer exactly as DataFusion's own hash aggregate does
 /// over the same rows held in memory: several files per day, a null day, null values,
