@@ -34,7 +34,7 @@ use crate::delta::{self, FileWriter, TAG_COMPACTED, TAG_SHA256, TAG_SOURCE};
 use crate::objects::{ObjectReader, Objects};
 use crate::read::{self, SourceFormat};
 use crate::tail::{self, Tail};
-use crate::validate::{CompiledContract, Rejection, Validated, count_reasons};
+use crate::validate::{CompiledContract, Rejection, Validated, count_reasons, repeated_text};
 use crate::{Error, LakePaths};
 
 /// The silver table a batch of objects goes into.
@@ -168,7 +168,7 @@ fn quarantine_batch(
     let source = format!("{}/{}", object.bucket, object.key);
     let now = Utc::now().timestamp_micros();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(vec![table; n])),
+        Arc::new(repeated_text(table, n)),
         Arc::new(StringArray::from_iter_values(
             rejected.iter().map(|r| r.code.as_str()),
         )),
@@ -178,15 +178,15 @@ fn quarantine_batch(
         Arc::new(StringArray::from_iter(
             rejected.iter().map(|r| r.column.as_deref()),
         )),
-        Arc::new(StringArray::from(vec![source.as_str(); n])),
-        Arc::new(StringArray::from(vec![object.version.as_str(); n])),
+        Arc::new(repeated_text(&source, n)),
+        Arc::new(repeated_text(&object.version, n)),
         Arc::new(Int64Array::from_iter_values(
             rejected.iter().map(|r| r.line as i64),
         )),
         Arc::new(StringArray::from_iter_values(
             rejected.iter().map(|r| r.raw.as_str()),
         )),
-        Arc::new(StringArray::from(vec![run_id.to_string(); n])),
+        Arc::new(repeated_text(&run_id.to_string(), n)),
         Arc::new(TimestampMicrosecondArray::from(vec![now; n]).with_timezone("UTC")),
     ];
     RecordBatch::try_new(quarantine_schema(), columns)

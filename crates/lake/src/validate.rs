@@ -371,20 +371,16 @@ impl Validator<'_> {
             }
             arrays.push(array);
         }
-        arrays.push(Arc::new(StringArray::from(vec![
-            self.source_object.as_str();
-            n
-        ])));
-        arrays.push(Arc::new(StringArray::from(vec![
-            self.source_version
-                .as_str();
-            n
-        ])));
+        arrays.push(Arc::new(repeated_text(&self.source_object, n)));
+        arrays.push(Arc::new(repeated_text(&self.source_version, n)));
         arrays.push(Arc::new(Int64Array::from_iter_values(
             batch.lines.iter().map(|l| *l as i64),
         )));
         for value in &self.key_values {
-            arrays.push(Arc::new(StringArray::from(vec![value.as_deref(); n])));
+            arrays.push(match value {
+                Some(value) => Arc::new(repeated_text(value, n)),
+                None => arrow::array::new_null_array(&DataType::Utf8, n),
+            });
         }
         for (name, expr, inputs) in &self.compiled.derived {
             let partial =
@@ -513,6 +509,18 @@ pub fn count_reasons(rejected: &[Rejection], into: &mut BTreeMap<String, u64>) {
 mod local_time;
 mod md5;
 mod to_char;
+
+/// `text` in each of `n` rows, its bytes laid out at once: a column built value by value
+/// (`StringArray::from(vec![text; n])`) grows its buffer a doubling at a time, copying
+/// what it holds each time, for every object's source columns.
+pub(crate) fn repeated_text(text: &str, n: usize) -> StringArray {
+    let mut values = Vec::with_capacity(text.len() * n);
+    for _ in 0..n {
+        values.extend_from_slice(text.as_bytes());
+    }
+    let offsets = arrow::buffer::OffsetBuffer::from_lengths(std::iter::repeat_n(text.len(), n));
+    StringArray::new(offsets, arrow::buffer::Buffer::from_vec(values), None)
+}
 
 #[cfg(test)]
 mod tests;

@@ -207,3 +207,13 @@ proptest! {
         prop_assert_eq!(n_valid as u64 + rejected.len() as u64, n);
     }
 }
+
+#[test]
+fn repeated_text_is_the_column_built_value_by_value() {
+    for (text, n) in [("raw/landing/2024/01/a.csv", 1000), ("v1", 1), ("", 3), ("é", 0)] {
+        let built = StringArray::from(vec![text; n]);
+        let repeated = repeated_text(text, n);
+        assert_eq!(repeated, built, "{text:?} x {n}");
+        assert_eq!(repeated.value_data().len(), text.len() * n);
+    }
+}
