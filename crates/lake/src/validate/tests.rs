@@ -210,7 +210,12 @@ proptest! {
 
 #[test]
 fn repeated_text_is_the_column_built_value_by_value() {
-    for (text, n) in [("raw/landing/2024/01/a.csv", 1000), ("v1", 1), ("", 3), ("é", 0)] {
+    for (text, n) in [
+        ("raw/landing/2024/01/a.csv", 1000),
+        ("v1", 1),
+        ("", 3),
+        ("é", 0),
+    ] {
         let built = StringArray::from(vec![text; n]);
         let repeated = repeated_text(text, n);
         assert_eq!(repeated, built, "{text:?} x {n}");
