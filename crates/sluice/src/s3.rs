@@ -1242,6 +1242,37 @@ pub fn resolve_keys(keys: &[S3Key]) -> anyhow::Result<(Vec<S3Key>, HashMap<Strin
     Ok((resolved, secrets))
 }
 
+/// Bodies of at most this many bytes are read before s3s sees the request.
+const READ_FIRST: u64 = 64 << 10;
+
+/// Hands a request to s3s, its body read first when small (a declared length up to
+/// [`READ_FIRST`], no `Expect: 100-continue`). s3s refuses some requests before any
+/// handler runs (a key over 1,024 bytes, while parsing the path) and leaves their body
+/// unread on the connection, where the client's next request then began with it (boto3
+/// saw a bare 400 or SignatureDoesNotMatch for its next call, now and then). A handler's
+/// own refusals drain the body (`discard`).
+async fn read_small_body(
+    service: s3s::service::S3Service,
+    req: axum::http::Request<hyper::body::Incoming>,
+) -> Result<s3s::HttpResponse, s3s::HttpError> {
+    let (parts, body) = req.into_parts();
+    let mut body = s3s::Body::from(body);
+    let small = !parts.headers.contains_key(axum::http::header::EXPECT)
+        && parts
+            .headers
+            .get(axum::http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .is_some_and(|n| n <= READ_FIRST);
+    if small {
+        body.store_all_limited(READ_FIRST as usize)
+            .await
+            .map_err(s3s::HttpError::new)?;
+    }
+    service
+        .call(axum::http::Request::from_parts(parts, body))
+        .await
+}
+
 /// Serves the S3 protocol on `listener` until `shutdown`.
 pub async fn serve(
     platform: Arc<Platform>,
@@ -1253,6 +1284,7 @@ pub async fn serve(
     builder.set_auth(Keys(secrets));
     builder.set_access(Grants(platform));
     let service = builder.build();
+    let service = hyper::service::service_fn(move |req| read_small_body(service.clone(), req));
     let http = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     loop {
         let (socket, _) = tokio::select! {
