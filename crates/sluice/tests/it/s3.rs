@@ -707,6 +707,56 @@ except Exception as e:
     );
 }
 
+/// A request s3s refuses before any handler runs (a key over 1,024 bytes, refused while
+/// the path is parsed) leaves the connection in step when its body arrives after its
+/// headers, as a client's separate writes do: the next request on it is answered. Before
+/// the body was read first, the server answered and closed the connection, and the
+/// client's next request met a broken pipe (boto3 then saw a bare 400 or
+/// SignatureDoesNotMatch, now and then).
+#[test]
+fn a_request_refused_before_its_body_arrives_leaves_the_connection_usable() {
+    use std::io::{Read, Write};
+    let project = s3_project();
+    let server = Server::start(project.path());
+    let host = server
+        .s3
+        .trim_start_matches("http://")
+        .trim_end_matches('/');
+    let mut socket = std::net::TcpStream::connect(host).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let key = "k".repeat(1025);
+    write!(
+        socket,
+        "PUT /raw/{key} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 1\r\n\r\n"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    socket.write_all(b"x").unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    write!(socket, "GET /raw/y HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        .expect("the connection is still open for the next request");
+    let mut answers = String::new();
+    let mut buf = [0u8; 8192];
+    while answers.matches("HTTP/1.1 ").count() < 2 || !answers.ends_with("</Error>") {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answers.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
+    assert!(
+        answers.contains("<Code>KeyTooLongError</Code>"),
+        "{answers}"
+    );
+    assert_eq!(
+        answers.matches("HTTP/1.1 ").count(),
+        2,
+        "the request after the refused one is answered: {answers}"
+    );
+    assert!(answers.contains("<Code>AccessDenied</Code>"), "{answers}");
+}
+
 #[test]
 fn rclone_copies_a_tree_up_and_back_byte_identical() {
     let project = s3_project();
