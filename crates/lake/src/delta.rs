@@ -1849,11 +1849,8 @@ async fn sync_durably(
     if files.is_empty() {
         return Ok(());
     }
-    let synced = tokio::task::spawn_blocking(move || {
-        crate::durable::sync_files(&root, &files, &crate::durable::KnownDirs::default())
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("{name}: the fsync task died: {e}")))?;
+    let synced =
+        crate::durable::sync_files(&root, &files, &crate::durable::KnownDirs::default()).await;
     synced.map_err(|(path, source)| Error::Io {
         what: format!("{name}: fsyncing {}", path.display()),
         source,

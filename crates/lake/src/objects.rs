@@ -473,15 +473,12 @@ impl Objects {
                 .map_err(|e| Error::store("locating the object", e))
         };
         let (file, root) = (locate(path)?, locate(&Path::from(OBJECTS))?);
-        let known = self.durable_dirs.clone();
-        tokio::task::spawn_blocking(move || {
-            crate::durable::sync_files(&root, &[file], &known).map_err(|(path, source)| Error::Io {
+        crate::durable::sync_files(&root, &[file], &self.durable_dirs)
+            .await
+            .map_err(|(path, source)| Error::Io {
                 what: format!("fsyncing {}", path.display()),
                 source,
             })
-        })
-        .await
-        .map_err(|e| Error::Internal(format!("the fsync task died: {e}")))?
     }
 
     /// The store's version (ETag) of an object as it is now.
