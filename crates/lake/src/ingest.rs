@@ -158,6 +158,16 @@ pub fn quarantine_schema() -> SchemaRef {
     ]))
 }
 
+/// Writes a staged tail entry, if any, without publishing it.
+async fn write_staged(
+    staged: Option<tail::Staged<'_>>,
+) -> Result<Option<tail::Written<'_>>, Error> {
+    match staged {
+        Some(staged) => staged.write().await.map(Some),
+        None => Ok(None),
+    }
+}
+
 fn quarantine_batch(
     table: &str,
     object: &ObjectRef,
@@ -646,49 +656,77 @@ impl Batch<'_> {
             });
         }
 
-        // On the tails, the silver entry is encoded while the quarantined rows are
-        // appended, and written only once they are durable: a crash between the two
-        // leaves quarantined rows without their object's valid rows (a retry adds those),
-        // never the other way round (a retry would skip the applied object and its
-        // quarantined rows would be lost).
-        let mut silver_staged = None;
+        // On the tails, the quarantined rows and the silver entry are encoded and written
+        // side by side (one round of fsyncs, not two), and published once both are
+        // durable. The silver entry names the quarantine `txn`s it needs: a crash that
+        // keeps it without them (never acknowledged) has it dropped on restart, so a
+        // retry does not skip the applied object and lose its quarantined rows
+        // ([`tail::Needs`]); a crash that keeps the quarantined rows alone leaves a retry
+        // to add the valid ones.
+        let mut silver_written = None;
         if self.tails.use_tail && (!q_txns.is_empty() || !accepted.is_empty()) {
-            let quarantine = async {
-                if q_txns.is_empty() {
-                    return Ok(());
+            let needs = (!q_txns.is_empty() && !accepted.is_empty())
+                .then(|| {
+                    let silver_url = self.silver.table_url();
+                    silver_url
+                        .make_relative(self.quarantine.table_url())
+                        .map(|table| tail::Needs {
+                            table,
+                            txns: q_txns.clone(),
+                        })
+                        .ok_or_else(|| {
+                            Error::Internal(format!(
+                                "the quarantine is not beside {table} ({silver_url})"
+                            ))
+                        })
+                })
+                .transpose()?;
+            // Staged in one order, quarantine then silver: a stage holds its tail's append
+            // lock until published, and two batches taking the two locks in opposite
+            // orders would wait for each other for ever.
+            let quarantine = match self.tails.quarantine.as_ref() {
+                _ if q_txns.is_empty() => None,
+                Some(tail) => Some(
+                    tail.stage(
+                        "quarantine",
+                        quarantine_schema(),
+                        std::mem::take(&mut q_rows),
+                        std::mem::take(&mut q_txns),
+                    )
+                    .await?,
+                ),
+                None => {
+                    return Err(Error::Internal(
+                        "a batch appending to tails has no quarantine tail".into(),
+                    ));
                 }
-                let tail = self.tails.quarantine.as_ref().ok_or_else(|| {
-                    Error::Internal("a batch appending to tails has no quarantine tail".into())
-                })?;
-                tail.append(
-                    "quarantine",
-                    quarantine_schema(),
-                    std::mem::take(&mut q_rows),
-                    std::mem::take(&mut q_txns),
-                )
-                .await
-                .map(|_| ())
             };
-            let silver = async {
-                if accepted.is_empty() {
-                    return Ok(None);
+            let silver = match self.tails.silver.as_ref() {
+                _ if accepted.is_empty() => None,
+                Some(tail) => Some(
+                    tail.stage_needing(
+                        table,
+                        target.compiled.output_schema(),
+                        std::mem::take(&mut buffered),
+                        accepted.iter().flat_map(Accepted::txns).collect(),
+                        needs,
+                    )
+                    .await?,
+                ),
+                None => {
+                    return Err(Error::Internal(
+                        "a batch appending to tails has no silver tail".into(),
+                    ));
                 }
-                let txns = accepted.iter().flat_map(Accepted::txns).collect();
-                let tail = self.tails.silver.as_ref().ok_or_else(|| {
-                    Error::Internal("a batch appending to tails has no silver tail".into())
-                })?;
-                tail.stage(
-                    table,
-                    target.compiled.output_schema(),
-                    std::mem::take(&mut buffered),
-                    txns,
-                )
-                .await
-                .map(Some)
             };
-            let (quarantined, staged) = tokio::join!(quarantine, silver);
-            quarantined?;
-            silver_staged = staged?;
+            // Either failing drops the other unpublished: its slot is cleared.
+            let (quarantined, written) =
+                tokio::join!(write_staged(quarantine), write_staged(silver));
+            let (quarantined, written) = (quarantined?, written?);
+            if let Some(q) = quarantined {
+                q.publish();
+            }
+            silver_written = written;
         } else if !q_txns.is_empty() {
             if !q_rows.is_empty() {
                 let adds = write_quarantined(&self.quarantine, q_rows).await?;
@@ -732,8 +770,8 @@ impl Batch<'_> {
             self.written_quarantine.clear();
         }
 
-        if let Some(staged) = silver_staged {
-            let seq = staged.publish().await?;
+        if let Some(written) = silver_written {
+            let seq = written.publish();
             for a in accepted {
                 let mut report = a.report;
                 report.outcome = Outcome::Logged { seq };

@@ -25,6 +25,13 @@
 //! back in sequence order; those whose `txn`s the Delta table already holds (a flushed
 //! entry's slot keeps its rows until written over) are dropped.
 //!
+//! **Two tables, one round:** a batch's silver entry and its quarantine entry are
+//! written and fdatasync'd side by side, and published once both are durable. The silver
+//! entry names the quarantine `txn`s it [`Needs`]; on start, an entry whose needs neither
+//! the quarantine's tail nor its Delta log holds (a crash kept one write, not the other)
+//! is dropped, so the object's retry ingests it whole instead of skipping it as applied
+//! and losing its quarantined rows.
+//!
 //! **Recycled slots:** a flushed entry's slot is kept as a spare (up to [`MAX_SPARES`])
 //! and the next append writes over it in place instead of creating a file. A steady
 //! stream of small objects then creates and deletes no inode per ingest: on ext4 without a
@@ -57,6 +64,23 @@ pub const DIR: &str = "_sluice_tail";
 /// Footer metadata key of an entry's `txn`s (a JSON list of `[app_id, version]`).
 const TXNS_KEY: &str = "sluice.txns";
 
+/// Footer metadata key of what an entry [`Needs`] of another table (JSON).
+const NEEDS_KEY: &str = "sluice.needs";
+
+/// Rows of another table that an entry's rows must not outlive: a batch's silver entry
+/// needs the quarantine entry written beside it (both are fsync'd at once, so a crash can
+/// keep the one without the other). An entry whose needs a restart does not find is
+/// dropped ([`recover`]): its objects were never acknowledged, and their ingests run
+/// again, quarantined rows and all, instead of being skipped as applied.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Needs {
+    /// The other table's URL relative to this table's (`../../sluice/quarantine/`).
+    pub table: String,
+    /// The `txn`s (`[app_id, version]`) the other table must hold, in its Delta log or
+    /// its tail.
+    pub txns: Vec<(String, i64)>,
+}
+
 /// Flushed entries' slots a tail keeps to write later entries over ([`Tail::prune`]).
 pub const MAX_SPARES: usize = 128;
 
@@ -80,6 +104,7 @@ pub struct Entry {
     path: PathBuf,
     batches: Vec<RecordBatch>,
     txns: Vec<(String, i64)>,
+    needs: Option<Needs>,
     rows: usize,
     bytes: usize,
     since: Instant,
@@ -376,6 +401,18 @@ impl Tail {
         batches: Vec<RecordBatch>,
         txns: Vec<(String, i64)>,
     ) -> Result<Staged<'_>, Error> {
+        self.stage_needing(table, schema, batches, txns, None).await
+    }
+
+    /// [`Self::stage`] an entry that [`Needs`] rows of another table.
+    pub async fn stage_needing(
+        &self,
+        table: &str,
+        schema: SchemaRef,
+        batches: Vec<RecordBatch>,
+        txns: Vec<(String, i64)>,
+        needs: Option<Needs>,
+    ) -> Result<Staged<'_>, Error> {
         let one = self.appending.lock().await;
         let apps: Vec<String> = txns.iter().map(|(a, _)| a.clone()).collect();
         if self.holds_any(&apps) {
@@ -397,7 +434,7 @@ impl Tail {
                 (self.dir.join(format!("{:020}{SLOT}", *next - 1)), true)
             }
         };
-        let encoded = match encode_entry(seq, &schema, &batches, &txns) {
+        let encoded = match encode_entry(seq, &schema, &batches, &txns, needs.as_ref()) {
             Ok(encoded) => encoded,
             Err(e) => {
                 if !new {
@@ -415,12 +452,13 @@ impl Tail {
         let bytes = batches.iter().map(|b| b.get_array_memory_size()).sum();
         Ok(Staged {
             tail: self,
-            _one: one,
+            one: Some(one),
             entry: Some(Entry {
                 seq,
                 path,
                 batches,
                 txns,
+                needs,
                 rows,
                 bytes,
                 since: Instant::now(),
@@ -448,6 +486,29 @@ impl Tail {
         if owner {
             for entry in &gone {
                 self.recycle(&entry.path)?;
+            }
+        }
+        Ok(gone.len())
+    }
+
+    /// Forgets entries that must not be read back (their [`Needs`] are missing), clearing
+    /// their slots durably when `owner`: a slot read back later could find its needs met
+    /// by its objects' next ingest, and hold their rows twice.
+    fn drop_entries(&self, owner: bool, dropped: impl Fn(&Entry) -> bool) -> Result<usize, Error> {
+        let gone: Vec<Arc<Entry>> = {
+            let mut entries = self.entries();
+            let (gone, kept) = entries.drain(..).partition(|e| dropped(e));
+            *entries = kept;
+            gone
+        };
+        if owner {
+            for entry in &gone {
+                clear_slot(&entry.path, true)
+                    .map_err(io_error(format!("clearing {}", entry.path.display())))?;
+                self.spares
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(entry.path.clone());
             }
         }
         Ok(gone.len())
@@ -515,7 +576,8 @@ fn fsync_dir(dir: &Path) -> std::io::Result<()> {
 /// it is published or dropped.
 pub struct Staged<'a> {
     tail: &'a Tail,
-    _one: tokio::sync::MutexGuard<'a, ()>,
+    /// The tail's append lock, held until the entry is published or dropped.
+    one: Option<tokio::sync::MutexGuard<'a, ()>>,
     /// The entry to publish; None once published or lost to a failed write.
     entry: Option<Entry>,
     /// Its slot is a file yet to be made.
@@ -524,12 +586,18 @@ pub struct Staged<'a> {
     encoded: Vec<u8>,
 }
 
-impl Staged<'_> {
+impl<'a> Staged<'a> {
     /// Writes the entry into its slot, durably, and adds it to the tail, where queries see
     /// it; its sequence number.
-    pub async fn publish(mut self) -> Result<u64, Error> {
+    pub async fn publish(self) -> Result<u64, Error> {
+        Ok(self.write().await?.publish())
+    }
+
+    /// Writes the entry into its slot, durably, without adding it to the tail yet (see
+    /// [`Written`]).
+    pub async fn write(mut self) -> Result<Written<'a>, Error> {
         let Some(entry) = self.entry.take() else {
-            return Err(Error::Internal("a tail entry published twice".into()));
+            return Err(Error::Internal("a tail entry written twice".into()));
         };
         let (dir, path, new) = (self.tail.dir.clone(), entry.path.clone(), self.new);
         let encoded = std::mem::take(&mut self.encoded);
@@ -538,9 +606,54 @@ impl Staged<'_> {
             .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")));
         // A failed write's slot leaves the spares (cleared by `write_slot`).
         written.and_then(|done| done)?;
+        Ok(Written {
+            tail: self.tail,
+            _one: self.one.take(),
+            entry: Some(entry),
+        })
+    }
+}
+
+/// A tail entry durable in its slot, not yet in the tail: [`Written::publish`] adds it
+/// (queries see it from then on). Dropped unpublished (the other entry of its batch
+/// failed to be written), its slot is cleared, durably, and kept as a spare, so a restart
+/// does not read the entry back. The tail's appends wait meanwhile.
+pub struct Written<'a> {
+    tail: &'a Tail,
+    _one: Option<tokio::sync::MutexGuard<'a, ()>>,
+    entry: Option<Entry>,
+}
+
+impl Written<'_> {
+    /// Adds the entry to the tail; its sequence number.
+    pub fn publish(mut self) -> u64 {
+        let Some(entry) = self.entry.take() else {
+            return 0;
+        };
         let seq = entry.seq;
         self.tail.entries().push(Arc::new(entry));
-        Ok(seq)
+        seq
+    }
+}
+
+impl Drop for Written<'_> {
+    fn drop(&mut self) {
+        let Some(entry) = self.entry.take() else {
+            return;
+        };
+        match clear_slot(&entry.path, true) {
+            Ok(()) => self
+                .tail
+                .spares
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.path),
+            Err(e) => tracing::error!(
+                slot = %entry.path.display(),
+                error = %e,
+                "a tail entry left unpublished could not be cleared; a restart drops it only if its needs are missing"
+            ),
+        }
     }
 }
 
@@ -566,6 +679,7 @@ fn encode_entry(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     txns: &[(String, i64)],
+    needs: Option<&Needs>,
 ) -> Result<Vec<u8>, String> {
     let schema = batches
         .first()
@@ -578,6 +692,12 @@ fn encode_entry(
     let mut writer = arrow::ipc::writer::FileWriter::try_new(buffer, &schema).map_err(ipc)?;
     let txns = serde_json::to_string(txns).map_err(|e| e.to_string())?;
     writer.write_metadata(TXNS_KEY, txns);
+    if let Some(needs) = needs {
+        writer.write_metadata(
+            NEEDS_KEY,
+            serde_json::to_string(needs).map_err(|e| e.to_string())?,
+        );
+    }
     for batch in batches {
         writer.write(batch).map_err(ipc)?;
     }
@@ -743,6 +863,12 @@ fn parse_entry(
         .transpose()
         .map_err(|e| Error::Internal(format!("{}: {e}", what())))?
         .unwrap_or_default();
+    let needs: Option<Needs> = reader
+        .custom_metadata()
+        .get(NEEDS_KEY)
+        .map(|n| serde_json::from_str(n))
+        .transpose()
+        .map_err(|e| Error::Internal(format!("{}: {e}", what())))?;
     let batches = reader.collect::<Result<Vec<_>, _>>().map_err(bad)?;
     Ok(Entry {
         seq,
@@ -751,6 +877,7 @@ fn parse_entry(
         bytes: batches.iter().map(|b| b.get_array_memory_size()).sum(),
         batches,
         txns,
+        needs,
         since: Instant::now(),
         flush: Mutex::new(None),
         query_form: Mutex::new(None),
@@ -794,7 +921,9 @@ pub(crate) async fn read(dir: PathBuf, owner: bool) -> Result<Tail, Error> {
         .map_err(|e| Error::Internal(format!("reading a tail: {e}")))?
 }
 
-/// Forgets the entries of a tail just read that its Delta table already holds.
+/// Forgets the entries of a tail just read that its Delta table already holds, and those
+/// whose [`Needs`] the other table does not hold (a crash kept the entry without the
+/// other table's entry written beside it: never acknowledged, its ingests run again).
 pub(crate) async fn recover(
     tables: &TableCache,
     name: &str,
@@ -803,20 +932,32 @@ pub(crate) async fn recover(
     owner: bool,
 ) -> Result<Tail, Error> {
     let entries = tail.capture();
-    if entries.is_empty() || table.version().is_none() {
+    if entries.is_empty() {
         return Ok(tail);
     }
-    let apps: Vec<String> = entries
-        .iter()
-        .flat_map(|e| e.txns.iter().map(|(a, _)| a.clone()))
-        .collect();
-    let held = tables.txn_versions(name, table, apps).await?;
-    let dropped = tail.drop_committed(owner, |e| {
-        !e.txns.is_empty()
-            && e.txns
-                .iter()
-                .all(|(app, v)| held.get(app).is_some_and(|h| h >= *v))
-    })?;
+    let mut dropped = 0;
+    if table.version().is_some() {
+        let apps: Vec<String> = entries
+            .iter()
+            .flat_map(|e| e.txns.iter().map(|(a, _)| a.clone()))
+            .collect();
+        let held = tables.txn_versions(name, table, apps).await?;
+        dropped += tail.drop_committed(owner, |e| {
+            !e.txns.is_empty()
+                && e.txns
+                    .iter()
+                    .all(|(app, v)| held.get(app).is_some_and(|h| h >= *v))
+        })?;
+    }
+    let unmet = unmet_needs(tables, table.table_url(), &tail.capture()).await?;
+    if !unmet.is_empty() {
+        tracing::warn!(
+            table = name,
+            entries = unmet.len(),
+            "tail entries dropped: a crash lost the quarantined rows written beside them; their objects' ingests run again"
+        );
+        dropped += tail.drop_entries(owner, |e| unmet.contains(&e.seq))?;
+    }
     tracing::info!(
         table = name,
         entries = entries.len() - dropped,
@@ -824,6 +965,71 @@ pub(crate) async fn recover(
         "tail read back"
     );
     Ok(tail)
+}
+
+/// The sequence numbers of `entries` whose [`Needs`] are not met: a `txn` the other table
+/// (at `url` joined with the needs' relative URL) holds neither in its tail nor in its
+/// Delta log at the version needed.
+async fn unmet_needs(
+    tables: &TableCache,
+    url: &url::Url,
+    entries: &[Arc<Entry>],
+) -> Result<BTreeSet<u64>, Error> {
+    let mut unmet = BTreeSet::new();
+    let mut by_table: HashMap<&str, Vec<&Arc<Entry>>> = HashMap::new();
+    for entry in entries {
+        if let Some(needs) = entry.needs.as_ref().filter(|n| !n.txns.is_empty()) {
+            by_table
+                .entry(needs.table.as_str())
+                .or_default()
+                .push(entry);
+        }
+    }
+    for (relative, needing) in by_table {
+        let other = url.join(relative).map_err(|e| {
+            Error::Internal(format!(
+                "a tail entry needs rows of {relative:?} beside {url}: {e}"
+            ))
+        })?;
+        let apps: BTreeSet<String> = needing
+            .iter()
+            .flat_map(|e| {
+                e.needs
+                    .iter()
+                    .flat_map(|n| n.txns.iter().map(|(a, _)| a.clone()))
+            })
+            .collect();
+        // The other table's tail before its Delta log: an entry flushed in between is in
+        // the log then.
+        let other_tail = match tables.tail(&other) {
+            Some(t) => t.capture(),
+            None => match Tail::dir_of(&other) {
+                Some(dir) => read(dir, false).await?.capture(),
+                None => Vec::new(),
+            },
+        };
+        let in_tail = Tail::txn_versions(&other_tail, &apps);
+        let mut held = match delta::open(relative, other.clone()).await? {
+            Some(other_table) if other_table.version().is_some() => {
+                tables
+                    .txn_versions(relative, &other_table, apps.into_iter().collect())
+                    .await?
+            }
+            _ => delta::TxnVersions::default(),
+        };
+        held.merge(in_tail);
+        for entry in needing {
+            let met = entry
+                .needs
+                .iter()
+                .flat_map(|n| n.txns.iter())
+                .all(|(app, v)| held.get(app).is_some_and(|h| h >= *v));
+            if !met {
+                unmet.insert(entry.seq);
+            }
+        }
+    }
+    Ok(unmet)
 }
 
 /// What a flush committed.

@@ -99,7 +99,8 @@ async fn flushed_slots_are_written_over_and_read_back_as_the_new_entry() {
             entry.seq,
             &schema(),
             &[rows(5000, 3)],
-            &[("small".into(), 2)]
+            &[("small".into(), 2)],
+            None
         )
         .unwrap()
     );
@@ -309,4 +310,62 @@ fn a_file_moved_away_while_read_is_not_still_at_its_path() {
         !still_at(&path, &opened).unwrap(),
         "another file in its place"
     );
+}
+
+/// An entry written but dropped unpublished (the other entry of its batch failed) is
+/// not in the tail, and its slot is cleared: a restart does not read it back, and the
+/// next append reuses the slot. An entry's needs are read back with it.
+#[tokio::test]
+async fn a_written_entry_dropped_unpublished_is_not_read_back() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join(DIR);
+    let tail = Tail::open(dir.clone(), true).unwrap();
+    let needs = Needs {
+        table: "../../sluice/quarantine/".into(),
+        txns: vec![("q-a".into(), 3)],
+    };
+
+    let written = tail
+        .stage_needing(
+            "t",
+            schema(),
+            vec![rows(0, 3)],
+            vec![("a".into(), 3)],
+            Some(needs.clone()),
+        )
+        .await
+        .unwrap()
+        .write()
+        .await
+        .unwrap();
+    assert_eq!(files(&dir, SLOT).len(), 1, "written before it is published");
+    assert!(tail.capture().is_empty(), "not visible before its publish");
+    drop(written);
+    assert!(tail.capture().is_empty());
+    assert!(
+        Tail::open(dir.clone(), false).unwrap().capture().is_empty(),
+        "its slot was cleared"
+    );
+
+    let seq = tail
+        .stage_needing(
+            "t",
+            schema(),
+            vec![rows(10, 2)],
+            vec![("a".into(), 4)],
+            Some(needs.clone()),
+        )
+        .await
+        .unwrap()
+        .write()
+        .await
+        .unwrap()
+        .publish();
+    assert_eq!(ids(&tail.capture()), vec![10, 11]);
+    assert_eq!(files(&dir, SLOT).len(), 1, "the cleared slot was reused");
+    drop(tail);
+    let reopened = Tail::open(dir, true).unwrap().capture();
+    assert_eq!(ids(&reopened), vec![10, 11]);
+    assert_eq!(reopened[0].seq, seq);
+    assert_eq!(reopened[0].needs, Some(needs));
 }

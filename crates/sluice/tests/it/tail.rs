@@ -159,3 +159,61 @@ fn queries_count_each_row_once_while_flushes_move_it_into_delta() {
     let oracle = duckdb_oracle(&trips_dir(project.path()), "SELECT count(*) AS n FROM t");
     assert_eq!(oracle[0]["n"], valid, "{oracle}");
 }
+
+/// A batch's quarantined rows and valid rows are written to their tails at once, so a
+/// crash can keep the valid rows' entry without the quarantine's (the object was never
+/// acknowledged). Its restart drops that entry, and the object's next ingest adds both
+/// instead of skipping it as applied: no quarantined row is lost, no valid row doubled.
+#[test]
+fn valid_rows_kept_by_a_crash_without_their_quarantined_rows_are_ingested_again() {
+    let project = project_flushing_after("1h");
+    let file = generate(project.path(), "q.csv", 1000, 61);
+    let mut server = Server::start(project.path());
+    server.put_file("raw", "landing/2024/01/q.csv", &file);
+    let status = server.wait_jobs(Duration::from_secs(120));
+    let (valid, quarantined) = counts(&server);
+    assert_eq!(valid + quarantined, 1000, "{status}");
+    assert!(
+        quarantined > 0,
+        "the generated object has dirty rows: {status}"
+    );
+    server.kill9();
+
+    // The crash as the disk could leave it: the quarantine's slot never written.
+    let slots = project
+        .path()
+        .join(".sluice/lake/sluice/quarantine/_sluice_tail");
+    let mut cleared = 0;
+    for slot in std::fs::read_dir(&slots).unwrap() {
+        let path = slot.unwrap().path();
+        if path.extension().is_some_and(|e| e == "slot") {
+            let mut bytes = std::fs::read(&path).unwrap();
+            bytes[..32].fill(0);
+            std::fs::write(&path, bytes).unwrap();
+            cleared += 1;
+        }
+    }
+    assert_eq!(cleared, 1, "one quarantine entry in {}", slots.display());
+
+    server = Server::start(project.path());
+    assert_eq!(
+        counts(&server),
+        (0, 0),
+        "the valid rows' entry is dropped with its quarantined rows gone"
+    );
+    // The retry (here: the same object put again) ingests it whole.
+    server.put_file("raw", "landing/2024/01/q.csv", &file);
+    let status = server.wait_jobs(Duration::from_secs(120));
+    assert_eq!(counts(&server), (valid, quarantined), "{status}");
+    assert_eq!(
+        as_i64(&server.scalar("SELECT count(DISTINCT trip_id) FROM silver.trips")),
+        valid
+    );
+    let runs = server.runs();
+    assert_eq!(runs[0]["status"], "succeeded", "{runs:#?}");
+
+    // Read back again, both entries stand.
+    server.kill9();
+    server = Server::start(project.path());
+    assert_eq!(counts(&server), (valid, quarantined));
+}
