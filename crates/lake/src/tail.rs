@@ -477,12 +477,7 @@ impl Tail {
         owner: bool,
         committed: impl Fn(&Entry) -> bool,
     ) -> Result<usize, Error> {
-        let gone: Vec<Arc<Entry>> = {
-            let mut entries = self.entries();
-            let (gone, kept) = entries.drain(..).partition(|e| committed(e));
-            *entries = kept;
-            gone
-        };
+        let gone = self.take(committed);
         if owner {
             for entry in &gone {
                 self.recycle(&entry.path)?;
@@ -491,24 +486,33 @@ impl Tail {
         Ok(gone.len())
     }
 
+    /// Takes the entries `which` picks out of the tail.
+    fn take(&self, which: impl Fn(&Entry) -> bool) -> Vec<Arc<Entry>> {
+        let mut entries = self.entries();
+        let (gone, kept) = entries.drain(..).partition(|e| which(e));
+        *entries = kept;
+        gone
+    }
+
+    /// Clears the slot at `path` durably and keeps it as a spare.
+    fn clear_to_spares(&self, path: &Path) -> std::io::Result<()> {
+        clear_slot(path, true)?;
+        self.spares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(path.to_path_buf());
+        Ok(())
+    }
+
     /// Forgets entries that must not be read back (their [`Needs`] are missing), clearing
     /// their slots durably when `owner`: a slot read back later could find its needs met
     /// by its objects' next ingest, and hold their rows twice.
     fn drop_entries(&self, owner: bool, dropped: impl Fn(&Entry) -> bool) -> Result<usize, Error> {
-        let gone: Vec<Arc<Entry>> = {
-            let mut entries = self.entries();
-            let (gone, kept) = entries.drain(..).partition(|e| dropped(e));
-            *entries = kept;
-            gone
-        };
+        let gone = self.take(dropped);
         if owner {
             for entry in &gone {
-                clear_slot(&entry.path, true)
+                self.clear_to_spares(&entry.path)
                     .map_err(io_error(format!("clearing {}", entry.path.display())))?;
-                self.spares
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(entry.path.clone());
             }
         }
         Ok(gone.len())
@@ -641,18 +645,12 @@ impl Drop for Written<'_> {
         let Some(entry) = self.entry.take() else {
             return;
         };
-        match clear_slot(&entry.path, true) {
-            Ok(()) => self
-                .tail
-                .spares
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(entry.path),
-            Err(e) => tracing::error!(
+        if let Err(e) = self.tail.clear_to_spares(&entry.path) {
+            tracing::error!(
                 slot = %entry.path.display(),
                 error = %e,
                 "a tail entry left unpublished could not be cleared; a restart drops it only if its needs are missing"
-            ),
+            );
         }
     }
 }
