@@ -1246,23 +1246,23 @@ pub fn resolve_keys(keys: &[S3Key]) -> anyhow::Result<(Vec<S3Key>, HashMap<Strin
 const READ_FIRST: u64 = 64 << 10;
 
 /// Hands a request to s3s, its body read first when small (a declared length up to
-/// [`READ_FIRST`], no `Expect: 100-continue`). s3s refuses some requests before any
-/// handler runs (a key over 1,024 bytes, while parsing the path) and leaves their body
-/// unread on the connection, where the client's next request then began with it (boto3
-/// saw a bare 400 or SignatureDoesNotMatch for its next call, now and then). A handler's
-/// own refusals drain the body (`discard`).
+/// [`READ_FIRST`], with or without `Expect: 100-continue`: reading it sends the 100).
+/// s3s refuses some requests before any handler runs (a key over 1,024 bytes, while
+/// parsing the path) and leaves their body unread on the connection, where the client's
+/// next request then began with it (boto3 saw a bare 400 or SignatureDoesNotMatch for its
+/// next call, now and then; botocore sends every PutObject body, however small, with
+/// `Expect: 100-continue`). A handler's own refusals drain the body (`discard`).
 async fn read_small_body(
     service: s3s::service::S3Service,
     req: axum::http::Request<hyper::body::Incoming>,
 ) -> Result<s3s::HttpResponse, s3s::HttpError> {
     let (parts, body) = req.into_parts();
     let mut body = s3s::Body::from(body);
-    let small = !parts.headers.contains_key(axum::http::header::EXPECT)
-        && parts
-            .headers
-            .get(axum::http::header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-            .is_some_and(|n| n <= READ_FIRST);
+    let small = parts
+        .headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= READ_FIRST);
     if small {
         body.store_all_limited(READ_FIRST as usize)
             .await
