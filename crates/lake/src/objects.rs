@@ -631,6 +631,37 @@ impl Objects {
         Ok(Some(target.to_string()))
     }
 
+    /// Makes the bronze copies [`Objects::archive`] returned (`paths`) survive a power
+    /// loss: each is fdatasync'd (a hard link adds a name, not bytes, so this is cheap),
+    /// and its directory and those above it the archive created are fsync'd, side by side.
+    /// A copy is not durable until then: a crash could keep the rows an ingest wrote
+    /// and lose the raw file they came from. Nothing to do off local disk.
+    pub async fn make_archived_durable(&self, paths: &[String]) -> Result<(), Error> {
+        let Some(local) = &self.local else {
+            return Ok(());
+        };
+        let locate = |p: &Path| {
+            local
+                .path_to_filesystem(p)
+                .map_err(|e| Error::store("locating the archived copy", e))
+        };
+        let files = paths
+            .iter()
+            .map(|p| {
+                Path::parse(p)
+                    .map_err(|e| Error::store("reading an archived copy's path", e.into()))
+                    .and_then(|p| locate(&p))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let root = locate(&Path::from("lake"))?;
+        crate::durable::sync_files(&root, &files, &self.durable_dirs)
+            .await
+            .map_err(|(path, source)| Error::Io {
+                what: format!("fsyncing {}", path.display()),
+                source,
+            })
+    }
+
     /// The SHA-256 of a stored file, read back.
     async fn sha256_of(&self, path: &Path) -> Result<String, Error> {
         let mut bytes = self.concatenated(vec![path.clone()]);

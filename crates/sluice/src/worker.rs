@@ -467,15 +467,23 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
             }
             Step::Ingest { table, bronze } => {
                 if let Some(bronze) = bronze {
-                    for m in members.iter_mut().filter(|m| m.failure.is_none()) {
+                    // Which members' copies the batch's one round of fsyncs makes durable.
+                    let mut archived: Vec<(usize, String)> = Vec::new();
+                    for (i, m) in members.iter_mut().enumerate() {
+                        if m.failure.is_some() {
+                            continue;
+                        }
                         match platform
                             .objects
                             .archive(bronze, &m.leased.event.object)
                             .await
                         {
-                            Ok(Some(path)) => m
-                                .steps
-                                .push(json!({"step": "archive", "table": bronze, "path": path})),
+                            Ok(Some(path)) => {
+                                m.steps.push(
+                                    json!({"step": "archive", "table": bronze, "path": path}),
+                                );
+                                archived.push((i, path));
+                            }
                             Ok(None) => m.steps.push(
                                 json!({"step": "archive", "table": bronze, "superseded": true}),
                             ),
@@ -483,6 +491,16 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
                                 format!("archiving to bronze {bronze}: {e}"),
                                 e.code().is_retryable(),
                             ),
+                        }
+                    }
+                    let paths: Vec<String> = archived.iter().map(|(_, p)| p.clone()).collect();
+                    if let Err(e) = platform.objects.make_archived_durable(&paths).await {
+                        // Not ingested without its raw copy; the retry links and syncs again.
+                        for (i, _) in &archived {
+                            members[*i].fail(
+                                format!("archiving to bronze {bronze}: {e}"),
+                                e.code().is_retryable(),
+                            );
                         }
                     }
                 }

@@ -217,6 +217,61 @@ async fn a_write_makes_the_directories_it_created_durable_once() {
     );
 }
 
+/// A bronze copy is a new name in new directories: making it durable fsyncs its
+/// directory and each one the archive created, up to `lake/`, and remembers them.
+#[tokio::test]
+async fn an_archived_copy_is_made_durable_with_the_directories_it_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let objects = Objects::open_local(dir.path()).unwrap();
+    let (bucket, key) = names("raw", "landing/2024/01/a.csv");
+    let stored = objects
+        .put_stream(
+            &bucket,
+            &key,
+            body(vec![b"a\n".to_vec()]),
+            &BodyChecks::default(),
+        )
+        .await
+        .unwrap();
+    let path = objects
+        .archive("trips_raw", &stored.object)
+        .await
+        .unwrap()
+        .expect("the object still holds the bytes its event names");
+    let known = || objects.durable_dirs.under(&dir.path().join("lake"));
+    assert!(known().is_empty(), "{:?}", known());
+    objects
+        .make_archived_durable(std::slice::from_ref(&path))
+        .await
+        .unwrap();
+    let copy = format!("raw/landing/2024/01/a.csv/sha256={}", stored.object.sha256);
+    assert!(path.ends_with(&copy), "{path}");
+    assert_eq!(
+        known(),
+        [
+            "bronze",
+            "bronze/trips_raw",
+            "bronze/trips_raw/raw",
+            "bronze/trips_raw/raw/landing",
+            "bronze/trips_raw/raw/landing/2024",
+            "bronze/trips_raw/raw/landing/2024/01",
+            "bronze/trips_raw/raw/landing/2024/01/a.csv",
+        ]
+    );
+    // The copy is the object's bytes, under its content's name.
+    assert_eq!(
+        std::fs::read(dir.path().join("lake/bronze/trips_raw").join(&copy)).unwrap(),
+        b"a\n"
+    );
+    // A path that is not an archived copy is an error, not a panic.
+    assert!(
+        objects
+            .make_archived_durable(&["lake/bronze/trips_raw/missing".into()])
+            .await
+            .is_err()
+    );
+}
+
 #[test]
 fn a_composite_hash_refuses_what_is_not_a_sha256() {
     assert!(composite_sha256(&["abc".into()]).is_err());
