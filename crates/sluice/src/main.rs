@@ -475,7 +475,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Describe { table } => rt.block_on(describe(&cli, table)),
         Command::Runs { limit } => rt.block_on(runs(&cli, *limit)),
         Command::Compact { table } => rt.block_on(async {
-            let platform = open(&cli).await?;
+            let platform = std::sync::Arc::new(open(&cli).await?);
             let _lock = platform.lock_data_dir().with_context(|| {
                 format!(
                     "sluice up is serving this project and compacts by itself; to compact now, ask it: curl -X POST http://127.0.0.1:{}/v1/tables/{table}/compact",
