@@ -464,16 +464,23 @@ impl Objects {
     /// local disk: [`crate::durable::sync_files`]). Other stores are durable when they
     /// answer.
     async fn make_durable(&self, path: &Path) -> Result<(), Error> {
+        self.sync_local(&Path::from(OBJECTS), std::slice::from_ref(path))
+            .await
+    }
+
+    /// On local disk, [`crate::durable::sync_files`] of `files` up to `root` (store
+    /// paths); nothing on other stores, durable when they answer.
+    async fn sync_local(&self, root: &Path, files: &[Path]) -> Result<(), Error> {
         let Some(local) = &self.local else {
             return Ok(());
         };
         let locate = |p: &Path| {
             local
                 .path_to_filesystem(p)
-                .map_err(|e| Error::store("locating the object", e))
+                .map_err(|e| Error::store("locating a file to fsync", e))
         };
-        let (file, root) = (locate(path)?, locate(&Path::from(OBJECTS))?);
-        crate::durable::sync_files(&root, &[file], &self.durable_dirs)
+        let files = files.iter().map(locate).collect::<Result<Vec<_>, _>>()?;
+        crate::durable::sync_files(&locate(root)?, &files, &self.durable_dirs)
             .await
             .map_err(|(path, source)| Error::Io {
                 what: format!("fsyncing {}", path.display()),
@@ -637,29 +644,14 @@ impl Objects {
     /// A copy is not durable until then: a crash could keep the rows an ingest wrote
     /// and lose the raw file they came from. Nothing to do off local disk.
     pub async fn make_archived_durable(&self, paths: &[String]) -> Result<(), Error> {
-        let Some(local) = &self.local else {
-            return Ok(());
-        };
-        let locate = |p: &Path| {
-            local
-                .path_to_filesystem(p)
-                .map_err(|e| Error::store("locating the archived copy", e))
-        };
         let files = paths
             .iter()
             .map(|p| {
                 Path::parse(p)
                     .map_err(|e| Error::store("reading an archived copy's path", e.into()))
-                    .and_then(|p| locate(&p))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let root = locate(&Path::from("lake"))?;
-        crate::durable::sync_files(&root, &files, &self.durable_dirs)
-            .await
-            .map_err(|(path, source)| Error::Io {
-                what: format!("fsyncing {}", path.display()),
-                source,
-            })
+        self.sync_local(&Path::from("lake"), &files).await
     }
 
     /// The SHA-256 of a stored file, read back.

@@ -730,7 +730,7 @@ fn a_refused_request_expecting_100_continue_leaves_the_connection_usable() {
 /// `expect`: its body sent after the server's 100, or after a second without one, as
 /// botocore does), then a GET on the same connection, and checks both are answered.
 fn refused_request_then_next(expect: bool) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let project = s3_project();
     let server = Server::start(project.path());
     let host = server
@@ -750,17 +750,11 @@ fn refused_request_then_next(expect: bool) {
     )
     .unwrap();
     let mut answers = String::new();
-    let mut buf = [0u8; 8192];
     if expect {
         socket
             .set_read_timeout(Some(Duration::from_secs(1)))
             .unwrap();
-        while !answers.contains("\r\n\r\n") {
-            match socket.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answers.push_str(&String::from_utf8_lossy(&buf[..n])),
-            }
-        }
+        read_until(&mut socket, &mut answers, |a| a.contains("\r\n\r\n"));
         assert!(
             answers.starts_with("HTTP/1.1 100 Continue"),
             "the server asks for the body before it answers: {answers}"
@@ -777,12 +771,9 @@ fn refused_request_then_next(expect: bool) {
         .expect("the connection is still open for the next request");
     let finals =
         |text: &str| text.matches("HTTP/1.1 ").count() - text.matches("HTTP/1.1 100 ").count();
-    while finals(&answers) < 2 || !answers.ends_with("</Error>") {
-        match socket.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => answers.push_str(&String::from_utf8_lossy(&buf[..n])),
-        }
-    }
+    read_until(&mut socket, &mut answers, |a| {
+        finals(a) >= 2 && a.ends_with("</Error>")
+    });
     assert!(
         answers.contains("<Code>KeyTooLongError</Code>"),
         "{answers}"
@@ -793,6 +784,19 @@ fn refused_request_then_next(expect: bool) {
         "the request after the refused one is answered: {answers}"
     );
     assert!(answers.contains("<Code>AccessDenied</Code>"), "{answers}");
+}
+
+/// Appends what `socket` answers to `answers` until `done` holds of it, the connection
+/// closes or a read times out.
+fn read_until(socket: &mut std::net::TcpStream, answers: &mut String, done: impl Fn(&str) -> bool) {
+    use std::io::Read;
+    let mut buf = [0u8; 8192];
+    while !done(answers) {
+        match socket.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answers.push_str(&String::from_utf8_lossy(&buf[..n])),
+        }
+    }
 }
 
 #[test]
