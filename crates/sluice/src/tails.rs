@@ -208,8 +208,8 @@ async fn flush_table(platform: &Arc<Platform>, name: &str, location: &str, layou
     }
 }
 
-/// The runtime tail flushes (and automatic compactions, `worker::compact_later`) run on:
-/// one worker thread, and its blocking pool, at a lower CPU priority ([`FLUSH_NICENESS`]). A flush writes a second's small objects as Parquet
+/// The runtime tail flushes run on: one worker thread, and its blocking pool, at a lower
+/// CPU priority ([`FLUSH_NICENESS`]). A flush writes a second's small objects as Parquet
 /// (~100 ms of CPU under eight writers); on the request runtime's workers it held one of
 /// them from HTTP requests for that long, and the objects in flight meanwhile waited. Here
 /// it takes the CPU the requests leave. None (flushes run where they are asked) when the
@@ -218,18 +218,38 @@ pub(crate) fn background() -> Option<&'static tokio::runtime::Handle> {
     static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
         std::sync::OnceLock::new();
     RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("sluice-flush")
-                .on_thread_start(lower_priority)
-                .enable_all()
-                .build()
-                .map_err(|e| warn!(error = %e, "no flush runtime; flushing beside requests"))
-                .ok()
-        })
+        .get_or_init(|| niced_runtime("sluice-flush"))
         .as_ref()
         .map(|runtime| runtime.handle())
+}
+
+/// The runtime automatic compactions (`worker::compact_later`) run on: built like
+/// [`background`]'s, with a thread of its own. On the flushes' one worker, a merge of
+/// hundreds of files held the thread for seconds between its yields, and every tail's
+/// flush waited behind it (a trips flush 2.7 s in a 30,000-object run, its tail growing
+/// meanwhile); on threads of their own the kernel shares the spare CPU between the two.
+pub(crate) fn compactions() -> Option<&'static tokio::runtime::Handle> {
+    static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
+        std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| niced_runtime("sluice-compact"))
+        .as_ref()
+        .map(|runtime| runtime.handle())
+}
+
+/// A one-worker runtime whose threads (its worker and its blocking pool) run at
+/// [`FLUSH_NICENESS`]; None, logged, when it cannot be built.
+fn niced_runtime(name: &str) -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(lower_priority)
+        .enable_all()
+        .build()
+        .map_err(
+            |e| warn!(error = %e, runtime = name, "no background runtime; running beside requests"),
+        )
+        .ok()
 }
 
 /// Lowers the calling thread's CPU priority by [`FLUSH_NICENESS`] (Linux: a nice value is
@@ -248,7 +268,7 @@ fn lower_priority() {
         if done != 0 {
             warn!(
                 error = %std::io::Error::last_os_error(),
-                "cannot lower the flush thread's priority"
+                "cannot lower a background thread's priority"
             );
         }
     }

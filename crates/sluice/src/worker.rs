@@ -396,10 +396,11 @@ pub(crate) fn compact_later(
         }
         platform.end_compaction(&table);
     };
-    // Beside the tails' flushes, at their lower priority: a compaction merges hundreds of
-    // files for seconds, and on the request runtime it held a worker from uploads and
-    // queries meanwhile (the small-files case's batches dropped ~25% while it ran).
-    match crate::tails::background() {
+    // At the tails' flushes' lower priority, on a thread of its own: a compaction merges
+    // hundreds of files for seconds, and on the request runtime it held a worker from
+    // uploads and queries meanwhile (the small-files case's batches dropped ~25% while it
+    // ran); on the flushes' thread it held their flushes.
+    match crate::tails::compactions() {
         Some(runtime) => drop(runtime.spawn(compaction)),
         None => drop(tokio::spawn(compaction)),
     }
