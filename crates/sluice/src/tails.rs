@@ -273,3 +273,25 @@ fn lower_priority() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A compaction's merge holds its thread for seconds between yields: it must not hold
+    /// the flushes' one worker meanwhile.
+    #[test]
+    fn a_compaction_runs_while_a_flush_holds_the_flushes_thread() {
+        let (ran, ran_rx) = std::sync::mpsc::channel();
+        let flush = background()
+            .expect("a flush runtime")
+            .spawn(async move { ran_rx.recv_timeout(Duration::from_secs(30)).is_ok() });
+        compactions()
+            .expect("a compaction runtime")
+            .spawn(async move { ran.send(()).expect("the flush waits") });
+        assert!(
+            futures::executor::block_on(flush).expect("the flush task"),
+            "the compaction waited for the flush's thread"
+        );
+    }
+}
