@@ -226,8 +226,9 @@ pub(crate) fn background() -> Option<&'static tokio::runtime::Handle> {
 /// The runtime automatic compactions (`worker::compact_later`) run on: built like
 /// [`background`]'s, with a thread of its own. On the flushes' one worker, a merge of
 /// hundreds of files held the thread for seconds between its yields, and every tail's
-/// flush waited behind it (a trips flush 2.7 s in a 30,000-object run, its tail growing
-/// meanwhile); on threads of their own the kernel shares the spare CPU between the two.
+/// flush waited behind it (in 30,000-object runs a table's flushes, due every second, were
+/// up to 5.6-6.5 s apart, its tail growing meanwhile; 1.3-1.6 s on threads of their own,
+/// docs/benchmarks.md, session 39): the kernel now shares the spare CPU between the two.
 pub(crate) fn compactions() -> Option<&'static tokio::runtime::Handle> {
     static RUNTIME: std::sync::OnceLock<Option<tokio::runtime::Runtime>> =
         std::sync::OnceLock::new();
