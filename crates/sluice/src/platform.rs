@@ -600,10 +600,7 @@ impl Platform {
             prepared.commit(&platform.tables).await
         };
         let report = match &self.commits {
-            Some(runtime) => runtime
-                .spawn(commit)
-                .await
-                .map_err(|e| anyhow::anyhow!("the compaction's commit task died: {e}"))?,
+            Some(runtime) => runtime.spawn(commit).await.map_err(commit_task_error)?,
             None => commit.await,
         };
         Ok(report?)
@@ -734,4 +731,40 @@ pub enum PutError {
     /// The event could not be recorded.
     #[error("recording the event: {0}")]
     State(anyhow::Error),
+}
+
+/// A compaction's commit that did not finish because the runtime it ran on is shutting
+/// down (its merged files, if written, are left unreferenced, for vacuum, as after any
+/// failed commit): the next start's ingests compact again.
+#[derive(Debug, thiserror::Error)]
+#[error("the compaction's commit was cancelled: the server is stopping")]
+pub struct CommitCancelled;
+
+/// Why a compaction's commit task ended without its result: cancelled at shutdown
+/// ([`CommitCancelled`]), or a panic.
+fn commit_task_error(e: tokio::task::JoinError) -> anyhow::Error {
+    if e.is_cancelled() {
+        anyhow::Error::new(CommitCancelled)
+    } else {
+        anyhow::anyhow!("the compaction's commit task died: {e}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_commit_cancelled_at_shutdown_is_told_apart_from_one_that_died() {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let cancelled = runtime.spawn(std::future::pending::<()>());
+        cancelled.abort();
+        let e = runtime.block_on(cancelled).unwrap_err();
+        assert!(commit_task_error(e).is::<CommitCancelled>());
+        let died = runtime.spawn(async { panic!("a bug") });
+        let e = runtime.block_on(died).unwrap_err();
+        let e = commit_task_error(e);
+        assert!(!e.is::<CommitCancelled>());
+        assert!(e.to_string().contains("died"), "{e}");
+    }
 }

@@ -392,6 +392,10 @@ pub(crate) fn compact_later(
                 "compaction dropped: an ingest replaced files it merged; the next ingest retries"
             ),
             Ok(_) => {}
+            Err(e) if e.is::<crate::platform::CommitCancelled>() => info!(
+                table,
+                "automatic compaction stopped: the server is stopping; a later ingest compacts again"
+            ),
             Err(e) => warn!(table, error = %format!("{e:#}"), "automatic compaction failed"),
         }
         platform.end_compaction(&table);
