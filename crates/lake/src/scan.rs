@@ -61,8 +61,10 @@ pub async fn provider(
     ctx: &SessionContext,
     files: &Arc<FileLists>,
 ) -> Result<Arc<dyn TableProvider>> {
+    // The session's state read in place: `ctx.state()` would copy it (every function and
+    // rule registry) once per table per query.
     table
-        .update_datafusion_session(&ctx.state())
+        .update_datafusion_session(&*ctx.state_ref().read())
         .map_err(delta_error)?;
     match PlainScanTable::try_new(table, files.clone())? {
         Some(plain) => {
