@@ -295,13 +295,7 @@ fn parquet_count(dir: &std::path::Path) -> usize {
 #[tokio::test]
 async fn tail_batches_are_skipped_by_their_statistics_without_changing_answers() {
     let lake = lake_with_rows().await;
-    // The first use reads the (empty) tail back, as `sluice up` does at start.
-    sql(&lake, "SELECT count(*) FROM trips").await;
-    let url = lake.paths.url(lake.location).unwrap();
-    let tail = lake
-        .tables
-        .tail(&url)
-        .expect("the tail is read on first use");
+    let tail = tail_of(&lake).await;
     let schema = Arc::new(schema());
     let batch = |ids: &[i64], note: Option<&str>| {
         RecordBatch::try_new(
@@ -741,12 +735,7 @@ async fn tail_batches_of_other_source_objects_are_skipped_without_changing_answe
     };
     let lake = Lake::new(NAME, LOCATION, &schema, &[]).await;
     lake.commit(batch(&[(100, "raw/z.csv")]), &[], &[]).await;
-    sql(&lake, "SELECT count(*) FROM trips").await;
-    let url = lake.paths.url(lake.location).unwrap();
-    let tail = lake
-        .tables
-        .tail(&url)
-        .expect("the tail is read on first use");
+    let tail = tail_of(&lake).await;
     for (app, rows) in [
         (
             "ac",
@@ -799,6 +788,15 @@ async fn tail_batches_of_other_source_objects_are_skipped_without_changing_answe
     )
     .await;
     assert!(rows.contains("| 0 |"), "{rows}");
+}
+
+/// The table's tail, read back by a first query as `sluice up` does at start.
+async fn tail_of(lake: &Lake) -> Arc<sluice_lake::tail::Tail> {
+    sql(lake, "SELECT count(*) FROM trips").await;
+    let url = lake.paths.url(lake.location).unwrap();
+    lake.tables
+        .tail(&url)
+        .expect("the tail is read on first use")
 }
 
 /// Asserts each `(filter, n, s)`: `n` rows of `trips` pass the filter and their ids sum to `s`.
