@@ -363,16 +363,16 @@ impl TableCache {
         Ok(())
     }
 
-    /// The latest `txn` version of each of `app_ids` in `table`, as of its version. Read
-    /// from the table's [`TxnIndex`] (kept from use to use, advanced by the commits since),
-    /// or asked of deltalake when the table cannot be indexed or this copy of it is older
-    /// than the index.
-    pub async fn txn_versions(
+    /// Like [`TableCache::txn_versions`], from the table's [`TxnIndex`] alone: None when
+    /// the index cannot answer for this copy's version (the table is not indexable, or the
+    /// index is already past it), where deltalake's own lookup, which replays the log,
+    /// would be needed.
+    pub async fn indexed_txn_versions(
         &self,
         name: &str,
         table: &DeltaTable,
-        app_ids: Vec<String>,
-    ) -> Result<TxnVersions, Error> {
+        app_ids: &[String],
+    ) -> Result<Option<TxnVersions>, Error> {
         let version = table.version().map_or(-1, |v| v as i64);
         let expiring = txns_expire(name, table)?;
         let slot = self
@@ -400,17 +400,30 @@ impl TableCache {
                 None => TxnSlot::Unindexable,
             };
         }
-        if let TxnSlot::Indexed(index) = &*slot
-            && index.version() == version
-        {
-            return Ok(TxnVersions(
+        Ok(match &*slot {
+            TxnSlot::Indexed(index) if index.version() == version => Some(TxnVersions(
                 app_ids
-                    .into_iter()
-                    .filter_map(|app| index.get(&app).map(|v| (app, v)))
+                    .iter()
+                    .filter_map(|app| index.get(app).map(|v| (app.clone(), v)))
                     .collect(),
-            ));
+            )),
+            _ => None,
+        })
+    }
+
+    /// The latest `txn` version of each of `app_ids` in `table`, as of its version. Read
+    /// from the table's [`TxnIndex`] (kept from use to use, advanced by the commits since),
+    /// or asked of deltalake when the table cannot be indexed or this copy of it is older
+    /// than the index.
+    pub async fn txn_versions(
+        &self,
+        name: &str,
+        table: &DeltaTable,
+        app_ids: Vec<String>,
+    ) -> Result<TxnVersions, Error> {
+        if let Some(found) = self.indexed_txn_versions(name, table, &app_ids).await? {
+            return Ok(found);
         }
-        drop(slot);
         let snapshot = table.snapshot().map_err(|e| Error::delta(name, e))?;
         let mut found = HashMap::new();
         for app in app_ids {

@@ -11,7 +11,7 @@
 //! or any reader feature it does not know) are read by deltalake's own provider
 //! instead: [`provider`] chooses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use arrow::array::{ArrayRef, BooleanArray, UInt64Array};
@@ -55,11 +55,13 @@ const PLAIN_READER_FEATURES: [&str; 3] = ["timestampNtz", "v2Checkpoint", "vacuu
 /// table's protocol allows it, deltalake's own provider otherwise.
 /// Registers the object store the scan reads the table's files from in `ctx`.
 /// `files` keeps each table version's list of active files between the queries that plan
-/// over it.
+/// over it. `absent_sources` are source objects (`bucket/key`) known to have no rows in
+/// any file sluice wrote into this version of the table (see [`PlainScanTable`]).
 pub async fn provider(
     table: &DeltaTable,
     ctx: &SessionContext,
     files: &Arc<FileLists>,
+    absent_sources: BTreeSet<String>,
 ) -> Result<Arc<dyn TableProvider>> {
     // The session's state read in place: `ctx.state()` would copy it (every function and
     // rule registry) once per table per query.
@@ -67,7 +69,8 @@ pub async fn provider(
         .update_datafusion_session(&*ctx.state_ref().read())
         .map_err(delta_error)?;
     match PlainScanTable::try_new(table, files.clone())? {
-        Some(plain) => {
+        Some(mut plain) => {
+            plain.absent_sources = absent_sources;
             let log_store = table.log_store();
             let runtime = ctx.runtime_env();
             if runtime.object_store(&plain.store_url).is_err() {
@@ -114,6 +117,13 @@ struct PlainScanTable {
     store_url: ObjectStoreUrl,
     /// Active files by table version, shared by every query of the process.
     files: Arc<FileLists>,
+    /// Source objects with no rows in any file sluice wrote into this version (their
+    /// ingest has no `txn` in it: their rows wait in the tail, or never came). A scan
+    /// filtered to such objects alone (`_source_object = 'raw/a.csv'`, the read-after-write
+    /// poll) skips those files whatever their min/max say: a flush's files span every
+    /// object it took, and the objects still in flight between them fall inside that range
+    /// (each such poll opened the ~31 files of the last flush).
+    absent_sources: BTreeSet<String>,
 }
 
 impl PlainScanTable {
@@ -159,7 +169,17 @@ impl PlainScanTable {
             scan_index,
             store_url: table.log_store().object_store_url(),
             files,
+            absent_sources: BTreeSet::new(),
         }))
+    }
+
+    /// Whether `filters` keep the scan to source objects that none of sluice's files in
+    /// this version hold.
+    fn only_absent_sources(&self, filters: &[Expr]) -> bool {
+        !self.absent_sources.is_empty()
+            && tail::filtered_sources(filters).is_some_and(|named| {
+                !named.is_empty() && named.iter().all(|s| self.absent_sources.contains(*s))
+            })
     }
 
     /// Which active files may hold rows matching `filters` (all of them when the log's
@@ -333,6 +353,9 @@ struct LogFile {
     rows: Option<usize>,
     /// One value per partition column, in partition order (typed nulls for null values).
     partition_values: Vec<ScalarValue>,
+    /// Whether sluice wrote the file (it carries `sluice.source` or `sluice.compacted`):
+    /// its rows are those of objects whose ingest committed a `txn`.
+    sluice_written: bool,
 }
 
 impl PlainScanTable {
@@ -357,6 +380,12 @@ impl PlainScanTable {
                     })
                     .collect::<Result<Vec<_>>>()?
             };
+            #[allow(deprecated)] // the only public way to read a file's tags in deltalake 1.1
+            let tags = view.add_action().tags;
+            let sluice_written = tags.is_some_and(|t| {
+                t.contains_key(crate::delta::TAG_SOURCE)
+                    || t.contains_key(crate::delta::TAG_COMPACTED)
+            });
             files.push(LogFile {
                 meta: ObjectMeta {
                     location: view.object_store_path(),
@@ -367,6 +396,7 @@ impl PlainScanTable {
                 },
                 rows: view.num_records(),
                 partition_values,
+                sluice_written,
             });
         }
         Ok(files)
@@ -573,9 +603,15 @@ impl TableProvider for PlainScanTable {
             || self.log_files(&log_data),
         )?;
         // Files the log's statistics rule out (none when they cannot tell).
-        let keep = self
+        let mut keep = self
             .prune(session, filters, &log_data, &log_files)?
             .unwrap_or_default();
+        if self.only_absent_sources(filters) {
+            keep.resize(log_files.files.len(), true);
+            for (kept, file) in keep.iter_mut().zip(&log_files.files) {
+                *kept &= !file.sluice_written;
+            }
+        }
         let file_columns = self.file_schema.fields().len();
         let mut table_rows = Some(0usize);
         let files: Vec<PartitionedFile> = log_files
@@ -656,6 +692,7 @@ mod tests {
             },
             rows: Some(1),
             partition_values: Vec::new(),
+            sluice_written: true,
         }
     }
 

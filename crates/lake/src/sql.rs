@@ -4,6 +4,7 @@
 //! committed version, with the rows waiting in its tail, so a query sees every ingest
 //! acknowledged before it started.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use arrow::array::RecordBatch;
@@ -96,7 +97,7 @@ impl Session {
     ) -> Result<Self, Error> {
         let session = Self::empty(cache)?;
         session
-            .register(paths, &with_quarantine(tables), cache)
+            .register(paths, &with_quarantine(tables), cache, None)
             .await?;
         Ok(session)
     }
@@ -116,7 +117,10 @@ impl Session {
         if let Some(refs) = session.references(sql) {
             entries.retain(|t| refs.iter().any(|r| names(r, t)));
         }
-        session.register(paths, &entries, cache).await?;
+        let named = source_objects(sql);
+        session
+            .register(paths, &entries, cache, named.as_ref())
+            .await?;
         Ok(session)
     }
 
@@ -169,12 +173,14 @@ impl Session {
     }
 
     /// Registers each of `entries` at its latest version with its tail (skipping tables
-    /// never written to).
+    /// never written to). `named`: the source objects a statement reading one silver table
+    /// keeps its rows to ([`source_objects`]).
     async fn register(
         &self,
         paths: &LakePaths,
         entries: &[TableEntry],
         cache: &delta::TableCache,
+        named: Option<&BTreeSet<String>>,
     ) -> Result<(), Error> {
         for entry in entries {
             let Some((table, tail)) = cache
@@ -183,7 +189,13 @@ impl Session {
             else {
                 continue;
             };
-            let provider = scan::provider(&table, &self.ctx, cache.file_lists())
+            let absent = match named {
+                Some(named) if entry.schema == "silver" => {
+                    absent_sources(cache, &entry.name, &table, named).await?
+                }
+                _ => BTreeSet::new(),
+            };
+            let provider = scan::provider(&table, &self.ctx, cache.file_lists(), absent)
                 .await
                 .and_then(|p| scan::with_tail(p, &tail))
                 .map_err(sql_error)?;
@@ -254,6 +266,29 @@ impl Session {
     pub fn context(&self) -> &SessionContext {
         &self.ctx
     }
+}
+
+/// Which of `named` have no `txn` in the silver table `table` as of its version: every
+/// commit that brings an object's rows into a silver table (its ingest's, or the flush of
+/// its tail entry) carries the object's `txn` (`delta::app_id`), and compaction only moves
+/// rows already there, so none of sluice's files in this version holds theirs. Empty when
+/// the table's transaction index cannot answer for this version (nothing is skipped).
+async fn absent_sources(
+    cache: &delta::TableCache,
+    name: &str,
+    table: &deltalake::DeltaTable,
+    named: &BTreeSet<String>,
+) -> Result<BTreeSet<String>, Error> {
+    let apps: Vec<String> = named.iter().map(|o| delta::app_id(o)).collect();
+    let Some(found) = cache.indexed_txn_versions(name, table, &apps).await? else {
+        return Ok(BTreeSet::new());
+    };
+    Ok(named
+        .iter()
+        .zip(&apps)
+        .filter(|(_, app)| found.get(app).is_none())
+        .map(|(object, _)| object.clone())
+        .collect())
 }
 
 /// Produces a lazy table's rows (its error becomes the query's error).

@@ -11,7 +11,9 @@ use arrow::datatypes::{DataType, Field, Schema};
 use arrow::util::pretty::pretty_format_batches;
 use deltalake::kernel::Add;
 use sluice_lake::compact::{self, Scope};
+use sluice_lake::delta;
 use sluice_lake::sql::{Session, TableEntry};
+use sluice_lake::tail::{self, Layout};
 
 mod common;
 use common::Lake;
@@ -809,4 +811,108 @@ async fn assert_counts(lake: &Lake, cases: &[(&str, i64, i64)]) {
             "{filter}: expected {n} rows summing to {s}: {rows}"
         );
     }
+}
+
+/// The read-after-write poll (`WHERE _source_object = 'raw/b.csv'`, through the session
+/// a statement opens) skips the table's files when the object's ingest has no `txn` in
+/// the table yet (its rows wait in the tail), though a flush's files span it by min and
+/// max; files sluice did not write are read all the same, and once the object's rows are
+/// flushed its files are read again.
+#[tokio::test]
+async fn files_of_a_table_that_holds_no_rows_of_the_named_objects_are_skipped() {
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("_source_object", DataType::Utf8, false),
+    ]));
+    let batch = |rows: &[(i64, &str)]| {
+        RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+            ],
+        )
+        .unwrap()
+    };
+    let lake = Lake::new(NAME, LOCATION, &schema, &[]).await;
+    let url = lake.paths.url(LOCATION).unwrap();
+    let tail = tail_of(&lake).await;
+    let append = |rows: &'static [(i64, &'static str)], objects: &'static [&'static str]| {
+        let (tail, batch) = (tail.clone(), batch(rows));
+        let schema = schema.clone();
+        async move {
+            let txns = objects.iter().map(|o| (delta::app_id(o), 1)).collect();
+            tail.append(NAME, schema, vec![batch], txns).await.unwrap();
+        }
+    };
+    let flush = || async {
+        tail::flush(&lake.tables, NAME, &url, Layout::Shared)
+            .await
+            .unwrap()
+            .expect("the tail holds rows");
+    };
+    // A flush of raw/a.csv and raw/c.csv: its file's min and max span raw/b.csv.
+    append(
+        &[(1, "raw/a.csv"), (3, "raw/c.csv")],
+        &["raw/a.csv", "raw/c.csv"],
+    )
+    .await;
+    flush().await;
+    append(&[(4, "raw/b.csv"), (5, "raw/b.csv")], &["raw/b.csv"]).await;
+
+    let entries = [TableEntry {
+        schema: "silver".into(),
+        name: NAME.into(),
+        location: LOCATION.into(),
+    }];
+    // The session a statement opens, asked the statement or (`explain`) its plan.
+    let session_for = |query: &'static str, explain: bool| {
+        let (lake, entries) = (&lake, &entries);
+        async move {
+            let session = Session::open_for(&lake.paths, entries, &lake.tables, query)
+                .await
+                .unwrap();
+            match explain {
+                true => answer(&session, &format!("EXPLAIN {query}")).await,
+                false => answer(&session, query).await,
+            }
+        }
+    };
+    let poll = |query| session_for(query, false);
+    let plan_of = |query| session_for(query, true);
+    let count = "SELECT count(*) AS n, sum(id) AS s FROM trips WHERE _source_object = 'raw/b.csv'";
+    let plan = plan_of("SELECT id FROM trips WHERE _source_object = 'raw/b.csv'").await;
+    assert!(
+        !plan.contains("file_type=parquet"),
+        "raw/b.csv has no txn in the table: no file is read: {plan}"
+    );
+    let plan = sql(
+        &lake,
+        "EXPLAIN SELECT id FROM trips WHERE _source_object = 'raw/b.csv'",
+    )
+    .await;
+    assert!(
+        plan.contains("file_type=parquet"),
+        "a session over every table still reads the file min/max keep: {plan}"
+    );
+    assert!(poll(count).await.contains("| 2 | 9 |"));
+    let plan =
+        plan_of("SELECT id FROM trips WHERE _source_object IN ('raw/a.csv', 'raw/b.csv')").await;
+    assert!(
+        plan.contains("file_type=parquet"),
+        "raw/a.csv is in the table: its file is read: {plan}"
+    );
+    let both = "SELECT count(*) AS n, sum(id) AS s FROM trips \
+                WHERE _source_object IN ('raw/a.csv', 'raw/b.csv')";
+    assert!(poll(both).await.contains("| 3 | 10 |"));
+
+    // A file another writer added (no sluice tags) may hold any object's rows: read.
+    lake.commit(batch(&[(100, "raw/b.csv")]), &[], &[]).await;
+    assert!(poll(count).await.contains("| 3 | 109 |"));
+
+    // Flushed, raw/b.csv's rows are in the files, and the files are read again.
+    flush().await;
+    let plan = plan_of("SELECT id FROM trips WHERE _source_object = 'raw/b.csv'").await;
+    assert!(plan.contains("file_type=parquet"), "{plan}");
+    assert!(poll(count).await.contains("| 3 | 109 |"));
 }

@@ -145,7 +145,7 @@ fn distinct_text(column: &dyn Array, max: usize) -> Option<Box<[String]>> {
 /// The source objects a scan's filters keep its rows to: a conjunct
 /// `_source_object = 'x'` (either way round) or `_source_object IN ('x', …)`; None when
 /// no conjunct names them.
-fn filtered_sources(filters: &[Expr]) -> Option<Vec<&str>> {
+pub(super) fn filtered_sources(filters: &[Expr]) -> Option<Vec<&str>> {
     fn text(expr: &Expr) -> Option<&str> {
         match expr {
             Expr::Literal(value, _) => value.try_as_str().flatten(),
