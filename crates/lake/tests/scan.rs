@@ -715,26 +715,34 @@ async fn answer(session: &Session, sql: &str) -> String {
     pretty_format_batches(&result.batches).unwrap().to_string()
 }
 
+/// A table of `id` and `_source_object`, the lineage column the poll filters on.
+fn sourced_schema() -> Arc<Schema> {
+    Arc::new(Schema::new(vec![
+        Field::new("id", DataType::Int64, false),
+        Field::new("_source_object", DataType::Utf8, false),
+    ]))
+}
+
+/// Rows `(id, source object)` in [`sourced_schema`].
+fn sourced_batch(schema: &Arc<Schema>, rows: &[(i64, &str)]) -> RecordBatch {
+    RecordBatch::try_new(
+        schema.clone(),
+        vec![
+            Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
+        ],
+    )
+    .unwrap()
+}
+
 /// A filter naming source objects (the read-after-write poll) reads the tail batches
 /// holding one of them, found by each batch's source objects rather than by their min and
 /// max (a batch of objects `a` and `c` does not hold `b`), and answers every filter as a
 /// full read would, conjunct or not.
 #[tokio::test]
 async fn tail_batches_of_other_source_objects_are_skipped_without_changing_answers() {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("_source_object", DataType::Utf8, false),
-    ]));
-    let batch = |rows: &[(i64, &str)]| {
-        RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-            ],
-        )
-        .unwrap()
-    };
+    let schema = sourced_schema();
+    let batch = |rows: &[(i64, &str)]| sourced_batch(&schema, rows);
     let lake = Lake::new(NAME, LOCATION, &schema, &[]).await;
     lake.commit(batch(&[(100, "raw/z.csv")]), &[], &[]).await;
     let tail = tail_of(&lake).await;
@@ -820,20 +828,8 @@ async fn assert_counts(lake: &Lake, cases: &[(&str, i64, i64)]) {
 /// flushed its files are read again.
 #[tokio::test]
 async fn files_of_a_table_that_holds_no_rows_of_the_named_objects_are_skipped() {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("id", DataType::Int64, false),
-        Field::new("_source_object", DataType::Utf8, false),
-    ]));
-    let batch = |rows: &[(i64, &str)]| {
-        RecordBatch::try_new(
-            schema.clone(),
-            vec![
-                Arc::new(Int64Array::from_iter_values(rows.iter().map(|r| r.0))),
-                Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.1))),
-            ],
-        )
-        .unwrap()
-    };
+    let schema = sourced_schema();
+    let batch = |rows: &[(i64, &str)]| sourced_batch(&schema, rows);
     let lake = Lake::new(NAME, LOCATION, &schema, &[]).await;
     let url = lake.paths.url(LOCATION).unwrap();
     let tail = tail_of(&lake).await;
