@@ -29,6 +29,7 @@ pub mod scan;
 pub mod sql;
 pub mod tail;
 pub mod txns;
+pub mod vacuum;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

@@ -733,7 +733,9 @@ fn locate(
     Some(span)
 }
 
-fn parse_duration(s: &str) -> Option<Duration> {
+/// A duration as `sluice.toml` and the CLI spell it: a number and a unit, `ms`, `s`, `m`
+/// (or `min`), `h` or `d` (`"500ms"`, `"1.5s"`, `"168h"`, `"7d"`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.')?);
     let n: f64 = num.parse().ok()?;
@@ -742,6 +744,7 @@ fn parse_duration(s: &str) -> Option<Duration> {
         "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86400.0,
         _ => return None,
     };
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))

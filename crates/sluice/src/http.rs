@@ -8,6 +8,7 @@
 //! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types; small objects acknowledged before it are ingested first (`[server] read_after_write`) |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
 //! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
+//! | `POST /v1/tables/{table}/vacuum?retain=24h&dry_run=true` | delete (or list) the files a table retired longer than the retention ago, and old orphans |
 //! | `POST /v1/executions` `{"workflow": …, "input": …, "definition": …}` | start a durable execution of a `[workflows]` entry, or of the definition sent; 201 with its id |
 //! | `GET /v1/executions`, `GET /v1/executions/{id}` | executions; one with its event history |
 //! | `POST /v1/events` `{"Entries": […]}` | PutEvents: custom events for the `[rules]` (also `POST /` with `X-Amz-Target: AWSEvents.PutEvents`, as boto3 and the aws CLI send it) |
@@ -92,6 +93,7 @@ pub fn router(platform: Arc<Platform>) -> axum::Router {
         .route("/v1/runs", get(runs))
         .route("/v1/runs/{id}", get(run))
         .route("/v1/tables/{table}/compact", post(compact))
+        .route("/v1/tables/{table}/vacuum", post(vacuum))
         .route("/v1/executions", get(executions).post(start_execution))
         .route("/v1/executions/{id}", get(execution))
         .route("/v1/events", post(put_events))
@@ -403,5 +405,54 @@ async fn compact(
         "table": table, "partitions": r.partitions, "files_removed": r.files_removed,
         "files_added": r.files_added, "bytes_removed": r.bytes_removed, "version": r.version,
         "superseded": r.superseded,
+    })))
+}
+
+#[derive(Deserialize)]
+struct VacuumParams {
+    /// How long retired files are kept (`24h`, `7d`); default: the table's retention.
+    retain: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn vacuum(
+    State(p): State<Arc<Platform>>,
+    Path(table): Path<String>,
+    Query(q): Query<VacuumParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let retain = match q.retain.as_deref() {
+        None => None,
+        Some(r) => Some(sluice_model::config::parse_duration(r).ok_or_else(|| {
+            ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("retain={r:?}: expected a duration such as 30m, 24h or 7d"),
+            )
+        })?),
+    };
+    match p.project.tables.get(&table) {
+        None if table == crate::platform::QUARANTINE => {}
+        None => {
+            return Err(ApiError(
+                StatusCode::NOT_FOUND,
+                format!("no table {table:?}"),
+            ));
+        }
+        Some(t) if t.layer == sluice_model::config::Layer::Bronze => {
+            return Err(ApiError(
+                StatusCode::BAD_REQUEST,
+                format!("{table} is a bronze table: it keeps objects, not Delta files"),
+            ));
+        }
+        Some(_) => {}
+    }
+    let r = p
+        .vacuum(&table, retain, q.dry_run)
+        .await
+        .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "table": table, "dry_run": q.dry_run, "files": r.files.len(), "bytes": r.bytes,
+        "retention_s": r.retention.as_secs(), "paths": r.files,
     })))
 }

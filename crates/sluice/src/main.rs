@@ -172,6 +172,23 @@ enum Command {
         /// Silver table name, or `quarantine`.
         table: String,
     },
+    /// Delete the data files a table no longer needs: those a compaction, a replaced or
+    /// removed object or a gold refresh retired longer than the retention ago, and files no
+    /// commit names (orphans) older than that and an hour. It commits nothing and runs
+    /// beside `sluice up`. Versions older than the retention can no longer be read.
+    ///
+    /// Example: sluice vacuum trips --retain 24h --dry-run
+    Vacuum {
+        /// Silver or gold table name, or `quarantine`.
+        table: String,
+        /// How long retired files are kept, e.g. `24h`, `7d`. Default: the table's
+        /// `delta.deletedFileRetentionDuration`, seven days unless set.
+        #[arg(long)]
+        retain: Option<String>,
+        /// List what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// List recent runs: status, duration, rows in / valid / quarantined, bytes.
     ///
     /// Example: sluice runs --limit 20
@@ -501,6 +518,11 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }),
+        Command::Vacuum {
+            table,
+            retain,
+            dry_run,
+        } => rt.block_on(vacuum(&cli, table, retain.as_deref(), *dry_run)),
         Command::Run { command: RunCommand::Show { id } } => rt.block_on(run_show(&cli, id)),
         Command::Rules { command: RulesCommand::TestPattern { pattern, event } } => {
             let pattern = json_argument("--pattern", pattern)?;
@@ -1084,6 +1106,49 @@ async fn runs(cli: &Cli, limit: usize) -> Result<()> {
         c.pending, c.running, c.done, c.dead
     );
     Ok(())
+}
+
+/// `sluice vacuum`: deletes (or, dry, lists) the files a table no longer needs.
+async fn vacuum(cli: &Cli, table: &str, retain: Option<&str>, dry_run: bool) -> Result<()> {
+    let retain = retain
+        .map(|r| {
+            sluice_model::config::parse_duration(r).with_context(|| {
+                format!("--retain {r:?}: expected a duration such as 30m, 24h or 7d")
+            })
+        })
+        .transpose()?;
+    let platform = open(cli).await?;
+    let started = std::time::Instant::now();
+    let Some(r) = platform.vacuum(table, retain, dry_run).await? else {
+        println!("{table}: nothing was ever written; nothing to vacuum");
+        return Ok(());
+    };
+    if dry_run {
+        for file in &r.files {
+            println!("{file}");
+        }
+    }
+    println!(
+        "{table}: {} {} files ({:.1} MiB) retired more than {} ago or never committed, in {:.2} s",
+        if dry_run { "would delete" } else { "deleted" },
+        r.files.len(),
+        r.bytes as f64 / 1048576.0,
+        humantime_secs(r.retention),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// A retention as a person reads it: `7d`, `24h`, `90m`, `30s`.
+fn humantime_secs(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0 => "0s".into(),
+        s if s % 86400 == 0 => format!("{}d", s / 86400),
+        s if s % 3600 == 0 => format!("{}h", s / 3600),
+        s if s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
 }
 
 async fn run_show(cli: &Cli, id: &str) -> Result<()> {

@@ -606,6 +606,36 @@ impl Platform {
         Ok(report?)
     }
 
+    /// Deletes the files a silver or gold table, or the quarantine, no longer needs
+    /// ([`sluice_lake::vacuum`]): removed more than `retain` ago (None: the table's own
+    /// retention, seven days unless set), and orphans. It commits nothing and takes no
+    /// lock: ingests, flushes and compactions go on meanwhile. None when the table was never
+    /// written.
+    pub async fn vacuum(
+        &self,
+        table: &str,
+        retain: Option<std::time::Duration>,
+        dry_run: bool,
+    ) -> Result<Option<sluice_lake::vacuum::VacuumReport>> {
+        let location = if table == QUARANTINE {
+            LakePaths::QUARANTINE.to_string()
+        } else {
+            let t = self
+                .project
+                .tables
+                .get(table)
+                .with_context(|| format!("no table {table:?} in sluice.toml"))?;
+            if t.layer == Layer::Bronze {
+                bail!(
+                    "{table} is a bronze table: it keeps objects as they arrived, not Delta files; nothing to vacuum"
+                );
+            }
+            self.locations[table].clone()
+        };
+        let url = self.paths.url(&location)?;
+        Ok(sluice_lake::vacuum::vacuum(&self.tables, table, url, retain, dry_run).await?)
+    }
+
     /// Compacts the quarantine's small files: a tail's flush writes a few each time it
     /// runs. Its rows are rewritten by the ingests of every silver table (replacing or
     /// removing an object), each under its own table's lock, so the commit takes all of

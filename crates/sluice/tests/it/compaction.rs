@@ -220,6 +220,8 @@ fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactl
     // Replacing an object whose rows now share files with others replaces exactly its rows.
     replace_remove_and_resend_touch_exactly_their_rows(&server, &month, &trips, &before);
 
+    vacuum_deletes_only_retired_files(&server, &trips, &before_vacuum(&server));
+
     // The CLI does not compact under a running server's feet; it says how to ask it.
     let (ok, _, err) = server.cli(&["compact", "trips"]);
     assert!(!ok);
@@ -230,6 +232,87 @@ fn small_objects_are_compacted_and_each_object_still_replaces_and_removes_exactl
     let (ok, out, err) = cli(&project.path().join("sluice.toml"), &["compact", "trips"]);
     assert!(ok, "{err}");
     assert!(out.contains("trips"), "{out}");
+}
+
+/// Parquet files on disk under a table's directory (committed or not).
+fn parquet_on_disk(table_dir: &std::path::Path) -> usize {
+    let mut n = 0;
+    let mut dirs = vec![table_dir.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Waits out background compactions (their files are not committed until they end), then
+/// the rows per object as SQL sees them.
+fn before_vacuum(server: &Server) -> BTreeMap<String, i64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while server.status()["compacting"]
+        .as_array()
+        .is_some_and(|c| !c.is_empty())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "compaction never ended"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    counts(server)
+}
+
+/// Vacuum beside a running server: a dry run lists the files compaction and the
+/// replacements retired and deletes nothing; the vacuum deletes exactly those, and every
+/// row still answers, in sluice's SQL and in DuckDB over the Delta log's files.
+fn vacuum_deletes_only_retired_files(
+    server: &Server,
+    trips: &std::path::Path,
+    before: &BTreeMap<String, i64>,
+) {
+    let on_disk = parquet_on_disk(trips);
+    let active = active_files(trips);
+    assert!(
+        on_disk > active,
+        "compaction left retired files: {on_disk} on disk, {active} active"
+    );
+
+    // The table's own retention (seven days) keeps them all.
+    let (status, kept) = server.post("/v1/tables/trips/vacuum");
+    assert_eq!(status, 200, "{kept}");
+    assert_eq!(kept["files"], 0, "{kept}");
+    assert_eq!(kept["retention_s"], 7 * 24 * 3600, "{kept}");
+
+    let (status, dry) = server.post("/v1/tables/trips/vacuum?retain=0s&dry_run=true");
+    assert_eq!(status, 200, "{dry}");
+    assert_eq!(dry["files"], on_disk - active, "{dry}");
+    assert_eq!(parquet_on_disk(trips), on_disk, "a dry run deletes nothing");
+
+    let (status, done) = server.post("/v1/tables/trips/vacuum?retain=0s");
+    assert_eq!(status, 200, "{done}");
+    assert_eq!(done["files"], dry["files"], "{done}");
+    assert_eq!(done["bytes"], dry["bytes"], "{done}");
+    assert_eq!(parquet_on_disk(trips), active);
+    assert_eq!(&counts(server), before);
+    assert_eq!(&oracle_counts(trips), before);
+
+    // The CLI vacuums beside the server too; a second vacuum finds nothing.
+    let (ok, out, err) = server.cli(&["vacuum", "trips", "--retain", "0s"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("trips: deleted 0 files"), "{out}");
+    let (ok, _, err) = server.cli(&["vacuum", "trips", "--retain", "soon"]);
+    assert!(!ok);
+    assert!(err.contains("--retain \"soon\""), "{err}");
+    let (status, body) = server.post("/v1/tables/trips_raw/vacuum");
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = server.post("/v1/tables/trips/vacuum?retain=soon");
+    assert_eq!(status, 400, "{body}");
 }
 
 /// Commits of a table that published data (appends and replacements), from its log.
