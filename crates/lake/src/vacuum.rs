@@ -84,7 +84,9 @@ pub async fn vacuum(
         dry_run,
     };
     for file in files {
-        let path = deltalake::Path::from(file.as_str());
+        // As the store spells it on disk (a partition value's `%20` stays as it is).
+        let path =
+            deltalake::Path::parse(&file).unwrap_or_else(|_| deltalake::Path::from(file.as_str()));
         // A file another vacuum deleted meanwhile is not counted.
         let size = match store.head(&path).await {
             Ok(meta) => meta.size,

@@ -25,11 +25,15 @@ fn schema() -> Schema {
 }
 
 async fn put(lake: &Lake, object: &str, values: &[i64]) {
+    put_on(lake, "2024-01-01", object, values).await
+}
+
+async fn put_on(lake: &Lake, day: &str, object: &str, values: &[i64]) {
     let n = values.len();
     let batch = RecordBatch::try_new(
         Arc::new(schema()),
         vec![
-            Arc::new(StringArray::from(vec!["2024-01-01"; n])),
+            Arc::new(StringArray::from(vec![day; n])),
             Arc::new(StringArray::from(vec![object; n])),
             Arc::new(Int64Array::from(values.to_vec())),
         ],
@@ -145,6 +149,28 @@ async fn vacuum_deletes_replaced_files_past_the_retention_and_old_orphans_only()
             .files
             .is_empty()
     );
+}
+
+/// A partition value the store escapes on disk (`day=eu%20west`): its retired files are
+/// found and deleted as the store names them.
+#[tokio::test]
+async fn retired_files_of_a_partition_with_an_escaped_value_are_deleted() {
+    let lake = common::Lake::new(NAME, LOCATION, &schema(), &["day"]).await;
+    put_on(&lake, "eu west", "raw/a.csv", &[1]).await;
+    put_on(&lake, "eu west", "raw/b.csv", &[2]).await;
+    compact::prepare(&lake.paths, NAME, LOCATION, Scope::All, &lake.tables)
+        .await
+        .unwrap()
+        .expect("two small files to merge")
+        .commit(&lake.tables)
+        .await
+        .unwrap();
+    let (_, active) = contents(&lake).await;
+    assert_eq!(parquet_files(&lake).len(), 3);
+    let done = run(&lake, Some(Duration::ZERO), false).await;
+    assert_eq!(done.files.len(), 2, "{:?}", done.files);
+    assert_eq!(parquet_files(&lake).len(), 1);
+    assert_eq!(contents(&lake).await, (3, active));
 }
 
 #[tokio::test]
