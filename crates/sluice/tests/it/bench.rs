@@ -82,6 +82,21 @@ fn the_benchmark_harness_runs_every_case_and_the_engines_agree() {
         assert_eq!(results["freshness"][phase].as_array().unwrap().len(), 5);
     }
     assert_eq!(results["small_files"]["compact_ok"], Value::Bool(true));
+    // The vacuum after it deleted the files the compactions retired, and only those: what
+    // is left on disk is the table's active files.
+    let small = &results["small_files"];
+    assert_eq!(small["vacuum_ok"], Value::Bool(true), "{small}");
+    let on_disk = |k: &str| small[k][0].as_u64().unwrap();
+    assert_eq!(
+        on_disk("disk_before_vacuum") - on_disk("disk_after_vacuum"),
+        small["vacuum"]["files"].as_u64().unwrap(),
+        "{small}"
+    );
+    assert_eq!(
+        on_disk("disk_after_vacuum"),
+        small["files_after"].as_u64().unwrap(),
+        "{small}"
+    );
 
     // The report replaced what stood between its markers and kept the rest of the page.
     let report = std::fs::read_to_string(&out).unwrap();

@@ -97,6 +97,7 @@ fn every_command_has_help_with_an_example() {
         vec!["tables"],
         vec!["describe"],
         vec!["runs"],
+        vec!["vacuum"],
         vec!["run", "show"],
         vec!["quarantine", "show"],
         vec!["dlq", "list"],
