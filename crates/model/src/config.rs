@@ -130,7 +130,13 @@ pub struct Table {
     pub contract: Option<Contract>,
     /// The model's SQL (gold tables).
     pub sql: Option<String>,
+    /// How long files its commits retired stay on disk before a vacuum deletes them.
+    pub retention: Duration,
 }
+
+/// A table's retention when `sluice.toml` sets none: Delta's own default
+/// (`delta.deletedFileRetentionDuration`).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A validated trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,6 +250,8 @@ pub struct Server {
     /// How long a query waits for small objects acknowledged before it to be ingested
     /// (zero: it does not wait).
     pub read_after_write: Duration,
+    /// How often `sluice up` vacuums its tables (zero: never).
+    pub vacuum_interval: Duration,
 }
 
 /// What an access key may do with a bucket.
@@ -783,6 +791,7 @@ fn validate(
         workers: raw.server.workers,
         flush_interval: Duration::from_secs(1),
         read_after_write: Duration::from_millis(250),
+        vacuum_interval: Duration::from_secs(3600),
     };
     for (name, value, field) in [
         (
@@ -794,6 +803,11 @@ fn validate(
             "read_after_write",
             &raw.server.read_after_write,
             &mut server.read_after_write,
+        ),
+        (
+            "vacuum_interval",
+            &raw.server.vacuum_interval,
+            &mut server.vacuum_interval,
         ),
     ] {
         let Some(v) = value else { continue };
@@ -1424,6 +1438,23 @@ fn validate_table(
             );
         }
     }
+    let retention = match t.retention.as_deref() {
+        None => DEFAULT_RETENTION,
+        Some(_) if layer == Layer::Bronze => {
+            c.add(
+                sub(&[key("retention")]),
+                "bronze tables keep every object as it arrived: `retention` applies to silver and gold tables",
+            );
+            DEFAULT_RETENTION
+        }
+        Some(r) => parse_duration(r).unwrap_or_else(|| {
+            c.add(
+                sub(&[key("retention")]),
+                format!("retention {r:?} is not a duration such as \"24h\" or \"7d\""),
+            );
+            DEFAULT_RETENTION
+        }),
+    };
     Some(Table {
         name: name.to_string(),
         layer,
@@ -1434,6 +1465,7 @@ fn validate_table(
         format,
         contract,
         sql,
+        retention,
     })
 }
 

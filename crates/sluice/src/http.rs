@@ -8,7 +8,7 @@
 //! | `POST /v1/query` `{"sql": …}` | run SQL; JSON rows with column types; small objects acknowledged before it are ingested first (`[server] read_after_write`) |
 //! | `GET /v1/runs`, `GET /v1/runs/{id}` | run history |
 //! | `POST /v1/tables/{table}/compact` | merge a silver table's small files (ingests of it wait) |
-//! | `POST /v1/tables/{table}/vacuum?retain=24h&dry_run=true` | delete (or list) the files a table retired longer than the retention ago, and old orphans |
+//! | `POST /v1/tables/{table}/vacuum?retain=24h&dry_run=true` | delete (or list) the files a table retired longer than its retention (or `retain`) ago, and old orphans; `sluice up` also does it every `[server] vacuum_interval` |
 //! | `POST /v1/executions` `{"workflow": …, "input": …, "definition": …}` | start a durable execution of a `[workflows]` entry, or of the definition sent; 201 with its id |
 //! | `GET /v1/executions`, `GET /v1/executions/{id}` | executions; one with its event history |
 //! | `POST /v1/events` `{"Entries": […]}` | PutEvents: custom events for the `[rules]` (also `POST /` with `X-Amz-Target: AWSEvents.PutEvents`, as boto3 and the aws CLI send it) |

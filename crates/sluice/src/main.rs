@@ -14,6 +14,7 @@ mod s3;
 mod schedules;
 mod system;
 mod tails;
+mod vacuums;
 mod watch;
 mod worker;
 mod workflows;
@@ -174,15 +175,16 @@ enum Command {
     },
     /// Delete the data files a table no longer needs: those a compaction, a replaced or
     /// removed object or a gold refresh retired longer than the retention ago, and files no
-    /// commit names (orphans) older than that and an hour. It commits nothing and runs
-    /// beside `sluice up`. Versions older than the retention can no longer be read.
+    /// commit names (orphans) older than that and an hour (sluice up also does this by
+    /// itself, every `[server] vacuum_interval`). It commits nothing and runs beside
+    /// `sluice up`. Versions older than the retention can no longer be read.
     ///
     /// Example: sluice vacuum trips --retain 24h --dry-run
     Vacuum {
         /// Silver or gold table name, or `quarantine`.
         table: String,
         /// How long retired files are kept, e.g. `24h`, `7d`. Default: the table's
-        /// `delta.deletedFileRetentionDuration`, seven days unless set.
+        /// `retention` in sluice.toml, seven days unless set.
         #[arg(long)]
         retain: Option<String>,
         /// List what would be deleted; delete nothing.

@@ -607,18 +607,21 @@ impl Platform {
     }
 
     /// Deletes the files a silver or gold table, or the quarantine, no longer needs
-    /// ([`sluice_lake::vacuum`]): removed more than `retain` ago (None: the table's own
-    /// retention, seven days unless set), and orphans. It commits nothing and takes no
-    /// lock: ingests, flushes and compactions go on meanwhile. None when the table was never
-    /// written.
+    /// ([`sluice_lake::vacuum`]): removed more than `retain` ago (None: the table's
+    /// `retention` in sluice.toml, seven days unless set; the quarantine's is seven days),
+    /// and orphans. It commits nothing and takes no lock: ingests, flushes and compactions
+    /// go on meanwhile. None when the table was never written.
     pub async fn vacuum(
         &self,
         table: &str,
         retain: Option<std::time::Duration>,
         dry_run: bool,
     ) -> Result<Option<sluice_lake::vacuum::VacuumReport>> {
-        let location = if table == QUARANTINE {
-            LakePaths::QUARANTINE.to_string()
+        let (location, retention) = if table == QUARANTINE {
+            (
+                LakePaths::QUARANTINE.to_string(),
+                sluice_model::config::DEFAULT_RETENTION,
+            )
         } else {
             let t = self
                 .project
@@ -630,9 +633,10 @@ impl Platform {
                     "{table} is a bronze table: it keeps objects as they arrived, not Delta files; nothing to vacuum"
                 );
             }
-            self.locations[table].clone()
+            (self.locations[table].clone(), t.retention)
         };
         let url = self.paths.url(&location)?;
+        let retain = Some(retain.unwrap_or(retention));
         Ok(sluice_lake::vacuum::vacuum(&self.tables, table, url, retain, dry_run).await?)
     }
 

@@ -40,6 +40,7 @@ pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: Cancell
     // The tails' flush loop stops after the workers: its last round commits what they left.
     let flushing = CancellationToken::new();
     let flusher = tokio::spawn(crate::tails::run(platform.clone(), flushing.clone()));
+    let vacuums = tokio::spawn(crate::vacuums::run(platform.clone(), shutdown.clone()));
     let mut handles = Vec::new();
     for n in 0..workers.max(1) {
         let platform = platform.clone();
@@ -58,6 +59,7 @@ pub async fn run_pool(platform: Arc<Platform>, workers: usize, shutdown: Cancell
     }
     flushing.cancel();
     let _ = flusher.await;
+    let _ = vacuums.await;
 }
 
 async fn worker(platform: Arc<Platform>, name: String, shutdown: CancellationToken) {

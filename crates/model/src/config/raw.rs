@@ -62,6 +62,8 @@ pub struct RawServer {
     pub flush_interval: Option<String>,
     /// How long `POST /v1/query` waits for the small objects (up to 4 MiB) acknowledged before it to be ingested, so that a client that uploads and then queries sees its rows without polling, e.g. `"100ms"`, `"2s"`. When it runs out, the query answers from what is there. Only objects written through this server count. A query that reads one silver table filtered to named objects (`WHERE _source_object = 'raw/a.csv'`) waits for those objects alone. `"0s"` answers at once. Default `"250ms"`.
     pub read_after_write: Option<String>,
+    /// How often `sluice up` deletes the data files each silver and gold table (and the quarantine) retired longer than its `retention` ago, e.g. `"10m"`, `"1h"`; the first pass runs a minute after start. `"0s"` turns it off (`sluice vacuum` still works). Default `"1h"`.
+    pub vacuum_interval: Option<String>,
 }
 
 /// The S3-compatible endpoint: the aws CLI, boto3, rclone and DuckDB use the landing zone unchanged.
@@ -145,6 +147,8 @@ pub struct RawTable {
     pub sql: Option<String>,
     /// Gold tables: a file holding the model's SQL, relative to this file.
     pub sql_file: Option<String>,
+    /// Silver and gold tables: how long a data file that a commit retired (compaction, a replaced or removed object, a gold refresh) stays on disk, readable by time travel and by queries still on an older version, before `sluice up` deletes it (its hourly vacuum; `sluice vacuum` on request), e.g. `"24h"`, `"7d"`. Default `"7d"`, Delta's own.
+    pub retention: Option<String>,
 }
 
 /// How source files are read.

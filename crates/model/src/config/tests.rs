@@ -326,3 +326,32 @@ pipeline = "taxi"
         "{out}"
     );
 }
+
+#[test]
+fn retention_and_the_vacuum_interval_are_durations_with_defaults() {
+    let p = parse(GOOD).unwrap();
+    assert_eq!(p.tables["trips"].retention, DEFAULT_RETENTION);
+    assert_eq!(p.server.vacuum_interval, Duration::from_secs(3600));
+    let text = GOOD
+        .replace(
+            "[buckets.raw]",
+            "[server]\nvacuum_interval = \"10m\"\n[buckets.raw]",
+        )
+        .replace("layer = \"gold\"", "layer = \"gold\"\nretention = \"1.5d\"");
+    let p = parse(&text).unwrap();
+    assert_eq!(p.tables["daily"].retention, Duration::from_secs(129_600));
+    assert_eq!(p.server.vacuum_interval, Duration::from_secs(600));
+
+    let text = GOOD
+        .replace(
+            "layer = \"gold\"",
+            "layer = \"gold\"\nretention = \"a week\"",
+        )
+        .replace(
+            "[buckets.raw]",
+            "[buckets.raw]\n[tables.raw_files]\nlayer = \"bronze\"\nretention = \"1h\"",
+        );
+    let e = errors(&text);
+    assert!(e.contains("retention \"a week\" is not a duration"), "{e}");
+    assert!(e.contains("bronze tables keep every object"), "{e}");
+}

@@ -315,6 +315,41 @@ fn vacuum_deletes_only_retired_files(
     assert_eq!(status, 400, "{body}");
 }
 
+/// `sluice up` vacuums by itself on `[server] vacuum_interval`, at each table's `retention`:
+/// the files a compaction retired leave the disk, every row stays.
+#[test]
+fn the_server_vacuums_the_files_compaction_retired_on_its_interval() {
+    let project = taxi_project(|t| {
+        t.replace("[server]\n", "[server]\nvacuum_interval = \"1s\"\n")
+            .replace("[tables.trips]\n", "[tables.trips]\nretention = \"0s\"\n")
+    });
+    let month = Month::generate(project.path(), 11);
+    let trips = project.path().join(".sluice/lake/silver/trips");
+    let server = Server::start(project.path());
+    // One object at a time: each flush writes its own file per partition.
+    for i in 0..3 {
+        server.put_bytes("raw", &Month::key(i), month.object(i, ROWS).as_bytes());
+        server.wait_idle(Duration::from_secs(120));
+    }
+    let before = counts(&server);
+    assert_eq!(before.len(), 3);
+    let (status, report) = server.post("/v1/tables/trips/compact");
+    assert_eq!(status, 200, "{report}");
+    assert!(report["files_removed"].as_u64().unwrap() > 0, "{report}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while parquet_on_disk(&trips) > active_files(&trips) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "retired files still on disk: {} on disk, {} active",
+            parquet_on_disk(&trips),
+            active_files(&trips)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(counts(&server), before);
+    assert_eq!(oracle_counts(&trips), before);
+}
+
 /// Commits of a table that published data (appends and replacements), from its log.
 fn write_commits(table_dir: &std::path::Path) -> usize {
     log_actions(table_dir)
