@@ -302,6 +302,13 @@ fn vacuum_deletes_only_retired_files(
     assert_eq!(&counts(server), before);
     assert_eq!(&oracle_counts(trips), before);
 
+    // The quarantine's files retired by its compaction go the same way, its rows stay.
+    let quarantined = quarantine_counts(server);
+    let (status, q) = server.post("/v1/tables/quarantine/vacuum?retain=0s");
+    assert_eq!(status, 200, "{q}");
+    assert!(q["files"].as_u64().unwrap() > 0, "{q}");
+    assert_eq!(quarantine_counts(server), quarantined);
+
     // The CLI vacuums beside the server too; a second vacuum finds nothing.
     let (ok, out, err) = server.cli(&["vacuum", "trips", "--retain", "0s"]);
     assert!(ok, "{err}");
