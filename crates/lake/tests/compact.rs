@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use arrow::array::{Array, AsArray, Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+use arrow::array::{Array, AsArray};
+use arrow::datatypes::{DataType, Int64Type, Schema};
 use deltalake::kernel::Add;
 use sluice_lake::compact::{self, Scope};
 use sluice_lake::delta;
@@ -14,15 +14,11 @@ use sluice_lake::delta;
 mod common;
 use common::{Lake, parquet_files};
 
-const NAME: &str = "events";
-const LOCATION: &str = "silver/events";
+const NAME: &str = common::EVENTS;
+const LOCATION: &str = common::EVENTS_LOCATION;
 
 fn schema() -> Schema {
-    Schema::new(vec![
-        Field::new("day", DataType::Utf8, true),
-        Field::new("_source_object", DataType::Utf8, true),
-        Field::new("n", DataType::Int64, true),
-    ])
+    common::events_schema()
 }
 
 /// The events table, partitioned by day, in a fresh lake.
@@ -33,16 +29,7 @@ async fn new_lake() -> Lake {
 /// Commits an object's rows (one file), removing `replacing` in the same commit, as an
 /// ingest does.
 async fn put(lake: &Lake, object: &str, values: &[i64], replacing: &[Add]) -> Vec<Add> {
-    let n = values.len();
-    let batch = RecordBatch::try_new(
-        Arc::new(schema()),
-        vec![
-            Arc::new(StringArray::from(vec!["2024-01-01"; n])),
-            Arc::new(StringArray::from(vec![object; n])),
-            Arc::new(Int64Array::from(values.to_vec())),
-        ],
-    )
-    .unwrap();
+    let batch = common::events("2024-01-01", object, values);
     lake.commit(batch, &[(delta::TAG_SOURCE, object)], replacing)
         .await
 }
@@ -204,15 +191,7 @@ async fn small_objects_are_written_with_snappy_and_compaction_writes_zstd() {
         .into_iter()
         .enumerate()
     {
-        let batch = RecordBatch::try_new(
-            Arc::new(schema()),
-            vec![
-                Arc::new(StringArray::from(vec!["2024-01-01"; 2])),
-                Arc::new(StringArray::from(vec![object; 2])),
-                Arc::new(Int64Array::from(vec![2 * i as i64, 2 * i as i64 + 1])),
-            ],
-        )
-        .unwrap();
+        let batch = common::events("2024-01-01", object, &[2 * i as i64, 2 * i as i64 + 1]);
         let table = lake.table().await;
         let mut writer = delta::FileWriter::small(NAME, &table).unwrap();
         writer.write(batch).await.unwrap();

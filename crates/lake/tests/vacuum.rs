@@ -5,23 +5,19 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arrow::array::{Int64Array, RecordBatch, StringArray};
-use arrow::datatypes::{DataType, Field, Schema};
+use arrow::array::Int64Array;
+use arrow::datatypes::Schema;
 use sluice_lake::compact::{self, Scope};
 use sluice_lake::{delta, vacuum};
 
 mod common;
 use common::{Lake, parquet_files};
 
-const NAME: &str = "events";
-const LOCATION: &str = "silver/events";
+const NAME: &str = common::EVENTS;
+const LOCATION: &str = common::EVENTS_LOCATION;
 
 fn schema() -> Schema {
-    Schema::new(vec![
-        Field::new("day", DataType::Utf8, true),
-        Field::new("_source_object", DataType::Utf8, true),
-        Field::new("n", DataType::Int64, true),
-    ])
+    common::events_schema()
 }
 
 async fn put(lake: &Lake, object: &str, values: &[i64]) {
@@ -29,16 +25,7 @@ async fn put(lake: &Lake, object: &str, values: &[i64]) {
 }
 
 async fn put_on(lake: &Lake, day: &str, object: &str, values: &[i64]) {
-    let n = values.len();
-    let batch = RecordBatch::try_new(
-        Arc::new(schema()),
-        vec![
-            Arc::new(StringArray::from(vec![day; n])),
-            Arc::new(StringArray::from(vec![object; n])),
-            Arc::new(Int64Array::from(values.to_vec())),
-        ],
-    )
-    .unwrap();
+    let batch = common::events(day, object, values);
     lake.commit(batch, &[(delta::TAG_SOURCE, object)], &[])
         .await;
 }

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::json;
 use sluice_model::ErrorCode;
+use sluice_model::config::Layer;
 use sluice_model::key::{BucketName, ObjectKey};
 
 use crate::platform::{Platform, PutError, PutOptions};
@@ -374,29 +375,34 @@ async fn execution(
     Ok(Json(crate::workflows::execution_with_history(&p, &id)?))
 }
 
+/// Whether a maintenance request (compact, vacuum) may name `table`: the quarantine, or a
+/// table of sluice.toml in one of the `layers` (404 for an unknown name, 400 saying `only`
+/// for another layer).
+fn maintained(p: &Platform, table: &str, layers: &[Layer], only: &str) -> Result<(), ApiError> {
+    match p.project.tables.get(table) {
+        None if table == crate::platform::QUARANTINE => Ok(()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no table {table:?}"),
+        )),
+        Some(t) if !layers.contains(&t.layer) => Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("{table} is a {} table; {only}", t.layer.as_str()),
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
 async fn compact(
     State(p): State<Arc<Platform>>,
     Path(table): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    match p.project.tables.get(&table) {
-        None if table == crate::platform::QUARANTINE => {}
-        None => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no table {table:?}"),
-            ));
-        }
-        Some(t) if t.layer != sluice_model::config::Layer::Silver => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{table} is a {} table; only silver tables are compacted",
-                    t.layer.as_str()
-                ),
-            ));
-        }
-        Some(_) => {}
-    }
+    maintained(
+        &p,
+        &table,
+        &[Layer::Silver],
+        "only silver tables are compacted",
+    )?;
     let r = p
         .compact(&table, sluice_lake::compact::Scope::All)
         .await
@@ -430,22 +436,12 @@ async fn vacuum(
             )
         })?),
     };
-    match p.project.tables.get(&table) {
-        None if table == crate::platform::QUARANTINE => {}
-        None => {
-            return Err(ApiError(
-                StatusCode::NOT_FOUND,
-                format!("no table {table:?}"),
-            ));
-        }
-        Some(t) if t.layer == sluice_model::config::Layer::Bronze => {
-            return Err(ApiError(
-                StatusCode::BAD_REQUEST,
-                format!("{table} is a bronze table: it keeps objects, not Delta files"),
-            ));
-        }
-        Some(_) => {}
-    }
+    maintained(
+        &p,
+        &table,
+        &[Layer::Silver, Layer::Gold],
+        "bronze tables keep objects, not Delta files",
+    )?;
     let r = p
         .vacuum(&table, retain, q.dry_run)
         .await

@@ -3,12 +3,40 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::Schema;
+use std::sync::Arc;
+
+use arrow::array::{Int64Array, RecordBatch, StringArray};
+use arrow::datatypes::{DataType, Field, Schema};
 use deltalake::DeltaTable;
 use deltalake::kernel::{Add, Remove};
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use sluice_lake::{LakePaths, delta};
+
+/// The compaction and vacuum tests' table: a `day` partition, the source object, a number.
+pub const EVENTS: &str = "events";
+pub const EVENTS_LOCATION: &str = "silver/events";
+
+pub fn events_schema() -> Schema {
+    Schema::new(vec![
+        Field::new("day", DataType::Utf8, true),
+        Field::new("_source_object", DataType::Utf8, true),
+        Field::new("n", DataType::Int64, true),
+    ])
+}
+
+/// `object`'s rows of the events table, all on `day`.
+pub fn events(day: &str, object: &str, values: &[i64]) -> RecordBatch {
+    let n = values.len();
+    RecordBatch::try_new(
+        Arc::new(events_schema()),
+        vec![
+            Arc::new(StringArray::from(vec![day; n])),
+            Arc::new(StringArray::from(vec![object; n])),
+            Arc::new(Int64Array::from(values.to_vec())),
+        ],
+    )
+    .unwrap()
+}
 
 /// The Parquet files under the table's directory (committed or not), relative to it.
 pub fn parquet_files(lake: &Lake) -> std::collections::BTreeSet<String> {
