@@ -335,7 +335,18 @@ impl TableCache {
             .or_else(|| self.tail(&url).map(|t| t.capture()))
             .unwrap_or_default();
         let version = table.version().map_or(-1, |v| v as i64);
-        Ok(Some((table, Tail::visible(captured, version).await)))
+        let undecided = Tail::undecided(&captured, version);
+        let txns = if undecided.is_empty() {
+            None
+        } else {
+            self.indexed_txn_versions(name, &table, &undecided)
+                .await?
+                .map(|found| found.0)
+        };
+        Ok(Some((
+            table,
+            Tail::visible(captured, version, txns.as_ref()).await,
+        )))
     }
 
     /// The tail of the table at `url`, once a use of the table has read it back.

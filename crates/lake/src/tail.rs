@@ -179,6 +179,20 @@ struct FlushMark {
 }
 
 impl FlushMark {
+    /// Whether a read of the table at `version` holds this flush's rows, when that is
+    /// known without waiting: None while the flush is still committing and `version` is
+    /// past its base (the version may be its commit's).
+    fn known(&self, version: i64) -> Option<bool> {
+        if version <= self.base {
+            return Some(false);
+        }
+        match *self.outcome.borrow() {
+            Some(Some(v)) => Some(v <= version),
+            Some(None) => Some(false),
+            None => None,
+        }
+    }
+
     /// Whether a read of the table at `version` holds this flush's rows.
     async fn held_by(&self, version: i64) -> bool {
         if version <= self.base {
@@ -317,14 +331,46 @@ impl Tail {
         self.entries().clone()
     }
 
+    /// The app ids of the entries among `captured` whose flush may or may not be in a read
+    /// of the table at `version`: it is committing now, and the version is past its base.
+    /// What the table's `txn`s at that version say of them decides ([`Tail::visible`]).
+    pub fn undecided(captured: &[Arc<Entry>], version: i64) -> Vec<String> {
+        let mut apps = BTreeSet::new();
+        for entry in captured {
+            if entry
+                .mark()
+                .is_some_and(|mark| mark.known(version).is_none())
+            {
+                apps.extend(entry.txns.iter().map(|(app, _)| app.clone()));
+            }
+        }
+        apps.into_iter().collect()
+    }
+
     /// The entries a read of the table at `version` does not hold: those not flushed, and
-    /// those whose flush commits after `version`.
-    pub async fn visible(captured: Vec<Arc<Entry>>, version: i64) -> Vec<Arc<Entry>> {
+    /// those whose flush commits after `version`. For an entry whose flush is committing
+    /// as the read opens, `txns` (the table's at `version`, of [`Tail::undecided`]'s app
+    /// ids) decides: the flush's commit carries the entry's `txn`s, and only that commit
+    /// (or a later one, after it) can. Without them the read waits for the flush's outcome
+    /// (the commit's log entry is written, then made durable, then the flush learns its
+    /// version on its lower-priority thread: every query opened meanwhile waited).
+    pub async fn visible(
+        captured: Vec<Arc<Entry>>,
+        version: i64,
+        txns: Option<&HashMap<String, i64>>,
+    ) -> Vec<Arc<Entry>> {
         let mut visible = Vec::with_capacity(captured.len());
         for entry in captured {
             let held = match entry.mark() {
-                Some(mark) => mark.held_by(version).await,
                 None => false,
+                Some(mark) => match (mark.known(version), txns) {
+                    (Some(known), _) => known,
+                    (None, Some(txns)) => entry
+                        .txns
+                        .iter()
+                        .all(|(app, v)| txns.get(app).is_some_and(|t| t >= v)),
+                    (None, None) => mark.held_by(version).await,
+                },
             };
             if !held {
                 visible.push(entry);

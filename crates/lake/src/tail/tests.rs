@@ -369,3 +369,70 @@ async fn a_written_entry_dropped_unpublished_is_not_read_back() {
     assert_eq!(reopened[0].seq, seq);
     assert_eq!(reopened[0].needs, Some(needs));
 }
+
+/// A read that opens while a flush is committing (the flush's log entry written, its
+/// outcome not yet known) is decided by the table's `txn`s at the read's version, without
+/// waiting for the flush: an entry whose keys the version holds is in the snapshot, one
+/// whose keys it does not is still the tail's. Without `txn`s the read waits, and the
+/// outcome, once known, decides alone.
+#[tokio::test]
+async fn a_read_opened_while_a_flush_commits_is_decided_by_the_tables_txns() {
+    let root = tempfile::tempdir().unwrap();
+    let tail = Tail::open(root.path().join(DIR), true).unwrap();
+    tail.append("t", schema(), vec![rows(0, 2)], vec![("a".into(), 5)])
+        .await
+        .unwrap();
+    tail.append("t", schema(), vec![rows(10, 1)], vec![("b".into(), 7)])
+        .await
+        .unwrap();
+    let (outcome, _) = watch::channel(None);
+    let mark = Arc::new(FlushMark { base: 3, outcome });
+    for entry in tail.capture() {
+        entry.set_mark(Some(mark.clone()));
+    }
+    let captured = tail.capture();
+    assert!(
+        Tail::undecided(&captured, 3).is_empty(),
+        "at the base: not flushed"
+    );
+    assert_eq!(Tail::undecided(&captured, 4), vec!["a", "b"]);
+
+    let decided = |txns: &[(&str, i64)]| {
+        let txns: HashMap<String, i64> = txns.iter().map(|(a, v)| (a.to_string(), *v)).collect();
+        let captured = captured.clone();
+        async move {
+            let visible = tokio::time::timeout(
+                Duration::from_secs(30),
+                Tail::visible(captured, 4, Some(&txns)),
+            )
+            .await
+            .expect("decided without waiting for the flush");
+            ids(&visible)
+        }
+    };
+    assert_eq!(decided(&[("a", 5), ("b", 7)]).await, Vec::<i64>::new());
+    assert_eq!(decided(&[("a", 5), ("b", 6)]).await, vec![10]);
+    assert_eq!(
+        decided(&[("a", 9)]).await,
+        vec![10],
+        "a later version holds it too"
+    );
+    assert_eq!(decided(&[]).await, vec![0, 1, 10]);
+
+    // Without txns the read waits for the outcome, which then decides.
+    let waiting = tokio::spawn(Tail::visible(captured.clone(), 4, None));
+    tokio::task::yield_now().await;
+    assert!(!waiting.is_finished(), "waits while the flush commits");
+    mark.outcome.send_replace(Some(Some(4)));
+    assert!(waiting.await.unwrap().is_empty());
+    assert_eq!(
+        ids(&Tail::visible(captured.clone(), 3, None).await),
+        vec![0, 1, 10]
+    );
+    assert!(
+        Tail::visible(captured, 5, Some(&HashMap::new()))
+            .await
+            .is_empty(),
+        "a known outcome wins over txns"
+    );
+}
