@@ -950,6 +950,80 @@ pub async fn rewrite_without(
     Ok((adds, removes))
 }
 
+/// The rows of `batch` that `keep` selects (all when None), in the order a [`FileWriter`]
+/// writes a table's partitions in (by `partition_by`'s values, as the writer's row
+/// converter orders them; rows of one partition in their order). One gather, as the
+/// filter of the valid rows it stands for: a tail entry's rows are stored so, and its
+/// flush writes each entry's partition slices as they are instead of gathering every
+/// row again (that `take` was ~13% of a tail flush's CPU, docs/benchmarks.md, session 44).
+pub fn partition_sorted(
+    batch: &RecordBatch,
+    keep: Option<&BooleanArray>,
+    partition_by: &[String],
+) -> Result<RecordBatch, arrow::error::ArrowError> {
+    let kept = |row: usize| keep.is_none_or(|k| k.is_valid(row) && k.value(row));
+    if partition_by.is_empty() || batch.num_rows() == 0 {
+        return match keep {
+            Some(keep) => arrow::compute::filter_record_batch(batch, keep),
+            None => Ok(batch.clone()),
+        };
+    }
+    let mut columns = Vec::with_capacity(partition_by.len());
+    for name in partition_by {
+        columns.push(batch.column_by_name(name).cloned().ok_or_else(|| {
+            arrow::error::ArrowError::SchemaError(format!("no partition column {name}"))
+        })?);
+    }
+    let converter = arrow::row::RowConverter::new(
+        columns
+            .iter()
+            .map(|c| arrow::row::SortField::new(c.data_type().clone()))
+            .collect(),
+    )?;
+    let rows = converter.convert_columns(&columns)?;
+    // Each kept row's partition, numbered as first seen, then ranked in partition order.
+    let mut numbers: datafusion::common::HashMap<arrow::row::Row<'_>, u32> =
+        datafusion::common::HashMap::new();
+    let of_row: Vec<Option<u32>> = (0..batch.num_rows())
+        .map(|row| {
+            kept(row).then(|| {
+                let next = numbers.len() as u32;
+                *numbers.entry(rows.row(row)).or_insert(next)
+            })
+        })
+        .collect();
+    let mut order: Vec<(arrow::row::Row<'_>, u32)> = numbers.into_iter().collect();
+    order.sort_unstable_by_key(|(key, _)| *key);
+    let mut rank = vec![0u32; order.len()];
+    for (i, (_, number)) in order.iter().enumerate() {
+        rank[*number as usize] = i as u32;
+    }
+    let mut starts = vec![0usize; order.len() + 1];
+    for p in of_row.iter().flatten() {
+        starts[rank[*p as usize] as usize + 1] += 1;
+    }
+    for p in 0..order.len() {
+        starts[p + 1] += starts[p];
+    }
+    let mut indices = vec![0u32; starts[order.len()]];
+    for (row, p) in of_row.iter().enumerate() {
+        if let Some(p) = p {
+            let at = &mut starts[rank[*p as usize] as usize];
+            indices[*at] = row as u32;
+            *at += 1;
+        }
+    }
+    if keep.is_none()
+        && indices
+            .iter()
+            .enumerate()
+            .all(|(i, &row)| i == row as usize)
+    {
+        return Ok(batch.clone());
+    }
+    arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))
+}
+
 /// Whether a column of this type is worth a dictionary. Measurements and instants
 /// (floats, timestamps) rarely repeat a value, so a dictionary is all cost: every value
 /// hashed into it, a dictionary page as large as the values, then indices on top (the
@@ -1392,16 +1466,28 @@ impl WindowWriter {
         // batch; then each partition's slices are joined, written and dropped. Gathering a
         // partition's rows straight from the whole window (`interleave`) touched a cache
         // line per value: ~10% of an ingest's CPU.
+        // A batch already in partition order with every row kept (a tail entry's, see
+        // [`partition_sorted`]) is taken as it is.
         let parts = order.len();
         let mut sorted = Vec::with_capacity(batches.len());
         for (selected, mut of_row) in batches.into_iter().zip(of_rows) {
             let mut starts = vec![0usize; parts + 1];
+            let mut ordered = selected.keep.is_none();
+            let mut last = 0;
             for p in of_row.iter_mut().filter(|p| **p != SKIP) {
                 *p = rank[*p as usize];
+                ordered &= *p >= last;
+                last = *p;
                 starts[*p as usize + 1] += 1;
             }
             for p in 0..parts {
                 starts[p + 1] += starts[p];
+            }
+            if ordered {
+                if starts[parts] > 0 {
+                    sorted.push((selected.batch, starts));
+                }
+                continue;
             }
             let mut next = starts.clone();
             let mut indices = vec![0u32; starts[parts]];

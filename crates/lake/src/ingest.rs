@@ -917,7 +917,19 @@ impl Batch<'_> {
                     let written = async {
                         match &mut silver_writer {
                             Some(w) => w.write_selected(validated.rows, validated.keep).await?,
-                            None if valid_rows > 0 => buffered.push(validated.valid()?),
+                            None if valid_rows > 0 => buffered.push(
+                                delta::partition_sorted(
+                                    &validated.rows,
+                                    validated.keep.as_ref(),
+                                    target.partition_by,
+                                )
+                                .map_err(|e| {
+                                    Error::Internal(format!(
+                                        "{}: ordering rows by partition: {e}",
+                                        target.table
+                                    ))
+                                })?,
+                            ),
                             None => {}
                         }
                         if !quarantine_done && !rejected.is_empty() {

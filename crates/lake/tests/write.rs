@@ -218,6 +218,62 @@ async fn only_selected_rows_are_written_and_rejected_rows_make_no_partition() {
     }
 }
 
+/// A tail entry's rows are stored in partition order (`delta::partition_sorted`): the
+/// kept rows only, each day's together in the order the days sort in, each day's in their
+/// own order; rows already so, all kept, come back as they are. Written, such batches
+/// (which the writer takes without gathering them again) land once each in their day, as
+/// unsorted ones do.
+#[tokio::test]
+async fn rows_in_partition_order_keep_their_order_within_a_day_and_land_once_each() {
+    let by_day = ["day".to_string()];
+    let lake = Lake::new("events", "silver/events", &schema(), &["day"]).await;
+    let table = lake.table().await;
+    let mut writer = delta::FileWriter::new(lake.name, &table).unwrap();
+    let mut expected = Vec::new();
+    for first in [0, 1_000, 2_000] {
+        let b = batch(first, 300, three_days_or_rejected);
+        let n = b.column(1).as_primitive::<Int64Type>().clone();
+        let keep = BooleanArray::from_iter(n.values().iter().map(|&n| Some(!rejected(n))));
+        let sorted = delta::partition_sorted(&b, Some(&keep), &by_day).unwrap();
+        let days = sorted.column(0).as_string::<i32>();
+        let ns = sorted.column(1).as_primitive::<Int64Type>();
+        let got: Vec<(String, i64)> = (0..sorted.num_rows())
+            .map(|i| (days.value(i).to_string(), ns.value(i)))
+            .collect();
+        let mut want: Vec<(String, i64)> = n
+            .values()
+            .iter()
+            .filter(|&&n| !rejected(n))
+            .map(|&n| (three_days_or_rejected(n).to_string(), n))
+            .collect();
+        want.sort();
+        assert_eq!(got, want, "kept rows, by day, each day's in its own order");
+        expected.extend(want);
+
+        let again = delta::partition_sorted(&sorted, None, &by_day).unwrap();
+        assert!(
+            Arc::ptr_eq(again.column(2), sorted.column(2)),
+            "rows already in order are not copied"
+        );
+        writer.write(sorted).await.unwrap();
+    }
+    // Without partition columns: the kept rows, in their order.
+    let b = batch(0, 10, day_of_three);
+    let keep = BooleanArray::from_iter((0..10).map(|n| Some(!rejected(n))));
+    let kept = delta::partition_sorted(&b, Some(&keep), &[]).unwrap();
+    assert_eq!(
+        kept.column(1).as_primitive::<Int64Type>().values().to_vec(),
+        vec![1, 2, 3, 4, 6, 7, 8, 9]
+    );
+
+    let adds = writer.finish(&[]).await.unwrap();
+    assert_eq!(adds.len(), 3, "one file per day");
+    lake.commit_adds(adds, &[]).await;
+    let (rows, _) = contents(&lake).await;
+    expected.sort();
+    assert_eq!(rows, expected, "every kept row once, in its own day");
+}
+
 #[tokio::test]
 async fn a_failed_write_leaves_no_file_behind() {
     let lake = Lake::new("events", "silver/events", &schema(), &["day"]).await;
