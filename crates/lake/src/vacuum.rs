@@ -8,8 +8,10 @@
 //!
 //! [`vacuum`] deletes files removed longer than a retention ago (the table's
 //! `delta.deletedFileRetentionDuration`, seven days unless set, or what the caller asks),
-//! and orphans older than both that retention and [`ORPHAN_MIN_AGE`]: a younger file may
-//! belong to a write still in flight, in this process or another. It plans with
+//! and, with [`Sweep::WithOrphans`], orphans older than both that retention and
+//! [`ORPHAN_MIN_AGE`]: a younger file may belong to a write still in flight, in this
+//! process or another. Finding orphans lists every file of the table; retired files are
+//! named by the log alone ([`Sweep::Retired`]). It plans with
 //! deltalake's vacuum (a dry run: `Lite` mode for tombstones, `Full` for orphans) and
 //! deletes the planned files itself, so it commits nothing: the log, the versions queries
 //! and ingests see, and the durability of its entries are left as they were.
@@ -32,6 +34,16 @@ use crate::delta::TableCache;
 /// are younger (a 5 GB ingest writes for about a minute before its commit).
 pub const ORPHAN_MIN_AGE: Duration = Duration::from_secs(3600);
 
+/// What a vacuum looks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Files the table's commits removed longer than the retention ago: found in the log.
+    Retired,
+    /// Those, and orphans (files no commit names) older than the retention and
+    /// [`ORPHAN_MIN_AGE`]: found by listing every file under the table's root.
+    WithOrphans,
+}
+
 /// What a vacuum deleted, or would delete (a dry run).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct VacuumReport {
@@ -46,13 +58,15 @@ pub struct VacuumReport {
 }
 
 /// Deletes the files the table at `url` removed more than `retain` ago (None: the table's
-/// own retention) and its orphans older than that and [`ORPHAN_MIN_AGE`]; with `dry_run`,
-/// only reports them. None when nothing was ever committed there.
+/// own retention) and, as `sweep` asks, its orphans older than that and
+/// [`ORPHAN_MIN_AGE`]; with `dry_run`, only reports them. None when nothing was ever
+/// committed there.
 pub async fn vacuum(
     tables: &TableCache,
     name: &str,
     url: url::Url,
     retain: Option<Duration>,
+    sweep: Sweep,
     dry_run: bool,
 ) -> Result<Option<VacuumReport>, Error> {
     let Some(table) = tables.latest(name, url).await? else {
@@ -67,15 +81,17 @@ pub async fn vacuum(
             .deleted_file_retention_duration(),
     };
     let mut files = planned(name, &table, VacuumMode::Lite, retention).await?;
-    files.extend(
-        planned(
-            name,
-            &table,
-            VacuumMode::Full,
-            retention.max(ORPHAN_MIN_AGE),
-        )
-        .await?,
-    );
+    if sweep == Sweep::WithOrphans {
+        files.extend(
+            planned(
+                name,
+                &table,
+                VacuumMode::Full,
+                retention.max(ORPHAN_MIN_AGE),
+            )
+            .await?,
+        );
+    }
     let store = table.log_store().object_store(None);
     let mut report = VacuumReport {
         files: Vec::with_capacity(files.len()),

@@ -59,8 +59,17 @@ fn file_aged(lake: &Lake, relative: &str, bytes: &[u8], age: Duration) {
 }
 
 async fn run(lake: &Lake, retain: Option<Duration>, dry_run: bool) -> vacuum::VacuumReport {
+    sweep(lake, retain, vacuum::Sweep::WithOrphans, dry_run).await
+}
+
+async fn sweep(
+    lake: &Lake,
+    retain: Option<Duration>,
+    sweep: vacuum::Sweep,
+    dry_run: bool,
+) -> vacuum::VacuumReport {
     let url = lake.paths.url(LOCATION).unwrap();
-    vacuum::vacuum(&lake.tables, NAME, url, retain, dry_run)
+    vacuum::vacuum(&lake.tables, NAME, url, retain, sweep, dry_run)
         .await
         .unwrap()
         .expect("the table exists")
@@ -105,6 +114,14 @@ async fn vacuum_deletes_replaced_files_past_the_retention_and_old_orphans_only()
     assert_eq!(kept.retention, Duration::from_secs(7 * 24 * 3600));
     assert!(kept.files.is_empty(), "{:?}", kept.files);
     assert_eq!(parquet_files(&lake), on_disk);
+
+    // Retired files only (the automatic pass between its daily orphan sweeps): the
+    // replaced files, not the old orphan, which only a listing finds.
+    let retired = sweep(&lake, Some(Duration::ZERO), vacuum::Sweep::Retired, true).await;
+    assert_eq!(
+        retired.files.iter().cloned().collect::<BTreeSet<_>>(),
+        small
+    );
 
     // A retention of zero: the three replaced files and the old orphan, not the young one.
     let mut expected: BTreeSet<String> = small.clone();
@@ -166,8 +183,15 @@ async fn a_table_never_committed_has_nothing_to_vacuum() {
     let paths = sluice_lake::LakePaths::new(dir.path());
     let tables = delta::TableCache::default();
     let url = paths.url("silver/none").unwrap();
-    let report = vacuum::vacuum(&tables, "none", url, None, false)
-        .await
-        .unwrap();
+    let report = vacuum::vacuum(
+        &tables,
+        "none",
+        url,
+        None,
+        vacuum::Sweep::WithOrphans,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(report, None);
 }

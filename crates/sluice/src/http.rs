@@ -443,7 +443,12 @@ async fn vacuum(
         "bronze tables keep objects, not Delta files",
     )?;
     let r = p
-        .vacuum(&table, retain, q.dry_run)
+        .vacuum(
+            &table,
+            retain,
+            sluice_lake::vacuum::Sweep::WithOrphans,
+            q.dry_run,
+        )
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?
         .unwrap_or_default();

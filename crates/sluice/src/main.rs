@@ -1121,7 +1121,15 @@ async fn vacuum(cli: &Cli, table: &str, retain: Option<&str>, dry_run: bool) -> 
         .transpose()?;
     let platform = open(cli).await?;
     let started = std::time::Instant::now();
-    let Some(r) = platform.vacuum(table, retain, dry_run).await? else {
+    let Some(r) = platform
+        .vacuum(
+            table,
+            retain,
+            sluice_lake::vacuum::Sweep::WithOrphans,
+            dry_run,
+        )
+        .await?
+    else {
         println!("{table}: nothing was ever written; nothing to vacuum");
         return Ok(());
     };

@@ -615,6 +615,7 @@ impl Platform {
         &self,
         table: &str,
         retain: Option<std::time::Duration>,
+        sweep: sluice_lake::vacuum::Sweep,
         dry_run: bool,
     ) -> Result<Option<sluice_lake::vacuum::VacuumReport>> {
         let (location, retention) = if table == QUARANTINE {
@@ -637,7 +638,7 @@ impl Platform {
         };
         let url = self.paths.url(&location)?;
         let retain = Some(retain.unwrap_or(retention));
-        Ok(sluice_lake::vacuum::vacuum(&self.tables, table, url, retain, dry_run).await?)
+        Ok(sluice_lake::vacuum::vacuum(&self.tables, table, url, retain, sweep, dry_run).await?)
     }
 
     /// Compacts the quarantine's small files: a tail's flush writes a few each time it

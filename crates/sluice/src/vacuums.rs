@@ -1,11 +1,15 @@
 //! The vacuum loop of `sluice up`: every `[server] vacuum_interval` (the first pass a
 //! minute after start), each silver and gold table and the quarantine loses the data files
-//! its commits retired longer than its `retention` ago, and its old orphans
-//! ([`Platform::vacuum`]). A pass commits nothing and takes no lock; it runs on the
-//! compactions' lower-priority runtime, beside requests, ingests and flushes.
+//! its commits retired longer than its `retention` ago, and, on the first pass and once
+//! a day after, its old orphans ([`Platform::vacuum`]): finding orphans lists every file of
+//! every table, where retired files are named by the log alone. A pass commits nothing and
+//! takes no lock; it runs on the compactions' lower-priority runtime, beside requests,
+//! ingests and flushes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use sluice_lake::vacuum::Sweep;
 
 use sluice_model::config::Layer;
 use tokio_util::sync::CancellationToken;
@@ -16,6 +20,10 @@ use crate::platform::{Platform, QUARANTINE};
 /// The wait before the first pass: a server that restarts often still vacuums.
 const FIRST: Duration = Duration::from_secs(60);
 
+/// How often a pass also looks for orphans (a write's files its commit never named: rare,
+/// a crash or a dropped commit), listing every file of every table.
+const ORPHANS_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// Vacuums every table each interval until `shutdown` (never, with a zero interval).
 pub async fn run(platform: Arc<Platform>, shutdown: CancellationToken) {
     let every = platform.project.server.vacuum_interval;
@@ -23,19 +31,27 @@ pub async fn run(platform: Arc<Platform>, shutdown: CancellationToken) {
         return;
     }
     let mut wait = FIRST.min(every);
+    let mut orphans_swept: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
         wait = every;
+        let sweep = match orphans_swept {
+            Some(at) if at.elapsed() < ORPHANS_EVERY => Sweep::Retired,
+            _ => {
+                orphans_swept = Some(Instant::now());
+                Sweep::WithOrphans
+            }
+        };
         for table in tables(&platform) {
             if shutdown.is_cancelled() {
                 return;
             }
             let pass = {
                 let (platform, table) = (platform.clone(), table.clone());
-                async move { platform.vacuum(&table, None, false).await }
+                async move { platform.vacuum(&table, None, sweep, false).await }
             };
             let result = match crate::tails::compactions() {
                 Some(runtime) => match runtime.spawn(pass).await {

@@ -62,7 +62,7 @@ pub struct RawServer {
     pub flush_interval: Option<String>,
     /// How long `POST /v1/query` waits for the small objects (up to 4 MiB) acknowledged before it to be ingested, so that a client that uploads and then queries sees its rows without polling, e.g. `"100ms"`, `"2s"`. When it runs out, the query answers from what is there. Only objects written through this server count. A query that reads one silver table filtered to named objects (`WHERE _source_object = 'raw/a.csv'`) waits for those objects alone. `"0s"` answers at once. Default `"250ms"`.
     pub read_after_write: Option<String>,
-    /// How often `sluice up` deletes the data files each silver and gold table (and the quarantine) retired longer than its `retention` ago, e.g. `"10m"`, `"1h"`; the first pass runs a minute after start. `"0s"` turns it off (`sluice vacuum` still works). Default `"1h"`.
+    /// How often `sluice up` deletes the data files each silver and gold table (and the quarantine) retired longer than its `retention` ago, e.g. `"10m"`, `"1h"`; the first pass runs a minute after start. The first pass, and one a day after it, also deletes orphans (files no commit names, older than the retention and an hour), which means listing every file of every table. `"0s"` turns it off (`sluice vacuum` still works). Default `"1h"`.
     pub vacuum_interval: Option<String>,
 }
 
