@@ -984,44 +984,74 @@ pub fn partition_sorted(
     // Each kept row's partition, numbered as first seen, then ranked in partition order.
     let mut numbers: datafusion::common::HashMap<arrow::row::Row<'_>, u32> =
         datafusion::common::HashMap::new();
-    let of_row: Vec<Option<u32>> = (0..batch.num_rows())
+    let mut of_row: Vec<u32> = (0..batch.num_rows())
         .map(|row| {
-            kept(row).then(|| {
+            if kept(row) {
                 let next = numbers.len() as u32;
                 *numbers.entry(rows.row(row)).or_insert(next)
-            })
+            } else {
+                SKIP
+            }
         })
         .collect();
+    let (order, rank) = ranked(numbers);
+    match grouped(&mut of_row, &rank, order.len()).1 {
+        None => Ok(batch.clone()),
+        Some(indices) => {
+            arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))
+        }
+    }
+}
+
+/// A row not kept, in a batch's numbering of its rows' partitions.
+const SKIP: u32 = u32::MAX;
+
+/// Partitions numbered as first seen, put in key order: the keys with their numbers,
+/// sorted, and each number's rank among them.
+fn ranked(
+    numbers: datafusion::common::HashMap<arrow::row::Row<'_>, u32>,
+) -> (Vec<(arrow::row::Row<'_>, u32)>, Vec<u32>) {
     let mut order: Vec<(arrow::row::Row<'_>, u32)> = numbers.into_iter().collect();
     order.sort_unstable_by_key(|(key, _)| *key);
     let mut rank = vec![0u32; order.len()];
     for (i, (_, number)) in order.iter().enumerate() {
         rank[*number as usize] = i as u32;
     }
-    let mut starts = vec![0usize; order.len() + 1];
-    for p in of_row.iter().flatten() {
-        starts[rank[*p as usize] as usize + 1] += 1;
+    (order, rank)
+}
+
+/// One batch's rows grouped by partition: `of_row` holds each row's partition number
+/// ([`SKIP`]: not kept), turned here into its rank among `parts` ([`ranked`]). Returns
+/// where partition `p`'s rows start among the kept ones (`starts[p]..starts[p + 1]`), and
+/// the rows to gather in that order; None when every row is kept and already in that
+/// order (the batch as it is).
+fn grouped(of_row: &mut [u32], rank: &[u32], parts: usize) -> (Vec<usize>, Option<Vec<u32>>) {
+    let mut starts = vec![0usize; parts + 1];
+    let mut ordered = true;
+    let mut last = 0;
+    for p in of_row.iter_mut() {
+        if *p == SKIP {
+            ordered = false;
+            continue;
+        }
+        *p = rank[*p as usize];
+        ordered &= *p >= last;
+        last = *p;
+        starts[*p as usize + 1] += 1;
     }
-    for p in 0..order.len() {
+    for p in 0..parts {
         starts[p + 1] += starts[p];
     }
-    let mut indices = vec![0u32; starts[order.len()]];
-    for (row, p) in of_row.iter().enumerate() {
-        if let Some(p) = p {
-            let at = &mut starts[rank[*p as usize] as usize];
-            indices[*at] = row as u32;
-            *at += 1;
-        }
+    if ordered {
+        return (starts, None);
     }
-    if keep.is_none()
-        && indices
-            .iter()
-            .enumerate()
-            .all(|(i, &row)| i == row as usize)
-    {
-        return Ok(batch.clone());
+    let mut next = starts.clone();
+    let mut indices = vec![0u32; starts[parts]];
+    for (row, &p) in of_row.iter().enumerate().filter(|(_, p)| **p != SKIP) {
+        indices[next[p as usize]] = row as u32;
+        next[p as usize] += 1;
     }
-    arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))
+    (starts, Some(indices))
 }
 
 /// Whether a column of this type is worth a dictionary. Measurements and instants
@@ -1416,7 +1446,6 @@ impl WindowWriter {
         let columns = columns.clone();
         // Each kept row's partition: numbered as first seen, then renumbered in partition
         // order. Rows not kept get SKIP and no partition (their keys may be anything).
-        const SKIP: u32 = u32::MAX;
         // foldhash (DataFusion's HashMap), not SipHash: one probe per row (SipHash was ~1%
         // of the server's instructions under a stream of small objects).
         let mut numbers: datafusion::common::HashMap<arrow::row::Row<'_>, u32> =
@@ -1442,12 +1471,7 @@ impl WindowWriter {
                     .collect(),
             });
         }
-        let mut order: Vec<(arrow::row::Row<'_>, u32)> = numbers.into_iter().collect();
-        order.sort_unstable_by_key(|(key, _)| *key);
-        let mut rank = vec![0u32; order.len()];
-        for (i, (_, number)) in order.iter().enumerate() {
-            rank[*number as usize] = i as u32;
-        }
+        let (order, rank) = ranked(numbers);
         if let [(key, _)] = order.as_slice() {
             // One partition: the window's batches as they are (no copy unless some rows
             // are not kept), into the first lane (whose file stays open for the next
@@ -1471,36 +1495,18 @@ impl WindowWriter {
         let parts = order.len();
         let mut sorted = Vec::with_capacity(batches.len());
         for (selected, mut of_row) in batches.into_iter().zip(of_rows) {
-            let mut starts = vec![0usize; parts + 1];
-            let mut ordered = selected.keep.is_none();
-            let mut last = 0;
-            for p in of_row.iter_mut().filter(|p| **p != SKIP) {
-                *p = rank[*p as usize];
-                ordered &= *p >= last;
-                last = *p;
-                starts[*p as usize + 1] += 1;
-            }
-            for p in 0..parts {
-                starts[p + 1] += starts[p];
-            }
-            if ordered {
-                if starts[parts] > 0 {
-                    sorted.push((selected.batch, starts));
-                }
+            let (starts, indices) = grouped(&mut of_row, &rank, parts);
+            if starts[parts] == 0 {
                 continue;
             }
-            let mut next = starts.clone();
-            let mut indices = vec![0u32; starts[parts]];
-            for (row, &p) in of_row.iter().enumerate().filter(|(_, p)| **p != SKIP) {
-                indices[next[p as usize]] = row as u32;
-                next[p as usize] += 1;
-            }
-            if indices.is_empty() {
-                continue;
-            }
-            let indices = arrow::array::UInt32Array::from(indices);
-            let batch =
-                arrow::compute::take_record_batch(&selected.batch, &indices).map_err(split)?;
+            let batch = match indices {
+                None => selected.batch,
+                Some(indices) => arrow::compute::take_record_batch(
+                    &selected.batch,
+                    &arrow::array::UInt32Array::from(indices),
+                )
+                .map_err(split)?,
+            };
             sorted.push((batch, starts));
         }
         let window = Arc::new(SortedWindow {

@@ -195,8 +195,8 @@ impl FlushMark {
 
     /// Whether a read of the table at `version` holds this flush's rows.
     async fn held_by(&self, version: i64) -> bool {
-        if version <= self.base {
-            return false;
+        if let Some(known) = self.known(version) {
+            return known;
         }
         let mut rx = self.outcome.subscribe();
         match rx.wait_for(|o| o.is_some()).await {
