@@ -950,6 +950,17 @@ pub async fn rewrite_without(
     Ok((adds, removes))
 }
 
+/// A batch's rows in partition order ([`partition_sorted`]).
+#[derive(Debug, Clone)]
+pub struct PartitionSorted {
+    /// The rows, each partition's together, the partitions in order.
+    pub rows: RecordBatch,
+    /// Where each partition's rows start in `rows` (one per partition, ascending; none
+    /// without partition columns or rows): what spells the batch's partition keys
+    /// without grouping its rows again.
+    pub firsts: Vec<u32>,
+}
+
 /// The rows of `batch` that `keep` selects (all when None), in the order a [`FileWriter`]
 /// writes a table's partitions in (by `partition_by`'s values, as the writer's row
 /// converter orders them; rows of one partition in their order). One gather, as the
@@ -960,13 +971,17 @@ pub fn partition_sorted(
     batch: &RecordBatch,
     keep: Option<&BooleanArray>,
     partition_by: &[String],
-) -> Result<RecordBatch, arrow::error::ArrowError> {
+) -> Result<PartitionSorted, arrow::error::ArrowError> {
     let kept = |row: usize| keep.is_none_or(|k| k.is_valid(row) && k.value(row));
     if partition_by.is_empty() || batch.num_rows() == 0 {
-        return match keep {
-            Some(keep) => arrow::compute::filter_record_batch(batch, keep),
-            None => Ok(batch.clone()),
+        let rows = match keep {
+            Some(keep) => arrow::compute::filter_record_batch(batch, keep)?,
+            None => batch.clone(),
         };
+        return Ok(PartitionSorted {
+            rows,
+            firsts: Vec::new(),
+        });
     }
     let mut columns = Vec::with_capacity(partition_by.len());
     for name in partition_by {
@@ -995,12 +1010,15 @@ pub fn partition_sorted(
         })
         .collect();
     let (order, rank) = ranked(numbers);
-    match grouped(&mut of_row, &rank, order.len()).1 {
-        None => Ok(batch.clone()),
+    let (starts, indices) = grouped(&mut of_row, &rank, order.len());
+    let rows = match indices {
+        None => batch.clone(),
         Some(indices) => {
-            arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))
+            arrow::compute::take_record_batch(batch, &arrow::array::UInt32Array::from(indices))?
         }
-    }
+    };
+    let firsts = starts[..order.len()].iter().map(|&s| s as u32).collect();
+    Ok(PartitionSorted { rows, firsts })
 }
 
 /// A row not kept, in a batch's numbering of its rows' partitions.

@@ -235,6 +235,8 @@ async fn rows_in_partition_order_keep_their_order_within_a_day_and_land_once_eac
         let n = b.column(1).as_primitive::<Int64Type>().clone();
         let keep = BooleanArray::from_iter(n.values().iter().map(|&n| Some(!rejected(n))));
         let sorted = delta::partition_sorted(&b, Some(&keep), &by_day).unwrap();
+        let firsts = sorted.firsts.clone();
+        let sorted = sorted.rows;
         let days = sorted.column(0).as_string::<i32>();
         let ns = sorted.column(1).as_primitive::<Int64Type>();
         let got: Vec<(String, i64)> = (0..sorted.num_rows())
@@ -248,9 +250,16 @@ async fn rows_in_partition_order_keep_their_order_within_a_day_and_land_once_eac
             .collect();
         want.sort();
         assert_eq!(got, want, "kept rows, by day, each day's in its own order");
+        let day_starts: Vec<u32> = (0..got.len())
+            .filter(|&i| i == 0 || got[i].0 != got[i - 1].0)
+            .map(|i| i as u32)
+            .collect();
+        assert_eq!(firsts, day_starts, "where each day's rows start");
         expected.extend(want);
 
         let again = delta::partition_sorted(&sorted, None, &by_day).unwrap();
+        assert_eq!(again.firsts, firsts, "each day's first row, found again");
+        let again = again.rows;
         assert!(
             Arc::ptr_eq(again.column(2), sorted.column(2)),
             "rows already in order are not copied"
@@ -260,7 +269,7 @@ async fn rows_in_partition_order_keep_their_order_within_a_day_and_land_once_eac
     // Without partition columns: the kept rows, in their order.
     let b = batch(0, 10, day_of_three);
     let keep = BooleanArray::from_iter((0..10).map(|n| Some(!rejected(n))));
-    let kept = delta::partition_sorted(&b, Some(&keep), &[]).unwrap();
+    let kept = delta::partition_sorted(&b, Some(&keep), &[]).unwrap().rows;
     assert_eq!(
         kept.column(1).as_primitive::<Int64Type>().values().to_vec(),
         vec![1, 2, 3, 4, 6, 7, 8, 9]
