@@ -252,18 +252,28 @@ fn parquet_on_disk(table_dir: &std::path::Path) -> usize {
 }
 
 /// Waits out background compactions (their files are not committed until they end), then
-/// the rows per object as SQL sees them.
+/// the rows per object as SQL sees them. Settled means no compaction running and no tail
+/// entry waiting for its flush, twice in a row 100 ms apart: a flush or a compaction in
+/// flight has files on disk that no commit names yet, which the vacuum's count of retired
+/// files rightly leaves out (a flush's last commit can also start a compaction).
 fn before_vacuum(server: &Server) -> BTreeMap<String, i64> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while server.status()["compacting"]
-        .as_array()
-        .is_some_and(|c| !c.is_empty())
-    {
+    let busy = || {
+        let status = server.status();
+        status["compacting"]
+            .as_array()
+            .is_some_and(|c| !c.is_empty())
+            || status["tails"].as_object().is_some_and(|t| !t.is_empty())
+    };
+    let mut quiet = 0;
+    while quiet < 2 {
         assert!(
             std::time::Instant::now() < deadline,
-            "compaction never ended"
+            "compactions and tail flushes never ended: {}",
+            server.status()
         );
-        std::thread::sleep(Duration::from_millis(20));
+        quiet = if busy() { 0 } else { quiet + 1 };
+        std::thread::sleep(Duration::from_millis(100));
     }
     counts(server)
 }
