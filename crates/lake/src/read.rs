@@ -265,65 +265,71 @@ fn json_string(out: &mut Vec<u8>, text: &str) -> bool {
     serde_json::to_writer(out, text).is_ok()
 }
 
-/// Where the newlines are in the bytes read so far but not yet consumed as records.
-///
-/// The csv crate's own line numbers skip blank lines, so lines are counted
-/// here from the raw bytes: a record's line is 1 + the newlines before its
-/// first byte. Only newlines past the last record are kept, so memory stays
-/// bounded by the reader's buffer.
-#[derive(Default)]
-struct LineIndex {
-    pending: std::collections::VecDeque<u64>,
-    bytes: u64,
-    newlines_consumed: u64,
-}
-
-struct LineCounting {
-    inner: Box<dyn Read + Send>,
-    index: Arc<std::sync::Mutex<LineIndex>>,
-}
-
-impl Read for LineCounting {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
-        let base = index.bytes;
-        for pos in memchr::memchr_iter(b'\n', &buf[..n]) {
-            index.pending.push_back(base + pos as u64);
-        }
-        index.bytes += n as u64;
-        Ok(n)
-    }
-}
-
-impl LineIndex {
-    fn line_at(&mut self, byte: u64) -> u64 {
-        while self.pending.front().is_some_and(|&nl| nl < byte) {
-            self.pending.pop_front();
-            self.newlines_consumed += 1;
-        }
-        self.newlines_consumed + 1
-    }
-}
-
 /// CSV: any delimiter, quoted fields, CRLF, a UTF-8 BOM, blank lines, stray spaces in the header, trailing empty fields.
+///
+/// `csv_core` parses a batch's records end to end into one buffer (`out`, each field's end
+/// in `ends`), and each column's array is then cut from it in one pass: no per-record
+/// buffer, no per-field builder call. (The csv crate's record-at-a-time reader with a
+/// `StringBuilder` append per field cost 1.4x the parse itself on a 1,000-row object; this
+/// way 0.9x: docs/benchmarks.md, session 46.) A record's line is 1 + the newlines before
+/// its first byte, counted by the parser as it consumes them (blank lines it skips too).
 pub struct CsvSource {
-    reader: csv::Reader<LineCounting>,
-    lines: Arc<std::sync::Mutex<LineIndex>>,
+    input: Box<dyn Read + Send>,
+    /// The parser (None only once dropped: it goes back to [`SPARE_PARSERS`]), and the
+    /// delimiter and quote it was built for.
+    core: Option<csv_core::Reader>,
+    dialect: (u8, u8),
+    /// Bytes read and not yet parsed: `buf[start..end]`.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// The input has ended.
+    eof: bool,
     header: Arc<Vec<String>>,
     mapping: Vec<Option<usize>>,
-    record: csv::ByteRecord,
-    /// Each column's text bytes per row in the batch before (in 1/256ths of a byte):
-    /// the next batch's buffers are sized by them, so they do not grow (a reallocation
-    /// copies the buffer and touches fresh pages) while a batch is read.
-    widths: Vec<usize>,
-    /// The object's size, when known: no column of the first batch holds more text.
-    size: Option<u64>,
+    /// A batch's fields, unquoted, end to end (kept from batch to batch: its pages stay).
+    out: Vec<u8>,
+    /// Where each field of the batch ends in `out`, after a 0: field `k` (from 1) is
+    /// `out[ends[k - 1]..ends[k]]`.
+    ends: Vec<usize>,
+    /// The longest record read ([`MAX_RECORD_BYTES`]).
+    record_limit: usize,
+}
+
+std::thread_local! {
+    /// Parsers given back by the sources that ended on this thread (one per delimiter and
+    /// quote), each reset for the next source: building one makes its state machine,
+    /// ~270 K instructions, 0.7% of a 1,000-row object's ingest. (csv_core's `Clone` does
+    /// not copy a built machine, so parsers are handed on, not copied.)
+    static SPARE_PARSERS: std::cell::RefCell<Vec<((u8, u8), csv_core::Reader)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A parser for `delimiter` and `quote`, at its start.
+fn parser(delimiter: u8, quote: u8) -> csv_core::Reader {
+    let spare = SPARE_PARSERS.with_borrow_mut(|spare| {
+        let at = spare.iter().position(|(k, _)| *k == (delimiter, quote))?;
+        Some(spare.swap_remove(at).1)
+    });
+    match spare {
+        Some(mut parser) => {
+            parser.reset();
+            parser
+        }
+        None => csv_core::ReaderBuilder::new()
+            .delimiter(delimiter)
+            .quote(quote)
+            .build(),
+    }
 }
 
 /// The CSV reader's buffer: at most this, at least [`MIN_BUFFER`].
 const MAX_BUFFER: usize = 1 << 20;
 const MIN_BUFFER: usize = 8 << 10;
+
+/// A record longer than this is refused with the file: a quote never closed makes the
+/// rest of a file one field, which would otherwise be held in memory whole.
+pub const MAX_RECORD_BYTES: usize = 64 << 20;
 
 impl CsvSource {
     /// Reads the header and maps it onto the contract.
@@ -335,10 +341,8 @@ impl CsvSource {
         Self::sized(reader, contract, options, None)
     }
 
-    /// [`CsvSource::new`] for an object of `size` bytes: its buffers are sized to it.
-    /// The reader's buffer is zeroed once before its first read (the standard library
-    /// initializes a buffer handed to a plain `Read`), so a 1 MiB buffer under each
-    /// 150 KB object zeroed and faulted in 1 MiB per object.
+    /// [`CsvSource::new`] for an object of `size` bytes: its buffers are sized to it, so a
+    /// 150 KB object does not zero and fault in a 1 MiB buffer.
     pub fn sized(
         reader: Box<dyn Read + Send>,
         contract: &Contract,
@@ -350,113 +354,253 @@ impl CsvSource {
                 .unwrap_or(MAX_BUFFER)
                 .clamp(MIN_BUFFER, MAX_BUFFER)
         });
-        let lines = Arc::new(std::sync::Mutex::new(LineIndex::default()));
-        let reader = LineCounting {
-            inner: reader,
-            index: lines.clone(),
+        let dialect = (options.delimiter, options.quote);
+        let mut source = Self {
+            input: reader,
+            core: Some(parser(dialect.0, dialect.1)),
+            dialect,
+            buf: vec![0; capacity],
+            start: 0,
+            end: 0,
+            eof: false,
+            header: Arc::new(Vec::new()),
+            mapping: Vec::new(),
+            // Unquoted fields are no longer than the object: its size is enough for a small
+            // object's one batch (a large file's first batch doubles it once or twice).
+            out: vec![0; capacity],
+            ends: vec![0; (capacity / 4).max(64)],
+            record_limit: MAX_RECORD_BYTES,
         };
-        let mut reader = csv::ReaderBuilder::new()
-            .delimiter(options.delimiter)
-            .quote(options.quote)
-            .flexible(true)
-            .has_headers(true)
-            .buffer_capacity(capacity)
-            .from_reader(reader);
-        let header = reader.byte_headers().map_err(csv_error)?.clone();
+        let (mut out_len, mut ends_len) = (0, 1);
+        let fields = match source.next_record(&mut out_len, &mut ends_len)? {
+            Some(_) => ends_len - 1,
+            None => 0,
+        };
+        let header: Vec<String> = (1..=fields)
+            .map(|k| {
+                String::from_utf8_lossy(source.field(k))
+                    .trim()
+                    .trim_start_matches('\u{feff}')
+                    .to_string()
+            })
+            .collect();
         if header.is_empty() || (header.len() == 1 && header[0].is_empty()) {
             return Err(ReadError::Malformed {
                 line: 1,
                 why: "the file is empty: no header".into(),
             });
         }
-        let header: Vec<String> = header
-            .iter()
-            .map(|h| {
-                String::from_utf8_lossy(h)
-                    .trim()
-                    .trim_start_matches('\u{feff}')
-                    .to_string()
+        source.mapping = map_columns(contract, &header)?;
+        source.header = Arc::new(header);
+        Ok(source)
+    }
+
+    /// The bytes of the batch's field `k` (from 1).
+    fn field(&self, k: usize) -> &[u8] {
+        &self.out[self.ends[k - 1]..self.ends[k]]
+    }
+
+    /// Parses the next record after the batch's `out[..out_len]` and `ends[..ends_len]`,
+    /// moving both past it; its line, or None at the end of the input.
+    fn next_record(
+        &mut self,
+        out_len: &mut usize,
+        ends_len: &mut usize,
+    ) -> Result<Option<u64>, ReadError> {
+        use csv_core::ReadRecordResult;
+        let (record_out, record_ends) = (*out_len, *ends_len);
+        let Some(core) = self.core.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            if self.start == self.end && !self.eof {
+                self.start = 0;
+                self.end = loop {
+                    match self.input.read(&mut self.buf) {
+                        Ok(n) => break n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                };
+                self.eof = self.end == 0;
+            }
+            if *out_len == self.out.len() {
+                self.out.resize(self.out.len() * 2, 0);
+            }
+            if *ends_len == self.ends.len() {
+                self.ends.resize(self.ends.len() * 2, 0);
+            }
+            let input = &self.buf[self.start..self.end];
+            let (result, nin, nout, nend) = core.read_record(
+                input,
+                &mut self.out[*out_len..],
+                &mut self.ends[*ends_len..],
+            );
+            let ended_at_newline = nin > 0 && input[nin - 1] == b'\n';
+            self.start += nin;
+            *out_len += nout;
+            *ends_len += nend;
+            if *out_len - record_out > self.record_limit {
+                let embedded = memchr::memchr_iter(b'\n', &self.out[record_out..*out_len]).count();
+                return Err(ReadError::Malformed {
+                    line: core.line().saturating_sub(embedded as u64),
+                    why: format!(
+                        "a record longer than {} KiB (a quote never closed?)",
+                        self.record_limit >> 10
+                    ),
+                });
+            }
+            match result {
+                ReadRecordResult::InputEmpty if self.eof => return Ok(None),
+                ReadRecordResult::InputEmpty
+                | ReadRecordResult::OutputFull
+                | ReadRecordResult::OutputEndsFull => {}
+                ReadRecordResult::Record => {
+                    // The parser gives field ends from the record's start.
+                    for end in &mut self.ends[record_ends..*ends_len] {
+                        *end += record_out;
+                    }
+                    // The parser's line is past the record's terminator when it was a
+                    // newline; a CR alone (or the end of the input) leaves it on the
+                    // record's last line.
+                    let last = core.line() - u64::from(ended_at_newline);
+                    let text = &self.out[record_out..*out_len];
+                    let embedded = match memchr::memchr(b'\n', text) {
+                        None => 0,
+                        Some(_) => memchr::memchr_iter(b'\n', text).count() as u64,
+                    };
+                    return Ok(Some(last.saturating_sub(embedded)));
+                }
+                ReadRecordResult::End => return Ok(None),
+            }
+        }
+    }
+
+    /// Column `i` of a batch whose records' fields are `ends[firsts[r]..firsts[r + 1]]`:
+    /// a row without the field is null, as is one `bad` marks (row-major, `width` a row).
+    /// `whole`: every row has the field and none is marked.
+    fn column(
+        &self,
+        i: usize,
+        firsts: &[usize],
+        bad: Option<&[bool]>,
+        width: usize,
+        whole: bool,
+    ) -> Result<ArrayRef, ReadError> {
+        let rows = firsts.len() - 1;
+        let (out, ends) = (&self.out, &self.ends);
+        let mut nulls = arrow::array::NullBufferBuilder::new(rows);
+        let mut bytes = 0;
+        if whole {
+            nulls.append_n_non_nulls(rows);
+            for &first in &firsts[..rows] {
+                let k = first + i;
+                bytes += ends[k] - ends[k - 1];
+            }
+        } else {
+            for r in 0..rows {
+                let k = firsts[r] + i;
+                let good = k < firsts[r + 1] && bad.is_none_or(|bad| !bad[r * width + i]);
+                if good {
+                    bytes += ends[k] - ends[k - 1];
+                    nulls.append_non_null();
+                } else {
+                    nulls.append_null();
+                }
+            }
+        }
+        if i32::try_from(bytes).is_err() {
+            return Err(ReadError::Malformed {
+                line: 0,
+                why: format!(
+                    "column {:?} holds more than 2 GiB of text in one batch",
+                    self.header[i]
+                ),
+            });
+        }
+        // Values are copied COPY bytes at a time where both buffers have them (a fixed-size
+        // move, not a call to memcpy per field); each next value overwrites the excess.
+        const COPY: usize = 32;
+        let mut values = vec![0u8; bytes + COPY];
+        let mut offsets = vec![0i32; rows + 1];
+        let mut at = 0;
+        for (r, (&first, offset)) in firsts[..rows].iter().zip(&mut offsets[1..]).enumerate() {
+            if whole || nulls.is_valid(r) {
+                let k = first + i;
+                let (start, end) = (ends[k - 1], ends[k]);
+                let len = end - start;
+                match (out.get(start..start + COPY), values.get_mut(at..at + COPY)) {
+                    (Some(from), Some(to)) if len <= COPY => to.copy_from_slice(from),
+                    _ => values[at..at + len].copy_from_slice(&out[start..end]),
+                }
+                at += len;
+            }
+            // At most `bytes`, which fits.
+            *offset = at as i32;
+        }
+        values.truncate(at);
+        let offsets = arrow::buffer::OffsetBuffer::new(offsets.into());
+        StringArray::try_new(offsets, values.into(), nulls.finish())
+            .map(|a| Arc::new(a) as ArrayRef)
+            .map_err(|e| ReadError::Malformed {
+                line: 0,
+                why: format!("column {:?}: {e}", self.header[i]),
             })
-            .collect();
-        let mapping = map_columns(contract, &header)?;
-        Ok(Self {
-            reader,
-            lines,
-            header: Arc::new(header),
-            mapping,
-            record: csv::ByteRecord::new(),
-            widths: Vec::new(),
-            size,
-        })
     }
 }
 
-fn csv_error(e: csv::Error) -> ReadError {
-    let line = e.position().map(|p| p.line()).unwrap_or(0);
-    match e.into_kind() {
-        csv::ErrorKind::Io(io) => ReadError::Io(io),
-        other => ReadError::Malformed {
-            line,
-            why: format!("{other:?}"),
-        },
+impl Drop for CsvSource {
+    fn drop(&mut self) {
+        if let Some(core) = self.core.take() {
+            // A thread ending drops its spares instead (`try_with` fails then).
+            let _ = SPARE_PARSERS.try_with(|spare| {
+                if let Ok(mut spare) = spare.try_borrow_mut()
+                    && !spare.iter().any(|(k, _)| *k == self.dialect)
+                {
+                    spare.push((self.dialect, core));
+                }
+            });
+        }
     }
 }
 
 impl Source for CsvSource {
     fn next_batch(&mut self, max_rows: usize) -> Result<Option<SourceBatch>, ReadError> {
         let width = self.header.len();
-        let rows = max_rows.min(8192);
-        let mut builders: Vec<StringBuilder> = (0..width)
-            .map(|i| {
-                // A column's bytes in the batch before, scaled to this one, plus an eighth.
-                let bytes = self.widths.get(i).map_or_else(
-                    || {
-                        // The first batch: a guess, no larger than the object.
-                        let most = self
-                            .size
-                            .map_or(usize::MAX, |s| usize::try_from(s).unwrap_or(usize::MAX));
-                        (16 * rows).min(most)
-                    },
-                    |w| w * rows / 256,
-                );
-                StringBuilder::with_capacity(rows, bytes + bytes / 8 + 64)
-            })
-            .collect();
         let mut lines = Vec::with_capacity(max_rows.min(8192));
+        // Where each record's fields begin in `ends`, and one past the last.
+        let mut firsts = Vec::with_capacity(max_rows.min(8192) + 1);
         let mut problems = Vec::new();
+        // Whether a row lacks some of the header's fields.
+        let mut short = false;
+        let (mut out_len, mut ends_len) = (0, 1);
         while lines.len() < max_rows {
-            if !self
-                .reader
-                .read_byte_record(&mut self.record)
-                .map_err(csv_error)?
-            {
+            let (first, first_byte) = (ends_len, out_len);
+            let Some(line) = self.next_record(&mut out_len, &mut ends_len)? else {
                 break;
-            }
-            let row = lines.len();
-            // The record's last line ends at its terminator, just before the reader's position
-            // (the csv crate's own record positions count skipped blank lines wrongly).
-            let end = self.reader.position().byte();
-            let last_line = self
-                .lines
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .line_at(end.saturating_sub(1));
-            // One count over the record's fields, stored end to end.
-            let embedded = memchr::memchr_iter(b'\n', self.record.as_slice()).count() as u64;
-            let line = last_line.saturating_sub(embedded);
-            let fields = self.record.len();
+            };
+            let fields = ends_len - first;
             // A record of one empty field is a blank line (or one holding only a stray CR).
-            if fields == 1 && self.record[0].iter().all(|b| *b == b'\r' || *b == b' ') {
+            if fields == 1
+                && self.out[first_byte..out_len]
+                    .iter()
+                    .all(|b| *b == b'\r' || *b == b' ')
+            {
+                (out_len, ends_len) = (first_byte, first);
                 continue;
             }
+            let row = lines.len();
             lines.push(line);
+            firsts.push(first);
             if fields < width {
+                short = true;
                 problems.push(RowProblem {
                     row,
                     code: "field_count",
                     message: format!("row has {fields} fields but the header has {width}"),
                 });
-            } else if fields > width && self.record.iter().skip(width).any(|f| !f.is_empty()) {
+            } else if fields > width && (first + width..ends_len).any(|k| !self.field(k).is_empty())
+            {
                 problems.push(RowProblem {
                     row,
                     code: "field_count",
@@ -465,50 +609,34 @@ impl Source for CsvSource {
                     ),
                 });
             }
-            // The record's UTF-8 checked in one pass (fields split at ASCII bytes are then
-            // text too), not field by field; a record that is not text goes field by
-            // field to name the bad ones.
-            match csv::StringRecord::from_byte_record(std::mem::take(&mut self.record)) {
-                Ok(text) => {
-                    for (i, builder) in builders.iter_mut().enumerate() {
-                        match text.get(i) {
-                            None => builder.append_null(),
-                            Some(value) => builder.append_value(value),
-                        }
-                    }
-                    self.record = text.into_byte_record();
-                    continue;
-                }
-                Err(e) => self.record = e.into_byte_record(),
-            }
-            for (i, builder) in builders.iter_mut().enumerate() {
-                match self.record.get(i) {
-                    None => builder.append_null(),
-                    Some(bytes) => match std::str::from_utf8(bytes) {
-                        Ok(s) => builder.append_value(s),
-                        Err(_) => {
-                            builder.append_null();
-                            problems.push(RowProblem {
-                                row,
-                                code: "bad_utf8",
-                                message: format!("{}: field is not valid UTF-8", self.header[i]),
-                            });
-                        }
-                    },
-                }
-            }
         }
         if lines.is_empty() {
             return Ok(None);
         }
-        self.widths = builders
-            .iter()
-            .map(|b| b.values_slice().len() * 256 / lines.len())
-            .collect();
-        let raw_columns: Vec<ArrayRef> = builders
-            .into_iter()
-            .map(|mut b| Arc::new(b.finish()) as ArrayRef)
-            .collect();
+        firsts.push(ends_len);
+        // Text unless a field is not: every field of a batch holding only ASCII is; else
+        // each field is checked (two fields' bytes may make a character together).
+        let mut bad = None;
+        if !self.out[..out_len].is_ascii() {
+            let marks = bad.insert(vec![false; lines.len() * width]);
+            for row in 0..lines.len() {
+                let fields = firsts[row]..firsts[row + 1].min(firsts[row] + width);
+                for (i, k) in fields.enumerate() {
+                    if std::str::from_utf8(self.field(k)).is_err() {
+                        marks[row * width + i] = true;
+                        problems.push(RowProblem {
+                            row,
+                            code: "bad_utf8",
+                            message: format!("{}: field is not valid UTF-8", self.header[i]),
+                        });
+                    }
+                }
+            }
+        }
+        let whole = !short && bad.is_none();
+        let raw_columns = (0..width)
+            .map(|i| self.column(i, &firsts, bad.as_deref(), width, whole))
+            .collect::<Result<Vec<_>, _>>()?;
         let columns = self
             .mapping
             .iter()

@@ -291,3 +291,193 @@ fn a_sized_reader_reads_the_same_rows_whatever_size_it_was_told() {
     // The last record's line: 1,500 records, 16 of them two lines and a blank after.
     assert_eq!(whole.last().unwrap().0, 1 + 1_500 + 16 * 2);
 }
+
+/// Hands out a reader's bytes a few at a time, so records cross every refill.
+struct Trickle {
+    bytes: Vec<u8>,
+    at: usize,
+    step: usize,
+}
+
+impl Read for Trickle {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
+        buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// A row as read: its line, its raw fields and its problems' codes.
+type RawRow = (u64, Vec<Option<String>>, Vec<&'static str>);
+
+/// Every row of a reader over `bytes`: its line, its raw fields (None: absent or null) and
+/// its problems' codes.
+fn raw_rows_of(bytes: &[u8], step: usize, batch_rows: usize) -> Vec<RawRow> {
+    let reader = Trickle {
+        bytes: bytes.to_vec(),
+        at: 0,
+        step,
+    };
+    let mut source = CsvSource::new(Box::new(reader), &contract(), &Format::default()).unwrap();
+    let mut rows = Vec::new();
+    while let Some(batch) = source.next_batch(batch_rows).unwrap() {
+        for row in 0..batch.num_rows() {
+            let fields = batch
+                .raw_columns
+                .iter()
+                .map(|c| {
+                    let s = c.as_any().downcast_ref::<StringArray>().unwrap();
+                    (!s.is_null(row)).then(|| s.value(row).to_string())
+                })
+                .collect();
+            let codes = batch
+                .problems
+                .iter()
+                .filter(|p| p.row == row)
+                .map(|p| p.code)
+                .collect();
+            rows.push((batch.lines[row], fields, codes));
+        }
+    }
+    rows
+}
+
+#[test]
+fn a_field_of_bytes_that_are_not_text_is_null_and_named_the_rest_of_its_row_kept() {
+    // Two halves of one character, split by a delimiter: each field alone is not text,
+    // although the record's bytes end to end would be.
+    let mut bytes = b"VendorID,fare_amount,note\n1,2,caf\xc3\xa9\n".to_vec();
+    bytes.extend_from_slice(b"\xc3,\xa9,ok\n3,4,\xff\n");
+    let rows = raw_rows_of(&bytes, 5, 100);
+    assert_eq!(rows.len(), 3);
+    assert_eq!(
+        rows[0].1[2].as_deref(),
+        Some("café"),
+        "text that is not ASCII is kept"
+    );
+    assert!(rows[0].2.is_empty());
+    assert_eq!(rows[1].1, vec![None, None, Some("ok".to_string())]);
+    assert_eq!(rows[1].2, vec!["bad_utf8", "bad_utf8"]);
+    assert_eq!(
+        rows[2].1[..2],
+        [Some("3".to_string()), Some("4".to_string())]
+    );
+    assert_eq!(rows[2].2, vec!["bad_utf8"]);
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![2, 3, 4]);
+}
+
+#[test]
+fn a_quote_never_closed_refuses_the_file_naming_the_line_its_record_began() {
+    let mut text = String::from("VendorID,fare_amount\n1,2\n3,\"4\n");
+    let filler = "x".repeat(1 << 10);
+    while text.len() <= 80 << 10 {
+        text.push_str(&filler);
+        text.push('\n');
+    }
+    let mut source = CsvSource::new(
+        Box::new(std::io::Cursor::new(text.into_bytes())),
+        &contract(),
+        &Format::default(),
+    )
+    .unwrap();
+    assert_eq!(MAX_RECORD_BYTES, 64 << 20);
+    source.record_limit = 64 << 10;
+    let err = source.next_batch(10).unwrap_err().to_string();
+    assert!(
+        err.starts_with("line 3: a record longer than 64 KiB"),
+        "{err}"
+    );
+}
+
+mod generated {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A field as written: quoted when it holds a delimiter, a quote or a line break.
+    fn written(field: &str) -> String {
+        if field.contains([',', '"', '\n', '\r']) {
+            format!("\"{}\"", field.replace('"', "\"\""))
+        } else {
+            field.to_string()
+        }
+    }
+
+    fn field() -> impl Strategy<Value = String> {
+        proptest::collection::vec(
+            prop_oneof![
+                Just("a"),
+                Just("7"),
+                Just(","),
+                Just("\""),
+                Just("\n"),
+                Just("\r\n"),
+                Just(" "),
+                Just("é"),
+                Just(""),
+            ],
+            0..4,
+        )
+        .prop_map(|parts| parts.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any file of quoted and unquoted fields, LF or CRLF ends and blank lines, handed
+        /// over a few bytes at a time and read in batches of any size, gives back every
+        /// record's fields as written and the line each record starts on.
+        #[test]
+        fn records_come_back_as_written_on_the_lines_they_start(
+            records in proptest::collection::vec(
+                (proptest::collection::vec(field(), 3), 0..3usize, any::<bool>()),
+                1..40,
+            ),
+            step in 1..64usize,
+            batch_rows in 1..8usize,
+        ) {
+            let mut text = String::from("VendorID,fare_amount,note\n");
+            let mut expected = Vec::new();
+            for (fields, blanks, crlf) in &records {
+                for b in 0..*blanks {
+                    text.push_str(if b % 2 == 0 { "\n" } else { "\r\n" });
+                }
+                let line = 1 + text.matches('\n').count() as u64;
+                let written: Vec<String> = fields.iter().map(|f| written(f)).collect();
+                text.push_str(&written.join(","));
+                text.push_str(if *crlf { "\r\n" } else { "\n" });
+                let values: Vec<Option<String>> = fields.iter().cloned().map(Some).collect();
+                expected.push((line, values, Vec::<&'static str>::new()));
+            }
+            let rows = raw_rows_of(text.as_bytes(), step, batch_rows);
+            prop_assert_eq!(rows, expected);
+        }
+    }
+}
+
+#[test]
+fn each_source_parses_from_its_own_start_after_another_stopped_midway() {
+    // Parsers are handed on from a source that ended to the next one on the thread: one
+    // dropped inside a quoted field, two lines in, must leave nothing to the next.
+    let first = "VendorID,fare_amount\n1,2\n3,\"open\nstill open";
+    let mut source = CsvSource::new(
+        Box::new(std::io::Cursor::new(first.as_bytes().to_vec())),
+        &contract(),
+        &Format::default(),
+    )
+    .unwrap();
+    assert_eq!(source.next_batch(1).unwrap().unwrap().lines, vec![2]);
+    drop(source);
+    let semicolons = Format {
+        delimiter: b';',
+        ..Format::default()
+    };
+    for _ in 0..2 {
+        let rows = read_csv("\n\nVendorID,fare_amount\n5,6\n", &Format::default()).unwrap();
+        assert_eq!(rows[0].0, 4);
+        assert_eq!(values(&rows), vec![vec![Some("5"), Some("6"), None]]);
+        let rows = read_csv("VendorID;fare_amount\n7;8\n", &semicolons).unwrap();
+        assert_eq!(rows[0].0, 2);
+        assert_eq!(values(&rows), vec![vec![Some("7"), Some("8"), None]]);
+    }
+}
