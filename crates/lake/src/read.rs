@@ -323,6 +323,15 @@ fn parser(delimiter: u8, quote: u8) -> csv_core::Reader {
     }
 }
 
+/// `bytes` in MiB when whole, else in KiB.
+fn binary_size(bytes: usize) -> String {
+    if bytes.is_multiple_of(1 << 20) {
+        format!("{} MiB", bytes >> 20)
+    } else {
+        format!("{} KiB", bytes >> 10)
+    }
+}
+
 /// The CSV reader's buffer: at most this, at least [`MIN_BUFFER`].
 const MAX_BUFFER: usize = 1 << 20;
 const MIN_BUFFER: usize = 8 << 10;
@@ -445,8 +454,8 @@ impl CsvSource {
                 return Err(ReadError::Malformed {
                     line: core.line().saturating_sub(embedded as u64),
                     why: format!(
-                        "a record longer than {} KiB (a quote never closed?)",
-                        self.record_limit >> 10
+                        "a record longer than {} (a quote never closed?)",
+                        binary_size(self.record_limit)
                     ),
                 });
             }

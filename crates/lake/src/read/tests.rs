@@ -388,6 +388,7 @@ fn a_quote_never_closed_refuses_the_file_naming_the_line_its_record_began() {
         err.starts_with("line 3: a record longer than 64 KiB"),
         "{err}"
     );
+    assert_eq!(binary_size(MAX_RECORD_BYTES), "64 MiB");
 }
 
 mod generated {
