@@ -53,12 +53,7 @@ fn read_csv_sized(text: &str, format: &Format, size: Option<u64>) -> Result<Rows
             let values = batch
                 .columns
                 .iter()
-                .map(|c| {
-                    c.as_ref().and_then(|c| {
-                        let s = c.as_any().downcast_ref::<StringArray>().unwrap();
-                        (!s.is_null(row)).then(|| s.value(row).to_string())
-                    })
-                })
+                .map(|c| c.as_ref().and_then(|c| text_at(c, row)))
                 .collect();
             let problems = batch
                 .problems
@@ -70,6 +65,12 @@ fn read_csv_sized(text: &str, format: &Format, size: Option<u64>) -> Result<Rows
         }
     }
     Ok(rows)
+}
+
+/// A text column's value at `row` (None: null).
+fn text_at(column: &ArrayRef, row: usize) -> Option<String> {
+    let text = column.as_any().downcast_ref::<StringArray>().unwrap();
+    (!text.is_null(row)).then(|| text.value(row).to_string())
 }
 
 fn values(rows: &Rows) -> Vec<Vec<Option<&str>>> {
@@ -323,14 +324,7 @@ fn raw_rows_of(bytes: &[u8], step: usize, batch_rows: usize) -> Vec<RawRow> {
     let mut rows = Vec::new();
     while let Some(batch) = source.next_batch(batch_rows).unwrap() {
         for row in 0..batch.num_rows() {
-            let fields = batch
-                .raw_columns
-                .iter()
-                .map(|c| {
-                    let s = c.as_any().downcast_ref::<StringArray>().unwrap();
-                    (!s.is_null(row)).then(|| s.value(row).to_string())
-                })
-                .collect();
+            let fields = batch.raw_columns.iter().map(|c| text_at(c, row)).collect();
             let codes = batch
                 .problems
                 .iter()
