@@ -54,6 +54,9 @@ pub struct ColumnRules {
     tz: Option<chrono_tz::Tz>,
     /// Bytes of the longest `map` key.
     longest_map_key: usize,
+    /// Bit `n` set when an ASCII `map` key has `n` bytes (every bit when a key is not
+    /// ASCII): an ASCII value of another length is no key, and is not looked up.
+    map_lengths: u64,
     /// A decimal column's `min` and `max` in units of its scale (`0.01` of a
     /// `decimal(10,2)` is 1), so a value is checked with two integer comparisons; a value
     /// outside them goes through [`PreparedColumn::check_range`] for its message.
@@ -84,6 +87,13 @@ impl ColumnRules {
                 .and_then(|p| regex::Regex::new(&format!("^(?:{p})$")).ok()),
             allowed: column.allowed.iter().cloned().collect(),
             longest_map_key: column.map.keys().map(String::len).max().unwrap_or(0),
+            map_lengths: column.map.keys().fold(0, |m, k| {
+                if k.is_ascii() {
+                    m | length_bit(k.len())
+                } else {
+                    u64::MAX
+                }
+            }),
             decimal_bounds: match column.ty {
                 ColumnType::Decimal { scale, .. } => {
                     let unit = 10f64.powi(i32::from(scale));
@@ -114,7 +124,10 @@ pub struct PreparedColumn<'a> {
     /// Bit `n` (`n` < 63; 63 for longer) is set when a null spelling has `n` bytes: most
     /// values have a length no null spelling has, and are not compared with any.
     null_lengths: u64,
-    /// The column maps values (`map`): every value is looked up.
+    /// `null_lengths` and the rules' `map_lengths` together: the lengths at which a
+    /// value that needs no trimming may still be null or mapped.
+    special_lengths: u64,
+    /// The column maps values (`map`).
     maps: bool,
 }
 
@@ -221,6 +234,7 @@ impl<'a> PreparedColumn<'a> {
         let null_lengths = null_values.iter().fold(0, |m, n| m | length_bit(n.len()));
         Self {
             maps: !column.map.is_empty(),
+            special_lengths: null_lengths | rules.map_lengths,
             column,
             rules,
             null_values,
@@ -266,16 +280,22 @@ impl<'a> PreparedColumn<'a> {
     }
 
     /// Applies map, trimming and null spellings; None means null. Inline for the usual
-    /// value (nothing to trim, no null spelling of its length, no map): a test of its two
-    /// ends and a bit; the rest in [`Self::normalize_other`].
+    /// value (nothing to trim, no null spelling or ASCII map key of its length): a test of
+    /// its two ends and a bit; the rest in [`Self::normalize_other`]. One-byte values
+    /// (a passenger count, a flag) and codes a column maps but that are no key of it
+    /// (`1` where the keys are `CSH`, `CRD`) stay on this path.
     #[inline]
     fn normalize<'v>(&'v self, raw: Option<&'v str>) -> Option<&'v str> {
         let v = raw?;
-        if let [first, .., last] = v.as_bytes()
-            && first.is_ascii_graphic()
+        let bytes = v.as_bytes();
+        let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
+            return None;
+        };
+        if first.is_ascii_graphic()
             && last.is_ascii_graphic()
-            && self.null_lengths & length_bit(v.len()) == 0
-            && !self.maps
+            && self.special_lengths & length_bit(bytes.len()) == 0
+            // A value that is not ASCII may lower to a key of another length.
+            && (!self.maps || v.is_ascii())
         {
             return Some(v);
         }
@@ -443,8 +463,7 @@ impl<'a> PreparedColumn<'a> {
                     .and_then(|x| self.in_range(row, x as f64, v).map(|()| x))
             }),
             ColumnType::Float => each_value!(Float64Builder::with_capacity(n), |row, v| {
-                v.parse::<f64>()
-                    .ok()
+                parse_float(v)
                     .filter(|x| x.is_finite())
                     .ok_or_else(|| self.fail(row, "bad_number", format!("{v:?} is not a number")))
                     .and_then(|x| self.in_range(row, x, v).map(|()| x))
@@ -655,10 +674,13 @@ fn parse_int(v: &str) -> Option<i64> {
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "t" | "yes" | "y" | "1" => Some(true),
-        "false" | "f" | "no" | "n" | "0" => Some(false),
-        _ => None,
+    let is = |words: &[&str]| words.iter().any(|w| v.eq_ignore_ascii_case(w));
+    if is(&["true", "t", "yes", "y", "1"]) {
+        Some(true)
+    } else if is(&["false", "f", "no", "n", "0"]) {
+        Some(false)
+    } else {
+        None
     }
 }
 
@@ -738,6 +760,45 @@ fn parse_decimal_any(v: &str, precision: u8, scale: i8) -> Option<i128> {
         q
     };
     (rounded.abs() < 10i128.pow(precision as u32)).then_some(rounded)
+}
+
+/// A float, as `str::parse` reads it. The usual spelling, `-?digits.digits` with at most
+/// 15 digits (a coordinate, a distance), is read in one pass into an integer and divided
+/// by a power of ten: both are exact in an f64, so the one rounded division is the
+/// correctly rounded value (Clinger's fast path, which the standard parser also takes,
+/// after a general scan that cost ~150 instructions a value). Any other spelling goes to
+/// the standard parser.
+fn parse_float(v: &str) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let b = v.as_bytes();
+    let (negative, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 16 {
+        return v.parse().ok();
+    }
+    let mut mantissa: u64 = 0;
+    let mut point: Option<usize> = None;
+    for (i, &c) in digits.iter().enumerate() {
+        let d = c.wrapping_sub(b'0');
+        if d < 10 {
+            mantissa = mantissa * 10 + u64::from(d);
+        } else if c == b'.' && point.is_none() && i > 0 && i + 1 < digits.len() {
+            point = Some(i);
+        } else {
+            return v.parse().ok();
+        }
+    }
+    let fraction = point.map_or(0, |p| digits.len() - p - 1);
+    let count = digits.len() - usize::from(point.is_some());
+    if count > 15 {
+        return v.parse().ok();
+    }
+    let x = mantissa as f64 / POW10[fraction];
+    Some(if negative { -x } else { x })
 }
 
 /// `YYYY-MM-DD HH:MM:SS[.f]` (also with `T`, up to 9 fractional digits, truncated to

@@ -563,3 +563,97 @@ fn null_spellings_and_map_keys_of_a_values_length_are_still_recognized() {
     assert!(a.is_null(1) && a.is_null(2) && a.is_null(3));
     assert_eq!((a.value(4), a.value(5), a.value(6)), (1234, 7, 1));
 }
+
+#[test]
+fn one_byte_values_and_spellings_that_lower_to_a_key_are_mapped() {
+    // One-byte keys; and the Kelvin sign (3 bytes) lowers to "k" (1 byte): a value's length
+    // says nothing of a key's unless the value is ASCII.
+    let mut col = column(ColumnType::Int);
+    col.map = [
+        ("y".to_string(), "1".to_string()),
+        ("k".to_string(), "7".to_string()),
+    ]
+    .into();
+    let (a, f) = cast(
+        &col,
+        &[
+            Some("Y"),
+            Some("\u{212A}"),
+            Some("3"),
+            Some("kk"),
+            Some("x"),
+        ],
+    );
+    let a = a.as_any().downcast_ref::<Int64Array>().unwrap();
+    assert_eq!((a.value(0), a.value(1), a.value(2)), (1, 7, 3));
+    assert_eq!(codes(&f), vec![(3, "bad_int"), (4, "bad_int")]);
+
+    let mut flag = column(ColumnType::Bool);
+    flag.map = [("?".to_string(), String::new())].into();
+    let (a, f) = cast(
+        &flag,
+        &[Some("N"), Some("y"), Some("?"), Some("TRUE"), Some("No")],
+    );
+    let a = a.as_any().downcast_ref::<BooleanArray>().unwrap();
+    assert!(f.is_empty(), "{f:?}");
+    assert_eq!(
+        (a.value(0), a.value(1), a.value(3), a.value(4)),
+        (false, true, true, false)
+    );
+    assert!(a.is_null(2));
+}
+
+#[test]
+fn floats_read_as_the_standard_parser_reads_them() {
+    for text in [
+        "0",
+        "-0",
+        "-0.0",
+        "0.1",
+        "-73.98765432",
+        "40.75",
+        "999999999999999",
+        "1234567.89012345",
+        "0.000000000000001",
+        "9007199254740993",
+        "1.7976931348623157",
+        "00012.5",
+        "+1.5",
+        ".5",
+        "5.",
+        "1e3",
+        "-1.5E-3",
+        "inf",
+        "-inf",
+        "NaN",
+        "1.2.3",
+        "-",
+        "",
+        "--1",
+        "1-",
+        "0x10",
+        "12345678901234567890",
+        "1.23456789012345678",
+    ] {
+        let std = text.parse::<f64>().ok();
+        let ours = parse_float(text);
+        assert_eq!(
+            ours.map(f64::to_bits),
+            std.map(f64::to_bits),
+            "{text:?}: {ours:?} against {std:?}"
+        );
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(5_000))]
+    #[test]
+    fn the_float_fast_path_agrees_with_the_standard_parser(
+        text in "-?[0-9]{1,17}(\\.[0-9]{1,17})?",
+    ) {
+        proptest::prop_assert_eq!(
+            parse_float(&text).map(f64::to_bits),
+            text.parse::<f64>().ok().map(f64::to_bits)
+        );
+    }
+}
