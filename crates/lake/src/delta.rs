@@ -1099,6 +1099,29 @@ const SAMPLE_MIN: usize = 1024;
 /// few tens of milliseconds [`settle_encodings`]' trials take.
 const TRIAL_ROWS: usize = 64 * 1024;
 
+/// The rows [`settle_encodings`] samples: a window's first [`SAMPLE_ROWS`], across its
+/// batches. A tail flush's window is many small entries, and its first entry alone (one
+/// object of ~1,000 rows) had too few rows to say anything: its files kept a dictionary
+/// for every column, distinct digests and line numbers among them.
+fn window_sample(batches: &[Selected]) -> Option<RecordBatch> {
+    let first = &batches.first()?.batch;
+    if first.num_rows() >= SAMPLE_ROWS || batches.len() == 1 {
+        return Some(first.clone());
+    }
+    let mut parts = Vec::new();
+    let mut rows = 0;
+    for selected in batches {
+        if rows >= SAMPLE_ROWS {
+            break;
+        }
+        let take = (SAMPLE_ROWS - rows).min(selected.batch.num_rows());
+        parts.push(selected.batch.slice(0, take));
+        rows += take;
+    }
+    // A window's batches share the table's schema; were they not to, the first one alone.
+    Some(arrow::compute::concat_batches(&first.schema(), &parts).unwrap_or_else(|_| first.clone()))
+}
+
 /// A trial encoding within this fraction of the smallest counts as small as it.
 const SAMPLE_TIE: f64 = 0.01;
 
@@ -1351,6 +1374,9 @@ struct WindowWriter {
     /// The lanes' file properties, until the first window settles each column's encoding
     /// (see [`settle_encodings`]); None after.
     unsettled: Option<WriterProperties>,
+    /// Whether a large first window runs [`settle_encodings`]' trials: not for files
+    /// compaction rewrites, which are written for speed (see [`FileWriter::staging`]).
+    trials: bool,
 }
 
 /// One Delta writer: one file open at a time.
@@ -1422,8 +1448,9 @@ impl WindowWriter {
         if let Some(props) = self.unsettled.take() {
             let rows: usize = batches.iter().map(Selected::num_rows).sum();
             let partition_by = self.partitions.as_ref().map_or(&[][..], |(_, p)| p);
-            let first = batches.first().map(|s| &s.batch);
-            let props = settle_encodings(props, first, partition_by, rows >= TRIAL_ROWS);
+            let sample = window_sample(&batches);
+            let trials = self.trials && rows >= TRIAL_ROWS;
+            let props = settle_encodings(props, sample.as_ref(), partition_by, trials);
             self.lanes = std::mem::take(&mut self.lanes)
                 .into_iter()
                 .map(|lane| PartitionWriter {
@@ -1659,6 +1686,18 @@ impl PartitionWriter {
     }
 }
 
+/// What a writer's files are for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Files a table keeps: their encodings settled by trials on a large first window.
+    Final,
+    /// Files the automatic compaction merges (a tail flush's, a batch of small objects'):
+    /// written for speed, their dictionaries settled from a sample, no trials (smaller
+    /// encodings pay in files kept, not in files merged within minutes; a tail flush's
+    /// window of 64 Ki rows or more would otherwise run them once it is sampled whole).
+    Merged,
+}
+
 impl FileWriter {
     /// A writer for the table's schema and partitions.
     pub fn new(name: &str, table: &DeltaTable) -> Result<Self, Error> {
@@ -1675,7 +1714,14 @@ impl FileWriter {
     /// 8 writers' p99 freshness went from 99-120 ms to 183-209 ms, docs/benchmarks.md,
     /// session 19).
     pub fn small(name: &str, table: &DeltaTable) -> Result<Self, Error> {
-        Self::build(name, table, TARGET_FILE_SIZE, Compression::SNAPPY, 1)
+        Self::build(
+            name,
+            table,
+            TARGET_FILE_SIZE,
+            Compression::SNAPPY,
+            1,
+            Kind::Merged,
+        )
     }
 
     /// A writer of a tail flush's files: like [`Self::small`], uncompressed. They hold a
@@ -1685,13 +1731,20 @@ impl FileWriter {
     /// server's CPU per object under 8 writers to make them 18% smaller
     /// (docs/benchmarks.md, session 29).
     pub fn staging(name: &str, table: &DeltaTable) -> Result<Self, Error> {
-        Self::build(name, table, TARGET_FILE_SIZE, Compression::UNCOMPRESSED, 1)
+        Self::build(
+            name,
+            table,
+            TARGET_FILE_SIZE,
+            Compression::UNCOMPRESSED,
+            1,
+            Kind::Merged,
+        )
     }
 
     /// A writer whose files end near `target` bytes.
     pub fn with_target_size(name: &str, table: &DeltaTable, target: u64) -> Result<Self, Error> {
         let zstd = Compression::ZSTD(ZstdLevel::try_new(3).expect("3 is a valid zstd level"));
-        Self::build(name, table, target, zstd, lane_count())
+        Self::build(name, table, target, zstd, lane_count(), Kind::Final)
     }
 
     fn build(
@@ -1700,6 +1753,7 @@ impl FileWriter {
         target: u64,
         compression: Compression,
         lanes: usize,
+        kind: Kind,
     ) -> Result<Self, Error> {
         let first = RecordBatchWriter::for_table(table).map_err(|e| Error::delta(name, e))?;
         let schema = first.arrow_schema();
@@ -1756,6 +1810,7 @@ impl FileWriter {
                 partitions,
                 lanes,
                 unsettled: Some(props),
+                trials: kind == Kind::Final,
             })),
             finished: Vec::new(),
         })

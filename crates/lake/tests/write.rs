@@ -379,12 +379,22 @@ fn mixed(rows: usize) -> RecordBatch {
 /// Each column's encodings and compression in the one file that writing `mixed(rows)`
 /// made, by name; and the rows written and read back.
 async fn written_encodings(rows: usize) -> (Encodings, RecordBatch, RecordBatch) {
+    written_encodings_in(rows, rows).await
+}
+
+/// [`written_encodings`], the rows handed to the writer `chunk` at a time.
+async fn written_encodings_in(rows: usize, chunk: usize) -> (Encodings, RecordBatch, RecordBatch) {
     let written = mixed(rows);
     let schema = written.schema();
     let lake = Lake::new("events", "silver/events", schema.as_ref(), &["day"]).await;
     let table = lake.table().await;
     let mut writer = delta::FileWriter::new(lake.name, &table).unwrap();
-    writer.write(written.clone()).await.unwrap();
+    for start in (0..rows).step_by(chunk) {
+        writer
+            .write(written.slice(start, chunk.min(rows - start)))
+            .await
+            .unwrap();
+    }
     let adds = writer.finish(&[]).await.unwrap();
     assert_eq!(adds.len(), 1, "one partition, one file");
     lake.commit_adds(adds.clone(), &[]).await;
@@ -479,5 +489,17 @@ async fn a_small_first_window_settles_dictionaries_without_trials() {
     assert_encoded(&encodings, "at", false, None, true);
     assert_encoded(&encodings, "lon", false, None, true);
     assert_encoded(&encodings, "kind", true, None, true);
+    assert_eq!(read, written);
+}
+
+#[tokio::test]
+async fn a_window_of_small_batches_is_sampled_across_them() {
+    // A tail flush hands its writer one small entry after another: the sample spans
+    // them, so distinct digests lose their dictionary (the first 600 rows alone said
+    // nothing of them, and every column kept one).
+    let (encodings, written, read) = written_encodings_in(6_000, 600).await;
+    assert_encoded(&encodings, "id", false, None, true);
+    assert_encoded(&encodings, "kind", true, None, true);
+    assert_encoded(&encodings, "amount", true, None, true);
     assert_eq!(read, written);
 }
