@@ -240,20 +240,23 @@ def duckdb_over(spec_path: str):
     return con
 
 
-def duckdb_time_query(spec_path: str, name: str, runs: int) -> str:
-    """Times one of QUERIES `runs` times in DuckDB over the files of `spec_path` (see
-    duckdb_over); JSON list of seconds."""
-    import json
+def duckdb_serve(spec_path: str) -> None:
+    """Times QUERIES on request, one DuckDB connection (see duckdb_over) kept between
+    them: reads a query's name per line on stdin, prints its seconds per line on stdout.
+    The harness alternates these runs with sluice's, so both meet the machine in the
+    same state, and every run after a query's first is warm in both."""
+    import sys
     import time
 
     con = duckdb_over(spec_path)
-    sql = duckdb_query_sql(name).format(trips="trips", zones="zones")
-    times = []
-    for _ in range(runs):
+    for line in sys.stdin:
+        name = line.strip()
+        if not name:
+            break
+        sql = duckdb_query_sql(name).format(trips="trips", zones="zones")
         t = time.perf_counter()
         con.execute(sql).fetchall()
-        times.append(time.perf_counter() - t)
-    return json.dumps(times)
+        print(time.perf_counter() - t, flush=True)
 
 
 def duckdb_answer(spec_path: str, name: str) -> str:

@@ -72,8 +72,18 @@ fn the_benchmark_harness_runs_every_case_and_the_engines_agree() {
     // Each query's time counts only with the same answer from both engines.
     let queries = results["query"]["queries"].as_object().unwrap();
     assert_eq!(queries.len(), 5);
+    let runs = results["query"]["runs"].as_u64().unwrap() as usize;
     for (name, q) in queries {
         assert_eq!(q["same_answer"], Value::Bool(true), "{name}: {q}");
+        // Each engine timed each query as many times, their runs alternating.
+        for engine in ["sluice", "duckdb"] {
+            let times = q[engine].as_array().unwrap();
+            assert_eq!(times.len(), runs, "{name}: {engine}'s runs {q}");
+            assert!(
+                times.iter().all(|t| t.as_f64().unwrap() > 0.0),
+                "{name}: {q}"
+            );
+        }
         assert!(q["rows"].as_u64().unwrap() > 0, "{name} answered no rows");
     }
 
