@@ -1359,7 +1359,7 @@ impl Drop for FileWriter {
 /// of a taxi ingest (docs/benchmarks.md, session 19). Each lane has a file open, so
 /// memory grows by one open file per lane.
 fn lane_count() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get().clamp(1, 4))
+    crate::cores().clamp(1, 4)
 }
 
 /// Writes windows into files: a window's partitions are shared out among its lanes, each

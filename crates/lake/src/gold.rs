@@ -70,10 +70,13 @@ pub async fn refresh(
             let dir = url
                 .to_file_path()
                 .map_err(|_| Error::Internal(format!("{url} is not a local path")))?;
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::Io {
-                what: format!("replacing {}", dir.display()),
-                source: e,
-            })?;
+            // Emptied, not removed: the directory stays where `paths.url` found it.
+            std::fs::remove_dir_all(&dir)
+                .and_then(|()| std::fs::create_dir_all(&dir))
+                .map_err(|e| Error::Io {
+                    what: format!("replacing {}", dir.display()),
+                    source: e,
+                })?;
             existing = None;
         }
     }

@@ -386,7 +386,7 @@ struct Planned<'s> {
 /// thread of its own, so a burst of small objects uses every core. A batch's objects are
 /// small (the worker's limits bound its memory), so this bounds threads, not bytes.
 fn concurrent_reads() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+    crate::cores().max(2)
 }
 
 /// An object accepted into the batch's commit.

@@ -32,7 +32,9 @@ pub mod txns;
 pub mod vacuum;
 pub mod validate;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sluice_model::ErrorCode;
 
@@ -178,10 +180,23 @@ impl Error {
     }
 }
 
+/// The cores this process may use, asked of the system once: `available_parallelism`
+/// reads the cgroup's CPU quota from /proc and /sys on every call (five system calls),
+/// and each small object's batch asks.
+pub(crate) fn cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// Where the lake lives: `<data_dir>/lake/<layer>/<table>` plus `<data_dir>/lake/sluice/quarantine`.
+///
+/// Each location's URL is resolved once (its directory created, symlinks resolved) and kept:
+/// ingests, queries and the flush loop ask for a table's URL several times per object,
+/// and resolving it walks the path with one `readlink` per component.
 #[derive(Debug, Clone)]
 pub struct LakePaths {
     root: PathBuf,
+    urls: Arc<Mutex<HashMap<String, url::Url>>>,
 }
 
 impl LakePaths {
@@ -189,6 +204,7 @@ impl LakePaths {
     pub fn new(data_dir: &Path) -> Self {
         Self {
             root: data_dir.join("lake"),
+            urls: Arc::default(),
         }
     }
 
@@ -201,8 +217,12 @@ impl LakePaths {
         }
     }
 
-    /// The `file://` URL of a location.
+    /// The `file://` URL of a location, its directory created the first time it is asked for.
     pub fn url(&self, location: &str) -> Result<url::Url, Error> {
+        let urls = || self.urls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(url) = urls().get(location) {
+            return Ok(url.clone());
+        }
         let path = self.root.join(location);
         std::fs::create_dir_all(&path).map_err(|e| Error::Io {
             what: format!("creating {}", path.display()),
@@ -212,8 +232,10 @@ impl LakePaths {
             what: format!("resolving {}", path.display()),
             source: e,
         })?;
-        url::Url::from_directory_path(&path)
-            .map_err(|_| Error::Internal(format!("{} is not an absolute path", path.display())))
+        let url = url::Url::from_directory_path(&path)
+            .map_err(|_| Error::Internal(format!("{} is not an absolute path", path.display())))?;
+        urls().insert(location.to_string(), url.clone());
+        Ok(url)
     }
 
     /// The quarantine table's location.
