@@ -15,6 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use sluice_model::event::{Event, EventId, EventKind, ObjectRef};
 use uuid::Uuid;
@@ -203,6 +204,26 @@ fn parse_uuid(s: &str, column: &'static str) -> Result<Uuid> {
     })
 }
 
+/// The next due job: pending and due, or running with an expired lease (`?1`: now).
+const LEASE_SQL: &str = "SELECT id FROM jobs
+    WHERE (status = 'pending' AND next_run_at <= ?1)
+       OR (status = 'running' AND lease_expires_at <= ?1)
+    ORDER BY next_run_at, created_at LIMIT 1";
+
+/// A lead job's due companions: the same pipeline and event kind, small enough, and of no
+/// object whose job runs elsewhere (`?5`: now).
+const COMPANIONS_SQL: &str =
+    "SELECT j.id, e.bucket, e.key, e.size FROM jobs j JOIN events e ON e.id = j.event_id
+    WHERE j.pipeline = ?1 AND e.kind = ?2 AND j.id != ?3 AND e.size <= ?4
+      AND ((j.status = 'pending' AND j.next_run_at <= ?5)
+        OR (j.status = 'running' AND j.lease_expires_at <= ?5))
+      AND NOT EXISTS (
+        SELECT 1 FROM jobs r JOIN events re ON re.id = r.event_id
+        WHERE r.status = 'running' AND r.lease_expires_at > ?5
+          AND r.pipeline = j.pipeline AND r.id != j.id
+          AND re.bucket = e.bucket AND re.key = e.key)
+    ORDER BY e.seq LIMIT ?6";
+
 /// Statements the connection keeps parsed: every statement of the store's fixed SQL, with
 /// room for the listings whose SQL varies.
 const STATEMENT_CACHE: usize = 128;
@@ -272,6 +293,11 @@ impl SqliteStore {
     ) -> Result<Self> {
         conn.busy_timeout(Duration::from_secs(10))?;
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+        // Plans independent of bound values: otherwise SQLite marks a cached statement
+        // whose plan looked at a parameter to be parsed again whenever that parameter
+        // changes, and the job queue's statements bind the clock (session 48: leasing a
+        // batch's companions was parsed again on every call, ~350 K instructions).
+        conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         // Commits write the WAL without flushing it; `with` flushes it after the lock.
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -892,14 +918,7 @@ impl StateStore for SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now_us = micros(now);
             let id: Option<String> = tx
-                .query_row_cached(
-                    "SELECT id FROM jobs
-                     WHERE (status = 'pending' AND next_run_at <= ?1)
-                        OR (status = 'running' AND lease_expires_at <= ?1)
-                     ORDER BY next_run_at, created_at LIMIT 1",
-                    [now_us],
-                    |r| r.get(0),
-                )
+                .query_row_cached(LEASE_SQL, [now_us], |r| r.get(0))
                 .optional()?;
             let Some(id) = id else {
                 return Ok(None);
@@ -925,18 +944,7 @@ impl StateStore for SqliteStore {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
             let now_us = micros(now);
             let candidates: Vec<(String, String, String, i64)> = {
-                let mut stmt = tx.prepare_cached(
-                    "SELECT j.id, e.bucket, e.key, e.size FROM jobs j JOIN events e ON e.id = j.event_id
-                     WHERE j.pipeline = ?1 AND e.kind = ?2 AND j.id != ?3 AND e.size <= ?4
-                       AND ((j.status = 'pending' AND j.next_run_at <= ?5)
-                         OR (j.status = 'running' AND j.lease_expires_at <= ?5))
-                       AND NOT EXISTS (
-                         SELECT 1 FROM jobs r JOIN events re ON re.id = r.event_id
-                         WHERE r.status = 'running' AND r.lease_expires_at > ?5
-                           AND r.pipeline = j.pipeline AND r.id != j.id
-                           AND re.bucket = e.bucket AND re.key = e.key)
-                     ORDER BY e.seq LIMIT ?6",
-                )?;
+                let mut stmt = tx.prepare_cached(COMPANIONS_SQL)?;
                 let rows = stmt.query_map(
                     params![
                         lead.job.pipeline,
@@ -955,7 +963,10 @@ impl StateStore for SqliteStore {
             // elsewhere: a later event of the same object waits, so an object's events
             // apply in order.
             let mut objects = std::collections::HashSet::new();
-            objects.insert((lead.event.object.bucket.clone(), lead.event.object.key.clone()));
+            objects.insert((
+                lead.event.object.bucket.clone(),
+                lead.event.object.key.clone(),
+            ));
             let mut bytes = lead.event.object.size;
             let expires = now_us + lease.as_micros() as i64;
             let mut leased = Vec::new();

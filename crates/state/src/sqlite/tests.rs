@@ -297,6 +297,40 @@ fn a_batch_takes_due_jobs_of_the_lead_pipeline_one_event_per_object_within_its_l
     assert_eq!(rest, ["b.csv", "big.csv", "c.csv", "f.csv"]);
 }
 
+#[test]
+fn the_job_queues_statements_are_parsed_once_as_the_clock_moves() {
+    // A plan that looks at a bound value is parsed again whenever that value changes;
+    // the queue's statements bind the clock, so they would be on every call.
+    let store = SqliteStore::open_in_memory().unwrap();
+    for key in ["a.csv", "b.csv", "c.csv", "d.csv"] {
+        store.record_event(&event(key), &[job(3)]).unwrap();
+    }
+    let limits = BatchLimits {
+        jobs: 1,
+        object_bytes: 1 << 20,
+        total_bytes: 1 << 20,
+    };
+    let start = Utc::now() + ChronoDuration::seconds(1);
+    for i in 0..2 {
+        let now = start + ChronoDuration::milliseconds(i * 7);
+        let lead = store.lease_job("w", now, LEASE).unwrap().unwrap();
+        let batch = store
+            .lease_companions("w", now, LEASE, &lead, limits)
+            .unwrap();
+        assert_eq!(batch.len(), 1, "round {i}");
+    }
+    assert!(store.lease_job("w", start, LEASE).unwrap().is_none());
+    let conn = store.conn.lock().unwrap();
+    for sql in [LEASE_SQL, COMPANIONS_SQL] {
+        let stmt = conn.prepare_cached(sql).unwrap();
+        assert_eq!(
+            stmt.get_status(rusqlite::StatementStatus::RePrepare),
+            0,
+            "parsed again: {sql}"
+        );
+    }
+}
+
 /// A run just started, with nothing read or written yet.
 fn a_run(job_id: JobId, event_id: Uuid, pipeline: &str, attempt: u32) -> Run {
     Run {
