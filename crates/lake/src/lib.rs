@@ -181,8 +181,8 @@ impl Error {
 }
 
 /// The cores this process may use, asked of the system once: `available_parallelism`
-/// reads the cgroup's CPU quota from /proc and /sys on every call (five system calls),
-/// and each small object's batch asks.
+/// reads the cgroup's CPU quota from /proc and /sys on every call (files opened, read
+/// and closed), and each small object's batch asks.
 pub(crate) fn cores() -> usize {
     static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
