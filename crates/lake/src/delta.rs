@@ -600,7 +600,18 @@ pub fn partition_columns(name: &str, table: &DeltaTable) -> Result<Vec<String>, 
 }
 
 /// Opens an existing table (None when nothing was ever committed there).
+///
+/// On local disk a table without a `_delta_log` directory is known empty by one `stat`:
+/// deltalake would list the directory and look for a checkpoint hint first, and a query
+/// that names no table (`SELECT 1`, `information_schema`) registers every table, so each
+/// such query paid that for every table not yet written (a gold model before its first
+/// refresh, say).
 pub async fn open(name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
+    if let Ok(root) = url.to_file_path()
+        && matches!(root.join("_delta_log").try_exists(), Ok(false))
+    {
+        return Ok(None);
+    }
     let table = DeltaTable::try_from_url(url)
         .await
         .map_err(|e| Error::delta(name, e))?;

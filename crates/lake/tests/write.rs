@@ -1,7 +1,7 @@
 //! `delta::FileWriter` on a real partitioned Delta table: rows arriving in windows and in
 //! any partition order land once each in their partition; a stream of one partition keeps
 //! one file open across windows; rows a validator rejected are left out, partitions and
-//! all; a failed write leaves no file behind.
+//! all; a failed write leaves no file behind; a table is absent until its first commit.
 
 use std::sync::Arc;
 
@@ -502,4 +502,24 @@ async fn a_window_of_small_batches_is_sampled_across_them() {
     assert_encoded(&encodings, "kind", true, None, true);
     assert_encoded(&encodings, "amount", true, None, true);
     assert_eq!(read, written);
+}
+
+#[tokio::test]
+async fn a_table_is_absent_until_its_first_commit_and_opens_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("t");
+    std::fs::create_dir_all(&root).unwrap();
+    let url = url::Url::from_directory_path(&root).unwrap();
+    assert!(delta::open("t", url.clone()).await.unwrap().is_none());
+    // A log directory with no commit in it (a create that stopped short) is no table yet.
+    std::fs::create_dir_all(root.join("_delta_log")).unwrap();
+    assert!(delta::open("t", url.clone()).await.unwrap().is_none());
+    delta::open_or_create("t", url.clone(), &schema(), &["day".to_string()], None)
+        .await
+        .unwrap();
+    let table = delta::open("t", url)
+        .await
+        .unwrap()
+        .expect("a committed table opens");
+    assert_eq!(table.version(), Some(0));
 }
