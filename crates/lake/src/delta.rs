@@ -1432,6 +1432,51 @@ struct SortedWindow {
     next: std::sync::atomic::AtomicUsize,
 }
 
+/// A window of at least this many batches, averaging fewer than [`JOIN_ROWS`] rows, is
+/// joined into one batch before its partitions are written (see [`join_small`]).
+const JOIN_BATCHES: usize = 8;
+/// See [`JOIN_BATCHES`]: a bulk ingest's batches ([`crate::ingest`]'s 16 Ki rows) are
+/// never joined, so its window is not copied whole (memory).
+const JOIN_ROWS: usize = 4096;
+
+/// A window of many small batches, each in partition order (a tail flush's entries, one
+/// per batch of small objects), as one batch in partition order: each column copied once,
+/// run by run, so a partition is a slice of it. Joining each partition's slices apart
+/// sliced every column of every batch once per partition (a flush of ~60 entries over
+/// ~30 partitions: ~2,000 batch slices and ~60,000 array slices, allocated and dropped,
+/// then ~900 joins of ~60 pieces), ~5% of the server's CPU under eight writers
+/// (docs/benchmarks.md, session 50). Other windows are returned as they are.
+fn join_small(
+    sorted: Vec<(RecordBatch, Vec<usize>)>,
+    parts: usize,
+) -> Result<Vec<(RecordBatch, Vec<usize>)>, arrow::error::ArrowError> {
+    let rows: usize = sorted.iter().map(|(_, starts)| starts[parts]).sum();
+    if sorted.len() < JOIN_BATCHES || rows >= JOIN_ROWS * sorted.len() {
+        return Ok(sorted);
+    }
+    let schema = sorted[0].0.schema();
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for i in 0..schema.fields().len() {
+        let data: Vec<arrow::array::ArrayData> =
+            sorted.iter().map(|(b, _)| b.column(i).to_data()).collect();
+        let mut joined = arrow::array::MutableArrayData::new(data.iter().collect(), false, rows);
+        for p in 0..parts {
+            for (b, (_, starts)) in sorted.iter().enumerate() {
+                if starts[p + 1] > starts[p] {
+                    joined.try_extend(b, starts[p], starts[p + 1])?;
+                }
+            }
+        }
+        columns.push(arrow::array::make_array(joined.freeze()));
+    }
+    let mut starts = vec![0usize; parts + 1];
+    for p in 0..parts {
+        let here: usize = sorted.iter().map(|(_, s)| s[p + 1] - s[p]).sum();
+        starts[p + 1] = starts[p] + here;
+    }
+    Ok(vec![(RecordBatch::try_new(schema, columns)?, starts)])
+}
+
 impl SortedWindow {
     /// Partition `p`'s rows as one batch.
     fn partition(&self, p: usize) -> Result<RecordBatch, arrow::error::ArrowError> {
@@ -1565,6 +1610,7 @@ impl WindowWriter {
             };
             sorted.push((batch, starts));
         }
+        let sorted = join_small(sorted, parts).map_err(split)?;
         let window = Arc::new(SortedWindow {
             batches: sorted,
             keys: order.iter().map(|(key, _)| key.owned()).collect(),

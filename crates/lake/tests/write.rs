@@ -523,3 +523,52 @@ async fn a_table_is_absent_until_its_first_commit_and_opens_after_it() {
         .expect("a committed table opens");
     assert_eq!(table.version(), Some(0));
 }
+
+/// A window of many small batches, each in partition order (a tail flush's entries), is
+/// joined into one batch in partition order before it is written: every row lands once,
+/// in its own day's file, and each day's rows keep the batches' order and their own.
+#[tokio::test]
+async fn many_small_batches_in_partition_order_land_once_each_and_in_order() {
+    let by_day = ["day".to_string()];
+    let lake = Lake::new("events", "silver/events", &schema(), &["day"]).await;
+    let table = lake.table().await;
+    let mut writer = delta::FileWriter::new(lake.name, &table).unwrap();
+    let mut expected = Vec::new();
+    for k in 0..40i64 {
+        // 30-34 rows each, numbered upwards across the batches; every fifth batch holds
+        // one day only, so some batches have no rows of a partition.
+        let rows = 30 + k % 5;
+        let day_of: fn(i64) -> &'static str = if k % 5 == 0 {
+            |_| "2024-01-02"
+        } else {
+            day_of_three
+        };
+        let b = batch(k * 100, rows, day_of);
+        expected.extend((k * 100..k * 100 + rows).map(|n| (day_of(n).to_string(), n)));
+        let sorted = delta::partition_sorted(&b, None, &by_day).unwrap().rows;
+        writer.write(sorted).await.unwrap();
+    }
+    let adds = writer.finish(&[]).await.unwrap();
+    assert_eq!(adds.len(), 3, "one file per day");
+    lake.commit_adds(adds, &[]).await;
+
+    let table = lake.table().await;
+    let schema = Arc::new(schema());
+    for add in delta::active_files(lake.name, &table).await.unwrap() {
+        let mut ns: Vec<i64> = Vec::new();
+        for batch in delta::read_file(lake.name, &table, &add, &schema)
+            .await
+            .unwrap()
+        {
+            ns.extend(batch.column(1).as_primitive::<Int64Type>().values().iter());
+        }
+        assert!(
+            ns.windows(2).all(|w| w[0] < w[1]),
+            "{}: a day's rows in the order they came",
+            add.path
+        );
+    }
+    let (rows, _) = contents(&lake).await;
+    expected.sort();
+    assert_eq!(rows, expected, "every row once, in its own day");
+}
