@@ -1469,10 +1469,12 @@ fn join_small(
         }
         columns.push(arrow::array::make_array(joined.freeze()));
     }
+    // Partition p starts after every batch's rows of the partitions before it.
     let mut starts = vec![0usize; parts + 1];
-    for p in 0..parts {
-        let here: usize = sorted.iter().map(|(_, s)| s[p + 1] - s[p]).sum();
-        starts[p + 1] = starts[p] + here;
+    for (_, of_batch) in &sorted {
+        for (start, here) in starts.iter_mut().zip(of_batch) {
+            *start += here;
+        }
     }
     Ok(vec![(RecordBatch::try_new(schema, columns)?, starts)])
 }
