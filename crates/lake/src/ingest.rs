@@ -253,6 +253,20 @@ pub async fn ingest_batch(
     target: &Target<'_>,
     sources: &[Source<'_>],
 ) -> Result<Vec<Result<IngestReport, Error>>, Error> {
+    ingest_batch_when(paths, objects, target, sources, async { Ok(()) }).await
+}
+
+/// [`ingest_batch`], publishing nothing until `ready` succeeds: it runs beside the
+/// objects' reads (a bronze copy's fsyncs wait on the disk while the rows are parsed and
+/// checked, instead of before) and is awaited before any row is made durable or visible.
+/// Its error fails the whole batch.
+pub async fn ingest_batch_when(
+    paths: &LakePaths,
+    objects: &Objects,
+    target: &Target<'_>,
+    sources: &[Source<'_>],
+    ready: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<Vec<Result<IngestReport, Error>>, Error> {
     let silver_url = paths.url(target.location)?;
     let quarantine_url = paths.url(LakePaths::QUARANTINE)?;
     // Tail entries are captured before the tables' versions are read: an entry a flush
@@ -305,7 +319,7 @@ pub async fn ingest_batch(
             use_tail,
         },
     };
-    let results = batch.run(objects, sources).await;
+    let results = batch.run(objects, sources, ready).await;
     if results.is_err() {
         // Files written but never committed are invisible; delete them (best effort: a
         // failed delete leaves an orphan file, never a visible row).
@@ -419,6 +433,7 @@ impl Batch<'_> {
         &mut self,
         objects: &Objects,
         sources: &[Source<'_>],
+        ready: impl std::future::Future<Output = Result<(), Error>>,
     ) -> Result<Vec<Result<IngestReport, Error>>, Error> {
         let target = self.target;
         let table = target.table;
@@ -527,6 +542,7 @@ impl Batch<'_> {
             });
         }
         let stream = !shared && !self.tails.use_tail;
+        let readiness;
         let reads: Vec<Result<Option<ReadObject>, Error>> = {
             let this = &*self;
             // Collected first: a stream over a mapping closure is not `Send` for every
@@ -544,10 +560,12 @@ impl Batch<'_> {
                     )
                 })
                 .collect();
-            futures::stream::iter(reading)
+            let reads = futures::stream::iter(reading)
                 .buffered(concurrent_reads())
-                .collect()
-                .await
+                .collect();
+            let (reads, ready) = futures::join!(reads, ready);
+            readiness = ready;
+            reads
         };
         // Every file read, so a failing batch deletes it.
         for read in reads.iter().flatten().flatten() {
@@ -557,6 +575,8 @@ impl Batch<'_> {
             self.written_quarantine
                 .extend(read.quarantine_adds.iter().cloned());
         }
+        // Nothing of the batch is durable or visible yet: its files are uncommitted.
+        readiness?;
 
         for (plan, read) in planned.into_iter().zip(reads) {
             let Planned {

@@ -135,6 +135,16 @@ pub enum Error {
     /// Another operation holds what this one needs; retrying later succeeds.
     #[error("{0}")]
     Busy(String),
+    /// An object's raw copy in a bronze table could not be made durable; its rows are
+    /// not ingested without it.
+    #[error("archiving to bronze {table}: {source}")]
+    Archive {
+        /// The bronze table.
+        table: String,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
     /// A background task died; this is a bug in sluice.
     #[error("internal error: {0} (this is a bug in sluice)")]
     Internal(String),
@@ -176,6 +186,7 @@ impl Error {
             // Expressions are deterministic: the same data fails the same way again.
             | Error::Eval(_) => ErrorCode::BadInput,
             Error::Internal(_) => ErrorCode::Internal,
+            Error::Archive { source, .. } => source.code(),
         }
     }
 }

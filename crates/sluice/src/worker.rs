@@ -475,8 +475,8 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
             Step::Ingest { table, bronze } => {
                 if let Some(bronze) = bronze {
                     // Which members' copies the batch's one round of fsyncs makes durable.
-                    let mut archived: Vec<(usize, String)> = Vec::new();
-                    for (i, m) in members.iter_mut().enumerate() {
+                    let mut archived: Vec<String> = Vec::new();
+                    for m in members.iter_mut() {
                         if m.failure.is_some() {
                             continue;
                         }
@@ -489,7 +489,7 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
                                 m.steps.push(
                                     json!({"step": "archive", "table": bronze, "path": path}),
                                 );
-                                archived.push((i, path));
+                                archived.push(path);
                             }
                             Ok(None) => m.steps.push(
                                 json!({"step": "archive", "table": bronze, "superseded": true}),
@@ -500,18 +500,32 @@ async fn run_steps(platform: &Arc<Platform>, members: &mut [Member]) {
                             ),
                         }
                     }
-                    let paths: Vec<String> = archived.iter().map(|(_, p)| p.clone()).collect();
-                    if let Err(e) = platform.objects.make_archived_durable(&paths).await {
-                        // Not ingested without its raw copy; the retry links and syncs again.
-                        for (i, _) in &archived {
-                            members[*i].fail(
-                                format!("archiving to bronze {bronze}: {e}"),
-                                e.code().is_retryable(),
-                            );
-                        }
-                    }
+                    // The copies' fsyncs wait on the disk while the objects are read; no
+                    // row is made durable or visible before they are done. Not ingested
+                    // without its raw copy: a failure fails the batch, whose retry links
+                    // and syncs again.
+                    let copies_durable = async {
+                        platform
+                            .objects
+                            .make_archived_durable(&archived)
+                            .await
+                            .map_err(|e| sluice_lake::Error::Archive {
+                                table: bronze.clone(),
+                                source: Box::new(e),
+                            })
+                    };
+                    ingest_step(
+                        platform,
+                        pipeline.max_invalid_pct,
+                        table,
+                        members,
+                        copies_durable,
+                    )
+                    .await;
+                } else {
+                    let nothing = async { Ok(()) };
+                    ingest_step(platform, pipeline.max_invalid_pct, table, members, nothing).await;
                 }
-                ingest_step(platform, pipeline.max_invalid_pct, table, members).await;
             }
             Step::Refresh { table } => {
                 let t = &platform.project.tables[table];
@@ -566,6 +580,7 @@ async fn ingest_step(
     max_invalid_pct: f64,
     table: &str,
     members: &mut [Member],
+    ready: impl std::future::Future<Output = Result<(), sluice_lake::Error>>,
 ) {
     let live: Vec<usize> = (0..members.len())
         .filter(|&i| members[i].failure.is_none())
@@ -613,9 +628,10 @@ async fn ingest_step(
         .collect();
     let lock = platform.table_lock(table);
     let shared = lock.read().await;
-    let results = ingest::ingest_batch(&platform.paths, &platform.objects, &target, &sources)
-        .instrument(members[live[0]].span.clone())
-        .await;
+    let results =
+        ingest::ingest_batch_when(&platform.paths, &platform.objects, &target, &sources, ready)
+            .instrument(members[live[0]].span.clone())
+            .await;
     drop(shared);
     let results = match results {
         Ok(r) => r,
