@@ -1428,58 +1428,81 @@ struct SortedWindow {
     /// Each partition's key, in partition order.
     keys: Vec<arrow::row::OwnedRow>,
     columns: Vec<String>,
-    /// The next partition a lane should take.
+    /// The partitions the lanes take at once, in order: one each, or, when the window is
+    /// many small batches ([`joins`]), runs of them joined into one batch per run.
+    chunks: Vec<std::ops::Range<usize>>,
+    joined: bool,
+    /// The next chunk a lane should take.
     next: std::sync::atomic::AtomicUsize,
 }
 
 /// A window of at least this many batches, averaging fewer than [`JOIN_ROWS`] rows, is
-/// joined into one batch before its partitions are written (see [`join_small`]).
+/// joined run of partitions by run before it is written (see [`SortedWindow::join`]).
 const JOIN_BATCHES: usize = 8;
 /// See [`JOIN_BATCHES`]: a bulk ingest's batches ([`crate::ingest`]'s 16 Ki rows) are
 /// never joined, so its window is not copied whole (memory).
 const JOIN_ROWS: usize = 4096;
+/// Bytes of one joined run of partitions. Joining a whole flush's window at once (tens of
+/// MiB) took fresh pages from the kernel on every flush, which zeroed them: ~3% of the
+/// server's CPU under eight writers (docs/benchmarks.md, session 51). A run this size is
+/// written and dropped before the next is joined, which reuses its memory.
+pub const JOIN_BYTES: usize = 4 << 20;
 
-/// A window of many small batches, each in partition order (a tail flush's entries, one
-/// per batch of small objects), as one batch in partition order: each column copied once,
-/// run by run, so a partition is a slice of it. Joining each partition's slices apart
-/// sliced every column of every batch once per partition (a flush of ~60 entries over
-/// ~30 partitions: ~2,000 batch slices and ~60,000 array slices, allocated and dropped,
-/// then ~900 joins of ~60 pieces), ~5% of the server's CPU under eight writers
-/// (docs/benchmarks.md, session 50). Other windows are returned as they are.
-fn join_small(
-    sorted: Vec<(RecordBatch, Vec<usize>)>,
-    parts: usize,
-) -> Result<Vec<(RecordBatch, Vec<usize>)>, arrow::error::ArrowError> {
+/// Whether a window's batches are many and small (a tail flush's entries, one per batch of
+/// small objects): then each run of partitions is joined before it is written.
+fn joins(sorted: &[(RecordBatch, Vec<usize>)], parts: usize) -> bool {
     let rows: usize = sorted.iter().map(|(_, starts)| starts[parts]).sum();
-    if sorted.len() < JOIN_BATCHES || rows >= JOIN_ROWS * sorted.len() {
-        return Ok(sorted);
-    }
-    let schema = sorted[0].0.schema();
-    let mut columns = Vec::with_capacity(schema.fields().len());
-    for i in 0..schema.fields().len() {
-        let data: Vec<arrow::array::ArrayData> =
-            sorted.iter().map(|(b, _)| b.column(i).to_data()).collect();
-        let mut joined = arrow::array::MutableArrayData::new(data.iter().collect(), false, rows);
-        for p in 0..parts {
-            for (b, (_, starts)) in sorted.iter().enumerate() {
-                if starts[p + 1] > starts[p] {
-                    joined.try_extend(b, starts[p], starts[p + 1])?;
-                }
-            }
+    sorted.len() >= JOIN_BATCHES && rows < JOIN_ROWS * sorted.len()
+}
+
+/// Runs of consecutive partitions of about [`JOIN_BYTES`] each (a partition larger than
+/// that alone), sized by the window's bytes per row.
+fn join_runs(sorted: &[(RecordBatch, Vec<usize>)], parts: usize) -> Vec<std::ops::Range<usize>> {
+    let rows: usize = sorted.iter().map(|(_, starts)| starts[parts]).sum();
+    let bytes: usize = sorted.iter().map(|(b, _)| b.get_array_memory_size()).sum();
+    let per_run = (JOIN_BYTES * rows / bytes.max(1)).max(1);
+    let mut runs = Vec::new();
+    let (mut first, mut in_run) = (0, 0);
+    for p in 0..parts {
+        let here: usize = sorted
+            .iter()
+            .map(|(_, starts)| starts[p + 1] - starts[p])
+            .sum();
+        if in_run > 0 && in_run + here > per_run {
+            runs.push(first..p);
+            (first, in_run) = (p, 0);
         }
-        columns.push(arrow::array::make_array(joined.freeze()));
+        in_run += here;
     }
-    // Partition p starts after every batch's rows of the partitions before it.
-    let mut starts = vec![0usize; parts + 1];
-    for (_, of_batch) in &sorted {
-        for (start, here) in starts.iter_mut().zip(of_batch) {
-            *start += here;
-        }
+    if first < parts {
+        runs.push(first..parts);
     }
-    Ok(vec![(RecordBatch::try_new(schema, columns)?, starts)])
+    runs
 }
 
 impl SortedWindow {
+    fn new(
+        batches: Vec<(RecordBatch, Vec<usize>)>,
+        keys: Vec<arrow::row::OwnedRow>,
+        columns: Vec<String>,
+    ) -> Self {
+        let parts = keys.len();
+        let joined = joins(&batches, parts);
+        let chunks = if joined {
+            join_runs(&batches, parts)
+        } else {
+            (0..parts).map(|p| p..p + 1).collect()
+        };
+        Self {
+            batches,
+            keys,
+            columns,
+            chunks,
+            joined,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
     /// Partition `p`'s rows as one batch.
     fn partition(&self, p: usize) -> Result<RecordBatch, arrow::error::ArrowError> {
         let slices: Vec<RecordBatch> = self
@@ -1492,6 +1515,46 @@ impl SortedWindow {
             [one] => Ok(one.clone()),
             _ => arrow::compute::concat_batches(&slices[0].schema(), &slices),
         }
+    }
+
+    /// The rows of partitions `run` as one batch in partition order, and where each of
+    /// them starts in it (relative to `run.start`): each column copied once, run by run of
+    /// every batch. Joining each partition's slices apart sliced every column of every
+    /// batch once per partition (a flush of ~60 entries over ~30 partitions: ~2,000 batch
+    /// slices and ~60,000 array slices, allocated and dropped, then ~900 joins of ~60
+    /// pieces), ~5% of the server's CPU under eight writers (docs/benchmarks.md, session 50).
+    fn join(
+        &self,
+        run: &std::ops::Range<usize>,
+    ) -> Result<(RecordBatch, Vec<usize>), arrow::error::ArrowError> {
+        let sorted = &self.batches;
+        let mut starts = vec![0usize; run.len() + 1];
+        for (_, of_batch) in sorted {
+            for (i, p) in run.clone().enumerate() {
+                starts[i + 1] += of_batch[p + 1] - of_batch[p];
+            }
+        }
+        for i in 0..run.len() {
+            starts[i + 1] += starts[i];
+        }
+        let rows = starts[run.len()];
+        let schema = sorted[0].0.schema();
+        let mut columns = Vec::with_capacity(schema.fields().len());
+        for i in 0..schema.fields().len() {
+            let data: Vec<arrow::array::ArrayData> =
+                sorted.iter().map(|(b, _)| b.column(i).to_data()).collect();
+            let mut joined =
+                arrow::array::MutableArrayData::new(data.iter().collect(), false, rows);
+            for p in run.clone() {
+                for (b, (_, starts)) in sorted.iter().enumerate() {
+                    if starts[p + 1] > starts[p] {
+                        joined.try_extend(b, starts[p], starts[p + 1])?;
+                    }
+                }
+            }
+            columns.push(arrow::array::make_array(joined.freeze()));
+        }
+        Ok((RecordBatch::try_new(schema, columns)?, starts))
     }
 }
 
@@ -1612,13 +1675,8 @@ impl WindowWriter {
             };
             sorted.push((batch, starts));
         }
-        let sorted = join_small(sorted, parts).map_err(split)?;
-        let window = Arc::new(SortedWindow {
-            batches: sorted,
-            keys: order.iter().map(|(key, _)| key.owned()).collect(),
-            columns,
-            next: std::sync::atomic::AtomicUsize::new(0),
-        });
+        let keys = order.iter().map(|(key, _)| key.owned()).collect();
+        let window = Arc::new(SortedWindow::new(sorted, keys, columns));
         // The lanes take the partitions in order, each the next one not yet taken, on
         // tasks of their own (a JoinSet: a writer dropped mid-window aborts them all).
         let mut tasks = tokio::task::JoinSet::new();
@@ -1668,21 +1726,30 @@ impl PartitionWriter {
     ) -> (Self, Vec<Add>, Result<(), Error>) {
         let mut finished = Vec::new();
         let result = async {
+            let table = self.table.clone();
+            let split = |e: arrow::error::ArrowError| {
+                Error::Internal(format!("splitting rows of {table} by partition: {e}"))
+            };
             loop {
-                let p = window
+                let c = window
                     .next
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(key) = window.keys.get(p) else {
+                let Some(run) = window.chunks.get(c) else {
                     return Ok(());
                 };
-                let batch = window.partition(p).map_err(|e| {
-                    Error::Internal(format!(
-                        "splitting rows of {} by partition: {e}",
-                        self.table
-                    ))
-                })?;
-                finished.extend(self.open_partition(key.clone()).await?);
-                self.write_partition(batch, &window.columns).await?;
+                // Dropped before the next run is joined, whose columns reuse its memory.
+                let joined = match window.joined {
+                    true => Some(window.join(run).map_err(split)?),
+                    false => None,
+                };
+                for (i, p) in run.clone().enumerate() {
+                    let batch = match &joined {
+                        Some((batch, starts)) => batch.slice(starts[i], starts[i + 1] - starts[i]),
+                        None => window.partition(p).map_err(split)?,
+                    };
+                    finished.extend(self.open_partition(window.keys[p].clone()).await?);
+                    self.write_partition(batch, &window.columns).await?;
+                }
             }
         }
         .await;

@@ -529,27 +529,66 @@ async fn a_table_is_absent_until_its_first_commit_and_opens_after_it() {
 /// in its own day's file, and each day's rows keep the batches' order and their own.
 #[tokio::test]
 async fn many_small_batches_in_partition_order_land_once_each_and_in_order() {
+    // 30-34 rows each over three days; every fifth batch holds one day only, so some
+    // batches have no rows of a partition.
+    small_batches_land_once_each_and_in_order(40, |k| 30 + k % 5, day_of_three, 3).await;
+}
+
+/// The same, when the window is larger than one joined run of partitions: several runs,
+/// each joined, written and dropped in turn, still land every row once and in order.
+#[tokio::test]
+async fn small_batches_over_several_joined_runs_land_once_each_and_in_order() {
+    // 40 batches of ~1,000 rows of ~230 bytes (~9 MiB) over twelve days: about three runs.
+    let rows = |k: i64| 990 + k % 7;
+    let bytes: usize = (0..40)
+        .map(|k| batch(0, rows(k), day_of_twelve).get_array_memory_size())
+        .sum();
+    assert!(bytes > 2 * delta::JOIN_BYTES, "{bytes} bytes make one run");
+    small_batches_land_once_each_and_in_order(40, rows, day_of_twelve, 12).await;
+}
+
+/// Twelve days, the first row's not the first.
+fn day_of_twelve(n: i64) -> &'static str {
+    const DAYS: [&str; 12] = [
+        "2024-01-07",
+        "2024-01-03",
+        "2024-01-11",
+        "2024-01-01",
+        "2024-01-05",
+        "2024-01-09",
+        "2024-01-02",
+        "2024-01-12",
+        "2024-01-04",
+        "2024-01-08",
+        "2024-01-06",
+        "2024-01-10",
+    ];
+    DAYS[(n % 12) as usize]
+}
+
+/// Writes `count` batches of `rows(k)` rows, each in partition order, through one writer
+/// and checks each of the `days` days' file holds its rows once, in the order they came.
+async fn small_batches_land_once_each_and_in_order(
+    count: i64,
+    rows: fn(i64) -> i64,
+    day_of: fn(i64) -> &'static str,
+    days: usize,
+) {
     let by_day = ["day".to_string()];
     let lake = Lake::new("events", "silver/events", &schema(), &["day"]).await;
     let table = lake.table().await;
     let mut writer = delta::FileWriter::new(lake.name, &table).unwrap();
     let mut expected = Vec::new();
-    for k in 0..40i64 {
-        // 30-34 rows each, numbered upwards across the batches; every fifth batch holds
-        // one day only, so some batches have no rows of a partition.
-        let rows = 30 + k % 5;
-        let day_of: fn(i64) -> &'static str = if k % 5 == 0 {
-            |_| "2024-01-02"
-        } else {
-            day_of_three
-        };
-        let b = batch(k * 100, rows, day_of);
-        expected.extend((k * 100..k * 100 + rows).map(|n| (day_of(n).to_string(), n)));
+    for k in 0..count {
+        let n = rows(k);
+        let day_of: fn(i64) -> &'static str = if k % 5 == 0 { |_| "2024-01-02" } else { day_of };
+        let b = batch(k * 10_000, n, day_of);
+        expected.extend((k * 10_000..k * 10_000 + n).map(|n| (day_of(n).to_string(), n)));
         let sorted = delta::partition_sorted(&b, None, &by_day).unwrap().rows;
         writer.write(sorted).await.unwrap();
     }
     let adds = writer.finish(&[]).await.unwrap();
-    assert_eq!(adds.len(), 3, "one file per day");
+    assert_eq!(adds.len(), days, "one file per day");
     lake.commit_adds(adds, &[]).await;
 
     let table = lake.table().await;
