@@ -305,6 +305,68 @@ std::thread_local! {
         const { std::cell::RefCell::new(Vec::new()) };
 }
 
+/// A source's three buffers: bytes read, a batch's fields, where each field ends.
+struct Buffers {
+    buf: Vec<u8>,
+    out: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// Buffers of the sources that ended, for the next ones (at most one per core, each no
+/// larger than a small object's): a 1,000-row object's reader took ~0.5 MB of fresh pages
+/// for them, which the kernel faulted in and zeroed, ~3% of the server's CPU under eight
+/// writers (docs/benchmarks.md, session 51). Shared by every thread: reads run on the
+/// blocking pool's threads, whichever is free.
+static SPARE_BUFFERS: std::sync::Mutex<Vec<Buffers>> = std::sync::Mutex::new(Vec::new());
+
+impl Buffers {
+    /// Buffers of at least `capacity` bytes (and a quarter as many field ends), a spare's
+    /// when there is one. Their contents are whatever they held: the reader and the parser
+    /// write every byte they read back, except the 0 before the first field end.
+    fn take(capacity: usize) -> Self {
+        let ends = (capacity / 4).max(64);
+        let spare = SPARE_BUFFERS
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop();
+        let mut buffers = match spare {
+            Some(mut b) => {
+                for (v, len) in [(&mut b.buf, capacity), (&mut b.out, capacity)] {
+                    if v.len() < len {
+                        v.resize(len, 0);
+                    }
+                }
+                if b.ends.len() < ends {
+                    b.ends.resize(ends, 0);
+                }
+                b
+            }
+            None => Buffers {
+                buf: vec![0; capacity],
+                out: vec![0; capacity],
+                ends: vec![0; ends],
+            },
+        };
+        buffers.ends[0] = 0;
+        buffers
+    }
+
+    /// Keeps the buffers for the next source, unless they grew past a small object's (a
+    /// large file's batches) or enough are kept.
+    fn give_back(self) {
+        if self.buf.len() > MAX_BUFFER
+            || self.out.len() > 2 * MAX_BUFFER
+            || self.ends.len() > MAX_BUFFER / 4
+        {
+            return;
+        }
+        let mut spare = SPARE_BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < crate::cores() {
+            spare.push(self);
+        }
+    }
+}
+
 /// A parser for `delimiter` and `quote`, at its start.
 fn parser(delimiter: u8, quote: u8) -> csv_core::Reader {
     let spare = SPARE_PARSERS.with_borrow_mut(|spare| {
@@ -364,20 +426,21 @@ impl CsvSource {
                 .clamp(MIN_BUFFER, MAX_BUFFER)
         });
         let dialect = (options.delimiter, options.quote);
+        // Unquoted fields are no longer than the object: its size is enough for a small
+        // object's one batch (a large file's first batch doubles `out` once or twice).
+        let Buffers { buf, out, ends } = Buffers::take(capacity);
         let mut source = Self {
             input: reader,
             core: Some(parser(dialect.0, dialect.1)),
             dialect,
-            buf: vec![0; capacity],
+            buf,
             start: 0,
             end: 0,
             eof: false,
             header: Arc::new(Vec::new()),
             mapping: Vec::new(),
-            // Unquoted fields are no longer than the object: its size is enough for a small
-            // object's one batch (a large file's first batch doubles it once or twice).
-            out: vec![0; capacity],
-            ends: vec![0; (capacity / 4).max(64)],
+            out,
+            ends,
             record_limit: MAX_RECORD_BYTES,
         };
         let (mut out_len, mut ends_len) = (0, 1);
@@ -560,6 +623,12 @@ impl CsvSource {
 
 impl Drop for CsvSource {
     fn drop(&mut self) {
+        Buffers {
+            buf: std::mem::take(&mut self.buf),
+            out: std::mem::take(&mut self.out),
+            ends: std::mem::take(&mut self.ends),
+        }
+        .give_back();
         if let Some(core) = self.core.take() {
             // A thread ending drops its spares instead (`try_with` fails then).
             let _ = SPARE_PARSERS.try_with(|spare| {

@@ -476,3 +476,35 @@ fn each_source_parses_from_its_own_start_after_another_stopped_midway() {
         assert_eq!(values(&rows), vec![vec![Some("7"), Some("8"), None]]);
     }
 }
+
+#[test]
+fn buffers_handed_on_from_sources_that_ended_give_only_each_sources_own_rows() {
+    // A source's buffers go to the next one with the bytes and field ends it left in
+    // them: long fields first, then short files read into the same buffers, larger and
+    // smaller than what they were sized for, must come back exactly as written.
+    let long = format!(
+        "VendorID,fare_amount\n{},{}\n\"{}\",x\n",
+        "9".repeat(5000),
+        "8".repeat(7000),
+        "7,".repeat(3000)
+    );
+    let rows = read_csv_sized(&long, &Format::default(), Some(long.len() as u64)).unwrap();
+    assert_eq!(rows.len(), 2);
+    for size in [None, Some(10), Some(40), Some(200_000)] {
+        let rows = read_csv_sized(
+            "VendorID,fare_amount\n1,23\n456,7\n",
+            &Format::default(),
+            size,
+        )
+        .unwrap();
+        assert_eq!(
+            values(&rows),
+            vec![
+                vec![Some("1"), Some("23"), None],
+                vec![Some("456"), Some("7"), None]
+            ],
+            "told {size:?}"
+        );
+        assert!(rows.iter().all(|(_, _, problems)| problems.is_empty()));
+    }
+}
