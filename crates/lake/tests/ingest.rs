@@ -1,6 +1,8 @@
 //! A batch ingested behind a readiness gate (a bronze copy's fsyncs): its objects are read
 //! while the gate runs, and nothing of the batch is durable or visible before it holds.
 
+mod common;
+
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -116,18 +118,7 @@ impl Setup {
             .unwrap()
             .and_then(|t| t.version())
             .map(|v| v as i64);
-        let mut files = 0;
-        let mut dirs = vec![url.to_file_path().unwrap()];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).unwrap() {
-                let path = entry.unwrap().path();
-                if path.is_dir() {
-                    dirs.push(path);
-                } else if path.extension().is_some_and(|e| e == "parquet") {
-                    files += 1;
-                }
-            }
-        }
+        let files = common::parquet_files_under(&url.to_file_path().unwrap()).len();
         (version, files)
     }
 }
@@ -154,6 +145,30 @@ async fn gate(setup: &Setup, seen: Seen, answer: Result<(), Error>) -> Result<()
     answer
 }
 
+/// Ingests `sources` behind a [`gate`] answering `answer`: the outcome, and what was
+/// durable or visible when the gate answered.
+async fn ingest_gated(
+    setup: &Setup,
+    target: &Target<'_>,
+    sources: &[Source<'_>],
+    answer: Result<(), Error>,
+) -> (
+    Result<Vec<Result<ingest::IngestReport, Error>>, Error>,
+    ((usize, usize), (Option<i64>, usize)),
+) {
+    let seen = Seen::default();
+    let result = ingest::ingest_batch_when(
+        &setup.paths,
+        &setup.objects,
+        target,
+        sources,
+        gate(setup, seen.clone(), answer),
+    )
+    .await;
+    let at_gate = seen.lock().unwrap().take().expect("the gate ran");
+    (result, at_gate)
+}
+
 #[tokio::test]
 async fn a_small_batch_is_logged_only_once_its_gate_holds_and_not_at_all_when_it_fails() {
     let setup = Setup::new();
@@ -162,19 +177,10 @@ async fn a_small_batch_is_logged_only_once_its_gate_holds_and_not_at_all_when_it
     let target = setup.target(true);
     let sources = [source(&a, 1), source(&b, 2)];
 
-    let seen = Seen::default();
     let refused = Error::Busy("the copies are not durable".into());
-    let failed = ingest::ingest_batch_when(
-        &setup.paths,
-        &setup.objects,
-        &target,
-        &sources,
-        gate(&setup, seen.clone(), Err(refused)),
-    )
-    .await
-    .unwrap_err();
+    let (failed, at_gate) = ingest_gated(&setup, &target, &sources, Err(refused)).await;
+    let failed = failed.unwrap_err();
     assert!(failed.to_string().contains("not durable"), "{failed}");
-    let at_gate = seen.lock().unwrap().take().expect("the gate ran");
     assert_eq!(at_gate.0, (0, 0), "rows logged before the gate held");
     assert_eq!(
         setup.tail_rows(),
@@ -189,16 +195,9 @@ async fn a_small_batch_is_logged_only_once_its_gate_holds_and_not_at_all_when_it
     );
 
     // The retry, its gate holding, logs each object's rows once.
-    let reports = ingest::ingest_batch_when(
-        &setup.paths,
-        &setup.objects,
-        &target,
-        &sources,
-        gate(&setup, seen.clone(), Ok(())),
-    )
-    .await
-    .unwrap();
-    assert_eq!(seen.lock().unwrap().take().unwrap().0, (0, 0));
+    let (reports, at_gate) = ingest_gated(&setup, &target, &sources, Ok(())).await;
+    assert_eq!(at_gate.0, (0, 0));
+    let reports = reports.unwrap();
     let reports: Vec<_> = reports.into_iter().map(Result::unwrap).collect();
     assert!(
         reports
@@ -223,17 +222,10 @@ async fn a_committed_ingest_waits_for_its_gate_and_leaves_no_files_when_it_fails
     // Without a tail, an ingest commits to Delta: its files are written while it reads.
     let target = setup.target(false);
     let sources = [source(&a, 1)];
-    let seen = Seen::default();
-    let failed = ingest::ingest_batch_when(
-        &setup.paths,
-        &setup.objects,
-        &target,
-        &sources,
-        gate(&setup, seen.clone(), Err(Error::Busy("not durable".into()))),
-    )
-    .await;
+    let refused = Error::Busy("not durable".into());
+    let (failed, at_gate) = ingest_gated(&setup, &target, &sources, Err(refused)).await;
     assert!(failed.is_err());
-    let (version, _) = seen.lock().unwrap().take().unwrap().1;
+    let (version, _) = at_gate.1;
     assert!(version.unwrap_or(0) <= 0, "committed before the gate held");
     let (version, files) = setup.committed().await;
     assert!(
@@ -241,16 +233,9 @@ async fn a_committed_ingest_waits_for_its_gate_and_leaves_no_files_when_it_fails
         "a failed gate left version {version:?}, {files} files"
     );
 
-    let reports = ingest::ingest_batch_when(
-        &setup.paths,
-        &setup.objects,
-        &target,
-        &sources,
-        gate(&setup, seen.clone(), Ok(())),
-    )
-    .await
-    .unwrap();
-    let (version_at_gate, _) = seen.lock().unwrap().take().unwrap().1;
+    let (reports, at_gate) = ingest_gated(&setup, &target, &sources, Ok(())).await;
+    let reports = reports.unwrap();
+    let (version_at_gate, _) = at_gate.1;
     assert!(version_at_gate.unwrap_or(0) <= 0);
     let report = reports.into_iter().next().unwrap().unwrap();
     assert!(

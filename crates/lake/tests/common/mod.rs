@@ -40,7 +40,12 @@ pub fn events(day: &str, object: &str, values: &[i64]) -> RecordBatch {
 
 /// The Parquet files under the table's directory (committed or not), relative to it.
 pub fn parquet_files(lake: &Lake) -> std::collections::BTreeSet<String> {
-    let root = lake.root();
+    parquet_files_under(&lake.root())
+}
+
+/// The Parquet files under `root` (committed or not), relative to it.
+pub fn parquet_files_under(root: &std::path::Path) -> std::collections::BTreeSet<String> {
+    let root = root.to_path_buf();
     let mut found = std::collections::BTreeSet::new();
     let mut dirs = vec![root.clone()];
     while let Some(dir) = dirs.pop() {
