@@ -120,6 +120,7 @@ pub async fn open_or_create(
     partition_by: &[String],
     description: Option<&str>,
 ) -> Result<DeltaTable, Error> {
+    crate::log_listing::register();
     let table = DeltaTable::try_from_url(url)
         .await
         .map_err(|e| Error::delta(name, e))?;
@@ -607,6 +608,7 @@ pub fn partition_columns(name: &str, table: &DeltaTable) -> Result<Vec<String>, 
 /// such query paid that for every table not yet written (a gold model before its first
 /// refresh, say).
 pub async fn open(name: &str, url: url::Url) -> Result<Option<DeltaTable>, Error> {
+    crate::log_listing::register();
     if let Ok(root) = url.to_file_path()
         && matches!(root.join("_delta_log").try_exists(), Ok(false))
     {

@@ -23,6 +23,7 @@ mod durable;
 pub mod gold;
 mod hour_slots;
 pub mod ingest;
+pub mod log_listing;
 pub mod objects;
 pub mod read;
 pub mod scan;
