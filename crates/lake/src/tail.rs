@@ -651,9 +651,13 @@ impl<'a> Staged<'a> {
         };
         let (dir, path, new) = (self.tail.dir.clone(), entry.path.clone(), self.new);
         let encoded = std::mem::take(&mut self.encoded);
-        let written = tokio::task::spawn_blocking(move || write_slot(&dir, &path, new, &encoded))
-            .await
-            .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")));
+        let written = tokio::task::spawn_blocking(move || {
+            let written = write_slot(&dir, &path, new, &encoded);
+            keep_encoding(encoded);
+            written
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("writing a tail entry: {e}")));
         // A failed write's slot leaves the spares (cleared by `write_slot`).
         written.and_then(|done| done)?;
         Ok(Written {
@@ -703,6 +707,7 @@ impl Drop for Written<'_> {
 
 impl Drop for Staged<'_> {
     fn drop(&mut self) {
+        keep_encoding(std::mem::take(&mut self.encoded));
         // Never written: its slot is free again (a new one was never made).
         if let Some(entry) = self.entry.take()
             && !self.new
@@ -725,13 +730,26 @@ fn encode_entry(
     txns: &[(String, i64)],
     needs: Option<&Needs>,
 ) -> Result<Vec<u8>, String> {
+    let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+    let buffer = spare_encoding(HEADER + size + 4096);
+    encode_entry_into(buffer, seq, schema, batches, txns, needs)
+}
+
+/// [`encode_entry`] into `buffer`, whatever it held.
+fn encode_entry_into(
+    mut buffer: Vec<u8>,
+    seq: u64,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    txns: &[(String, i64)],
+    needs: Option<&Needs>,
+) -> Result<Vec<u8>, String> {
     let schema = batches
         .first()
         .map(|b| b.schema())
         .unwrap_or(schema.clone());
     let ipc = |e: arrow::error::ArrowError| e.to_string();
-    let size: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
-    let mut buffer = Vec::with_capacity(HEADER + size + 4096);
+    buffer.clear();
     buffer.resize(HEADER, 0);
     let mut writer = arrow::ipc::writer::FileWriter::try_new(buffer, &schema).map_err(ipc)?;
     let txns = serde_json::to_string(txns).map_err(|e| e.to_string())?;
@@ -754,6 +772,45 @@ fn encode_entry(
     let crc = checksum(&buffer[..24], &buffer[HEADER..]);
     buffer[24..28].copy_from_slice(&crc.to_le_bytes());
     Ok(buffer)
+}
+
+/// Encodings of the entries written, for the next entries to be encoded into (at most
+/// one per core, none larger than [`MAX_SPARE_ENCODING`]): each 1,000-row object's entry
+/// (~250 KB) took fresh pages, which the kernel faulted in and zeroed, the largest fault
+/// site left in session 51's profile under eight writers (2.5% of the server's samples,
+/// docs/benchmarks.md). Shared by every thread: entries are encoded on the runtime's
+/// threads and written on the blocking pool's.
+static SPARE_ENCODINGS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// The largest encoding kept for the next entry: a small object's, not a large file's.
+const MAX_SPARE_ENCODING: usize = 4 << 20;
+
+/// An empty buffer of at least `capacity` bytes, a spare's when there is one.
+fn spare_encoding(capacity: usize) -> Vec<u8> {
+    let spare = SPARE_ENCODINGS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .pop();
+    match spare {
+        Some(mut buffer) => {
+            buffer.clear();
+            buffer.reserve(capacity);
+            buffer
+        }
+        None => Vec::with_capacity(capacity),
+    }
+}
+
+/// Keeps an entry's encoding for the next entry, unless it is a large file's or enough
+/// are kept.
+fn keep_encoding(buffer: Vec<u8>) {
+    if buffer.capacity() == 0 || buffer.capacity() > MAX_SPARE_ENCODING {
+        return;
+    }
+    let mut spare = SPARE_ENCODINGS.lock().unwrap_or_else(|p| p.into_inner());
+    if spare.len() < crate::cores() {
+        spare.push(buffer);
+    }
 }
 
 /// The CRC-32 of a header's first 24 bytes and the IPC file after it.
