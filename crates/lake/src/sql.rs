@@ -18,15 +18,55 @@ use datafusion::common::TableReference;
 use datafusion::datasource::{MemTable, TableProvider, TableType};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionStateBuilder;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, LogicalPlan};
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::prelude::{DataFrame, SessionConfig, SessionContext};
+use datafusion::sql::parser::{DFParserBuilder, Statement as Parsed};
 use futures::future::BoxFuture;
 
 use crate::{Error, LakePaths, delta, scan};
 
 mod scope;
-pub use scope::source_objects;
+
+/// A statement parsed once: the tables a session reads for it, the source objects a
+/// query waits for ([`Statement::source_objects`]) and its plan all come from the one
+/// parse (a poll's statement was parsed four times; parsing and turning it into a plan
+/// took ~5% of a 10-row object's CPU in session 51's profile, docs/benchmarks.md).
+#[derive(Debug, Clone)]
+pub struct Statement {
+    parsed: Parsed,
+    objects: Option<BTreeSet<String>>,
+}
+
+impl Statement {
+    /// Parses one statement as the sessions plan it (DataFusion's default dialect and
+    /// recursion limit); an error names what did not parse, or that there were several.
+    pub fn parse(sql: &str) -> Result<Self, Error> {
+        let mut statements = DFParserBuilder::new(sql)
+            .build()
+            .and_then(|mut parser| parser.parse_statements())
+            .map_err(sql_error)?;
+        let parsed = match (statements.pop_front(), statements.len()) {
+            (Some(parsed), 0) => parsed,
+            (None, _) => return Err(Error::Sql("no SQL statement was given".into())),
+            (Some(_), more) => {
+                return Err(Error::Sql(format!(
+                    "one SQL statement at a time, {} were given",
+                    more + 1
+                )));
+            }
+        };
+        let objects = scope::objects_read(&parsed);
+        Ok(Self { parsed, objects })
+    }
+
+    /// The source objects (`bucket/key`) whose rows are all the statement can read, when
+    /// it reads nothing else; None when its answer may depend on any write (how it is
+    /// read: the `scope` module).
+    pub fn source_objects(&self) -> Option<&BTreeSet<String>> {
+        self.objects.as_ref()
+    }
+}
 
 /// The catalog name every table lives in.
 pub const CATALOG: &str = "lake";
@@ -102,24 +142,23 @@ impl Session {
         Ok(session)
     }
 
-    /// A session for one statement: only the lake tables `sql` names are read (their
-    /// latest version and tail), so a query's fixed cost does not grow with the number of
-    /// tables in the project. A statement that names none, or reads `information_schema`,
-    /// or does not parse (planning then reports why), gets every table.
+    /// A session for one statement: only the lake tables it names are read (their latest
+    /// version and tail), so a query's fixed cost does not grow with the number of tables
+    /// in the project. A statement that names none, or reads `information_schema`, gets
+    /// every table.
     pub async fn open_for(
         paths: &LakePaths,
         tables: &[TableEntry],
         cache: &delta::TableCache,
-        sql: &str,
+        statement: &Statement,
     ) -> Result<Self, Error> {
         let session = Self::empty(cache)?;
         let mut entries = with_quarantine(tables);
-        if let Some(refs) = session.references(sql) {
+        if let Some(refs) = session.references(statement) {
             entries.retain(|t| refs.iter().any(|r| names(r, t)));
         }
-        let named = source_objects(sql);
         session
-            .register(paths, &entries, cache, named.as_ref())
+            .register(paths, &entries, cache, statement.source_objects())
             .await?;
         Ok(session)
     }
@@ -158,13 +197,13 @@ impl Session {
         Ok(Self { ctx, catalog })
     }
 
-    /// The tables `sql` names (None: every table, see [`Session::open_for`]).
-    fn references(&self, sql: &str) -> Option<Vec<TableReference>> {
+    /// The tables a statement names (None: every table, see [`Session::open_for`]).
+    fn references(&self, statement: &Statement) -> Option<Vec<TableReference>> {
         let state = self.ctx.state_ref();
-        let state = state.read();
-        let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect).ok()?;
-        let refs = state.resolve_table_references(&statement).ok()?;
+        let refs = state
+            .read()
+            .resolve_table_references(&statement.parsed)
+            .ok()?;
         let catalog_wide = refs.iter().any(|r| {
             r.schema()
                 .is_some_and(|s| s.eq_ignore_ascii_case("information_schema"))
@@ -251,12 +290,34 @@ impl Session {
 
     /// Plans a statement.
     pub async fn dataframe(&self, sql: &str) -> Result<DataFrame, Error> {
-        self.ctx.sql(sql).await.map_err(sql_error)
+        self.plan(&Statement::parse(sql)?).await
+    }
+
+    /// Plans a parsed statement. A query's plan runs on one copy of the session's state
+    /// (`SessionContext::sql` takes two, each cloning every function's map); statements
+    /// that change the session (DDL, SET, PREPARE) go through the context.
+    pub async fn plan(&self, statement: &Statement) -> Result<DataFrame, Error> {
+        let state = self.ctx.state();
+        let plan = state
+            .statement_to_plan(statement.parsed.clone())
+            .await
+            .map_err(sql_error)?;
+        match plan {
+            LogicalPlan::Ddl(_) | LogicalPlan::Statement(_) => {
+                self.ctx.execute_logical_plan(plan).await.map_err(sql_error)
+            }
+            plan => Ok(DataFrame::new(state, plan)),
+        }
     }
 
     /// Runs a statement and collects its rows.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, Error> {
-        let df = self.dataframe(sql).await?;
+        self.run(&Statement::parse(sql)?).await
+    }
+
+    /// Runs a parsed statement and collects its rows.
+    pub async fn run(&self, statement: &Statement) -> Result<QueryResult, Error> {
+        let df = self.plan(statement).await?;
         let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
         let batches = df.collect().await.map_err(sql_error)?;
         Ok(QueryResult { schema, batches })
@@ -330,5 +391,43 @@ impl TableProvider for LazyTable {
         MemTable::try_new(self.schema.clone(), vec![batches])?
             .scan(state, projection, filters, limit)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(sql: &str) -> String {
+        match Statement::parse(sql) {
+            Ok(statement) => panic!("{sql:?} parsed: {statement:?}"),
+            Err(Error::Sql(text)) => text,
+            Err(other) => panic!("{sql:?}: not a SQL error: {other}"),
+        }
+    }
+
+    /// A statement is parsed once, before any table is read: what is not one statement
+    /// is refused with what was wrong, the way planning would have said it.
+    #[test]
+    fn anything_but_one_statement_is_refused_with_why() {
+        assert_eq!(
+            refused("SELECT 1; SELECT 2"),
+            "one SQL statement at a time, 2 were given"
+        );
+        assert_eq!(refused(""), "no SQL statement was given");
+        assert_eq!(refused(" ;; "), "no SQL statement was given");
+        let text = refused("SELECT count(* FROM trips");
+        assert!(text.contains("Expected"), "{text}");
+        assert!(!text.starts_with("SQL error"), "{text}");
+
+        let statement =
+            Statement::parse("select count(*) from trips where _source_object = 'raw/a.csv';")
+                .unwrap();
+        assert_eq!(
+            statement
+                .source_objects()
+                .map(|s| s.iter().cloned().collect::<Vec<_>>()),
+            Some(vec!["raw/a.csv".to_string()])
+        );
     }
 }

@@ -12,11 +12,16 @@ use arrow::util::pretty::pretty_format_batches;
 use deltalake::kernel::Add;
 use sluice_lake::compact::{self, Scope};
 use sluice_lake::delta;
-use sluice_lake::sql::{Session, TableEntry};
+use sluice_lake::sql::{Session, Statement, TableEntry};
 use sluice_lake::tail::{self, Layout};
 
 mod common;
 use common::Lake;
+
+/// A statement that parses.
+fn parse(sql: &str) -> Statement {
+    Statement::parse(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+}
 
 const NAME: &str = "trips";
 const LOCATION: &str = "silver/trips";
@@ -388,8 +393,9 @@ async fn a_statement_reads_only_the_tables_it_names() {
     let run = |sql: &'static str| {
         let (lake, entries) = (&lake, &entries);
         async move {
-            let session = Session::open_for(&lake.paths, entries, &lake.tables, sql).await?;
-            let result = session.query(sql).await?;
+            let statement = Statement::parse(sql)?;
+            let session = Session::open_for(&lake.paths, entries, &lake.tables, &statement).await?;
+            let result = session.run(&statement).await?;
             Ok::<_, sluice_lake::Error>(pretty_format_batches(&result.batches).unwrap().to_string())
         }
     };
@@ -423,7 +429,8 @@ async fn a_statement_reads_only_the_tables_it_names() {
 }
 
 /// Sessions opened from one cache start from one state built once, each with tables of
-/// its own: a session opened later, with other tables, changes nothing in an earlier one.
+/// its own: a session opened later, with other tables or views, changes nothing in an
+/// earlier one.
 #[tokio::test]
 async fn sessions_from_one_cache_keep_their_own_tables() {
     let lake = lake_with_rows().await;
@@ -433,10 +440,10 @@ async fn sessions_from_one_cache_keep_their_own_tables() {
         location: LOCATION.into(),
     }];
     let first = "SELECT count(*) AS n FROM trips";
-    let one = Session::open_for(&lake.paths, &entries, &lake.tables, first)
+    let one = Session::open_for(&lake.paths, &entries, &lake.tables, &parse(first))
         .await
         .unwrap();
-    let two = Session::open_for(&lake.paths, &[], &lake.tables, "SELECT 1")
+    let two = Session::open_for(&lake.paths, &[], &lake.tables, &parse("SELECT 1"))
         .await
         .unwrap();
     let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
@@ -457,6 +464,17 @@ async fn sessions_from_one_cache_keep_their_own_tables() {
     assert!(err.to_string().contains("extra"), "{err}");
     let err = two.query(first).await.unwrap_err();
     assert!(err.to_string().contains("trips"), "{err}");
+    // A statement that changes its session (here a view) changes that session alone.
+    two.query("CREATE VIEW big AS SELECT k FROM extra WHERE k > 7")
+        .await
+        .unwrap();
+    assert!(
+        answer(&two, "SELECT count(*) AS n FROM big")
+            .await
+            .contains("| 2 |")
+    );
+    let err = one.query("SELECT * FROM big").await.unwrap_err();
+    assert!(err.to_string().contains("big"), "{err}");
 }
 
 /// Aggregates grouped by partition columns are folded a batch at a time
@@ -865,7 +883,7 @@ async fn files_of_a_table_that_holds_no_rows_of_the_named_objects_are_skipped() 
     let session_for = |query: &'static str, explain: bool| {
         let (lake, entries) = (&lake, &entries);
         async move {
-            let session = Session::open_for(&lake.paths, entries, &lake.tables, query)
+            let session = Session::open_for(&lake.paths, entries, &lake.tables, &parse(query))
                 .await
                 .unwrap();
             match explain {

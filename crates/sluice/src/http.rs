@@ -179,9 +179,10 @@ async fn query(
     // Read after write: small objects acknowledged before this query are ingested first
     // (within the bound), and the session below opens the tables after that. A query that
     // can only see rows of named objects waits for those objects' writes alone.
+    let statement = sluice_lake::sql::Statement::parse(&req.sql)?;
     let bound = p.project.server.read_after_write;
-    let scope = sluice_lake::sql::source_objects(&req.sql);
-    if p.pending.wait_for_earlier(bound, scope.as_ref()).await == crate::pending::Waited::TimedOut {
+    let scope = statement.source_objects();
+    if p.pending.wait_for_earlier(bound, scope).await == crate::pending::Waited::TimedOut {
         tracing::debug!(
             waiting = p.pending.len(),
             ?bound,
@@ -189,10 +190,10 @@ async fn query(
         );
     }
     let session = p
-        .session_for(&req.sql)
+        .session_for(&statement)
         .await
         .map_err(|e| ApiError(StatusCode::SERVICE_UNAVAILABLE, format!("{e:#}")))?;
-    let result = session.query(&req.sql).await?;
+    let result = session.run(&statement).await?;
     let columns: Vec<_> = result
         .schema
         .fields()

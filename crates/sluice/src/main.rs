@@ -484,8 +484,9 @@ fn run(cli: Cli) -> Result<()> {
         Command::Put { file, target } => rt.block_on(put(&cli, file, target)),
         Command::Query { sql, format } => rt.block_on(async {
             let platform = open(&cli).await?;
-            let session = platform.session_for(sql).await?;
-            let result = session.query(sql).await?;
+            let statement = sluice_lake::sql::Statement::parse(sql)?;
+            let session = platform.session_for(&statement).await?;
+            let result = session.run(&statement).await?;
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", render::render(&result.schema, &result.batches, *format))?;
             Ok(())

@@ -14,7 +14,7 @@
 //! and jobs queued by another process are not seen.
 //!
 //! A query whose answer only rows of named objects can change
-//! ([`sluice_lake::sql::source_objects`]: one silver table, filtered by
+//! ([`sluice_lake::sql::Statement::source_objects`]: one silver table, filtered by
 //! `_source_object`) waits for earlier writes of those objects alone: under a burst of
 //! uploads, "did my file land?" no longer queues behind every other writer's ingest.
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use futures::Stream;
 use sluice_lake::objects::Objects;
-use sluice_lake::sql::{Session, TableEntry};
+use sluice_lake::sql::{Session, Statement, TableEntry};
 use sluice_lake::validate::CompiledContract;
 use sluice_lake::{LakePaths, delta};
 use sluice_model::config::{Layer, Project};
@@ -491,10 +491,10 @@ impl Platform {
     }
 
     /// A session for one statement: the system tables, and of the lake's tables those
-    /// `sql` names ([`Session::open_for`]).
-    pub async fn session_for(&self, sql: &str) -> Result<Session> {
+    /// the statement names ([`Session::open_for`]).
+    pub async fn session_for(&self, statement: &Statement) -> Result<Session> {
         let session =
-            Session::open_for(&self.paths, &self.lake_entries(), &self.tables, sql).await?;
+            Session::open_for(&self.paths, &self.lake_entries(), &self.tables, statement).await?;
         self.with_system_tables(session)
     }
 

@@ -15,24 +15,24 @@
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
+use datafusion::sql::parser::Statement as Parsed;
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, Ident, ObjectName, SetExpr, Statement, TableFactor, Value,
     visit_relations,
 };
-use datafusion::sql::sqlparser::dialect::GenericDialect;
-use datafusion::sql::sqlparser::parser::Parser;
 
 use super::CATALOG;
 
 /// The lineage column naming each row's source object.
 const SOURCE_OBJECT: &str = sluice_model::contract::SOURCE_OBJECT_COLUMN;
 
-/// The source objects (`bucket/key`) whose rows are all `sql` can read, when it reads
-/// nothing else; None when its answer may depend on any write.
-pub fn source_objects(sql: &str) -> Option<BTreeSet<String>> {
-    // DataFusion's default dialect, as the sessions use.
-    let statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
-    let [Statement::Query(query)] = statements.as_slice() else {
+/// The source objects (`bucket/key`) whose rows are all `statement` can read, when it
+/// reads nothing else; None when its answer may depend on any write.
+pub(super) fn objects_read(statement: &Parsed) -> Option<BTreeSet<String>> {
+    let Parsed::Statement(statement) = statement else {
+        return None;
+    };
+    let Statement::Query(query) = statement.as_ref() else {
         return None;
     };
     if query.with.is_some() {
@@ -44,7 +44,7 @@ pub fn source_objects(sql: &str) -> Option<BTreeSet<String>> {
     // One table read, once, in the whole statement (a subquery anywhere would be a second
     // read of some table, perhaps this one unfiltered).
     let mut relations = 0;
-    let _ = visit_relations(&statements, |_: &ObjectName| {
+    let _ = visit_relations(statement.as_ref(), |_: &ObjectName| {
         relations += 1;
         ControlFlow::<()>::Continue(())
     });
@@ -177,7 +177,10 @@ mod tests {
     use super::*;
 
     fn objects(sql: &str) -> Option<Vec<String>> {
-        source_objects(sql).map(|s| s.into_iter().collect())
+        let statement = super::super::Statement::parse(sql).ok()?;
+        statement
+            .source_objects()
+            .map(|s| s.iter().cloned().collect())
     }
 
     #[test]

@@ -206,6 +206,9 @@ fn bad_requests_get_a_4xx_that_says_why() {
     let (status, error) = server.query_error("SELECT no_such_column FROM silver.zones");
     assert_eq!(status, 400);
     assert!(error.contains("no_such_column"), "{error}");
+    let (status, error) = server.query_error("SELECT 1; SELECT 2");
+    assert_eq!(status, 400);
+    assert!(error.contains("one SQL statement at a time"), "{error}");
 }
 
 #[test]
