@@ -20,19 +20,9 @@ const LOCATION: &str = "silver/people";
 
 fn column(name: &str, ty: ColumnType) -> Column {
     Column {
-        name: name.into(),
-        source: vec![],
-        ty,
         nullable: false,
         optional: false,
-        min: None,
-        max: None,
-        allowed: vec![],
-        pattern: None,
-        formats: vec![],
-        timezone: None,
-        map: Default::default(),
-        description: None,
+        ..Column::new(name, ty)
     }
 }
 

@@ -107,6 +107,28 @@ pub struct Column {
     pub description: Option<String>,
 }
 
+impl Column {
+    /// A column of `ty` named `name` with a contract's defaults: it may be empty or
+    /// missing from a file, and has no rules, formats, mapping or other source names.
+    pub fn new(name: impl Into<String>, ty: ColumnType) -> Self {
+        Self {
+            name: name.into(),
+            source: Vec::new(),
+            ty,
+            nullable: true,
+            optional: true,
+            min: None,
+            max: None,
+            allowed: Vec::new(),
+            pattern: None,
+            formats: Vec::new(),
+            timezone: None,
+            map: BTreeMap::new(),
+            description: None,
+        }
+    }
+}
+
 /// A column computed from others with a SQL expression.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Derived {

@@ -4,21 +4,7 @@ use arrow::array::{
 };
 
 fn column(ty: ColumnType) -> Column {
-    Column {
-        name: "c".into(),
-        source: vec![],
-        ty,
-        nullable: true,
-        optional: true,
-        min: None,
-        max: None,
-        allowed: vec![],
-        pattern: None,
-        formats: vec![],
-        timezone: None,
-        map: Default::default(),
-        description: None,
-    }
+    Column::new("c", ty)
 }
 
 fn cast(col: &Column, values: &[Option<&str>]) -> (ArrayRef, Vec<ColumnFailure>) {

@@ -4,19 +4,9 @@ use sluice_model::contract::{Column, ColumnType};
 
 fn column(name: &str, source: &[&str], optional: bool) -> Column {
     Column {
-        name: name.into(),
         source: source.iter().map(|s| s.to_string()).collect(),
-        ty: ColumnType::String,
-        nullable: true,
         optional,
-        min: None,
-        max: None,
-        allowed: vec![],
-        pattern: None,
-        formats: vec![],
-        timezone: None,
-        map: Default::default(),
-        description: None,
+        ..Column::new(name, ColumnType::String)
     }
 }
 

@@ -6,19 +6,8 @@ use sluice_model::contract::{Check, Column, ColumnType, Derived};
 
 fn column(name: &str, ty: ColumnType) -> Column {
     Column {
-        name: name.into(),
-        source: vec![],
-        ty,
-        nullable: true,
         optional: false,
-        min: None,
-        max: None,
-        allowed: vec![],
-        pattern: None,
-        formats: vec![],
-        timezone: None,
-        map: Default::default(),
-        description: None,
+        ..Column::new(name, ty)
     }
 }
 
