@@ -72,10 +72,9 @@ async fn from_a_version_with_a_commit_lookups_find_the_logs_files_after_it() {
             .collect();
         let looked_up = sorted(listing.list_with_offset(Some(&log), &offset(version))).await;
         assert_eq!(looked_up, store_says, "from version {version}");
-        assert_eq!(
-            looked_up.first(),
-            Some(&format!("{LOG}/{version:020}.json")),
-            "from version {version}"
+        assert!(
+            looked_up.contains(&format!("{LOG}/{version:020}.json")),
+            "from version {version}: {looked_up:?}"
         );
     }
 }
