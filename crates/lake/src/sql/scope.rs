@@ -174,10 +174,10 @@ fn text(expr: &Expr) -> Option<&str> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::sql::Statement;
 
     fn objects(sql: &str) -> Option<Vec<String>> {
-        let statement = super::super::Statement::parse(sql).ok()?;
+        let statement = Statement::parse(sql).ok()?;
         statement
             .source_objects()
             .map(|s| s.iter().cloned().collect())
